@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install rewardserve with everything its commands and tests use (CPU torch).
+# Re-running is cheap: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first, pinned: the CPU build (a plain `pip install torch` may pull a multi-GB CUDA build)
+python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+python -m pip install -q -e ".[dev]"

@@ -1,0 +1,166 @@
+"""HTTP routes. Each handler validates (pydantic), then hands off to the scorer or the store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import lsc
+from ..references import Reference, StoreUnavailable, prompt_fingerprint
+from ..schemas import (
+    ErrorBody, ReferencesStored, ReferencesUpload, ScoreRequest, ScoreResponse, StoredReference,
+)
+from ..scoring import plain_prompt
+from .errors import ApiError
+
+router = APIRouter()
+
+_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 429, 500, 503)}
+DEFAULT_SAMPLE_QUANTILE = 0.85
+
+
+def _state(request: Request):
+    return request.app.state.rs
+
+
+def _scorer(request: Request):
+    st = _state(request)
+    if not st.ready:
+        detail = f": {st.load_error}" if st.load_error else " (models are loading)"
+        raise ApiError(503, "not_ready", f"the service is not ready{detail}", {"Retry-After": "5"})
+    return st.scorer
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        msg = await request.receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+async def _cancel_on_disconnect(request: Request, coro):
+    """Run ``coro``; if the client goes away first, cancel it (its queued items are dropped)."""
+    work = asyncio.ensure_future(coro)
+    watch = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        work.cancel()
+        raise ApiError(499, "client_closed_request", "the client closed the connection")
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+
+
+@router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
+async def score(body: ScoreRequest, request: Request):
+    """Score (prompt, response) items with several reward models: raw, transformed, aggregate."""
+    scorer = _scorer(request)
+    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate))
+    return JSONResponse(result)
+
+
+router.add_api_route(
+    "/score", score, methods=["POST"], response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"],
+    summary="Alias of POST /v1/score",
+)
+
+
+@router.get("/v1/models", tags=["models"])
+async def models(request: Request):
+    """The served reward models with kind, source, revision, device, dtype, transform and reference policy."""
+    st = _state(request)
+    if st.scorer is None or not st.ready:
+        return {"models": [], "ready": False}
+    return {"models": st.scorer.describe_models(), "ready": True}
+
+
+@router.post("/v1/references", response_model=ReferencesStored, responses=_ERRORS, tags=["references"])
+async def put_references(body: ReferencesUpload, request: Request):
+    """Store per-prompt reference rewards: given ``value``s, or ``samples`` that the service scores
+    and reduces to their ``quantile`` (default 0.85)."""
+    scorer = _scorer(request)
+    lim = scorer.settings.limits.max_references_per_upload
+    if len(body.entries) > lim:
+        raise ApiError(413, "too_many_references", f"{len(body.entries)} entries; the limit (max_references_per_upload) is {lim}")
+    (model,) = scorer.resolve_models([body.model])
+    sm = scorer.models[model]
+    prompts = [plain_prompt(e.prompt) for e in body.entries]
+    values: list[float] = []
+    n_samples: list[int | None] = []
+    sample_pairs, owners = [], []
+    for i, (e, p) in enumerate(zip(body.entries, prompts)):
+        if (e.value is None) == (e.samples is None):
+            raise ApiError(422, "invalid_request", f"entries[{i}]: give exactly one of 'value' or 'samples'")
+        if e.samples is not None:
+            sample_pairs.extend((p, s) for s in e.samples)
+            owners.extend([i] * len(e.samples))
+    q = body.quantile if body.quantile is not None else DEFAULT_SAMPLE_QUANTILE
+    if sample_pairs:
+        if len(sample_pairs) > scorer.settings.limits.max_items_per_request * 16:
+            raise ApiError(413, "too_many_samples", f"{len(sample_pairs)} samples in one upload; send fewer per request")
+        raw, _, _ = await _cancel_on_disconnect(request, scorer.raw_rewards(sample_pairs, [model]))
+        per_entry: dict[int, list[float]] = {}
+        for k, owner in enumerate(owners):
+            per_entry.setdefault(owner, []).append(float(raw[k, 0]))
+    for i, e in enumerate(body.entries):
+        if e.samples is not None:
+            values.append(lsc.quantile(per_entry[i], q))
+            n_samples.append(len(e.samples))
+        else:
+            values.append(float(e.value))  # type: ignore[arg-type]
+            n_samples.append(None)
+    fps = [prompt_fingerprint(p) for p in prompts]
+    now = time.time()
+    entries = [
+        (fp, Reference(value=v, revision=sm.info.revision, quantile=q if n is not None or body.quantile is not None else None,
+                       n_samples=n, policy=body.policy, updated_at=now))
+        for fp, v, n in zip(fps, values, n_samples)
+    ]
+    try:
+        await scorer.store.put_many(model, entries)
+    except StoreUnavailable as e:
+        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+    return {"model": model, "stored": len(entries), "fingerprints": fps, "values": values}
+
+
+@router.get("/v1/references", response_model=StoredReference, responses=_ERRORS, tags=["references"])
+async def get_reference(request: Request, model: str = Query(...), prompt_fingerprint: str = Query(..., min_length=64, max_length=64)):
+    """The stored reference for one model and prompt fingerprint (sha256 hex, see docs)."""
+    scorer = _scorer(request)
+    (model,) = scorer.resolve_models([model])
+    try:
+        ref = await scorer.store.get(model, prompt_fingerprint.lower())
+    except StoreUnavailable as e:
+        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+    if ref is None:
+        raise ApiError(404, "reference_not_found", f"no stored reference for model {model!r} and prompt fingerprint {prompt_fingerprint}")
+    return {"model": model, "prompt_fingerprint": prompt_fingerprint.lower(), **ref.to_dict()}
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz():
+    """Alive (the process answers)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
+async def readyz(request: Request):
+    """200 once every model is loaded and warmed up; 503 before, on a load failure and while draining."""
+    st = _state(request)
+    if st.ready:
+        return {"status": "ready", "models": list(st.scorer.models)}
+    reason = st.load_error or ("draining" if st.draining else "loading models")
+    return JSONResponse({"error": {"type": "not_ready", "message": reason}}, status_code=503, headers={"Retry-After": "5"})
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics(request: Request):
+    """Prometheus text exposition."""
+    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

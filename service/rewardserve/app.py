@@ -1,0 +1,109 @@
+"""The application factory: settings → FastAPI app with routes, middleware and a model loader.
+
+Models load in the background after start-up, so ``/healthz`` answers at once and ``/readyz``
+turns 200 only when every backbone is loaded, warmed up and its batcher running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api.errors import install_error_handlers
+from .api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from .api.routes import router
+from .backends import Backend, build_backend
+from .batcher import Batcher
+from .config import BackboneConfig, Settings, load_settings
+from .metrics import Metrics
+from .references import ReferenceStore, open_store
+from .scoring import Scorer
+
+log = logging.getLogger("rewardserve")
+
+BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    scorer: Scorer | None = None
+    store: ReferenceStore | None = None
+    ready: bool = False
+    draining: bool = False
+    load_error: str | None = None
+
+
+def create_app(
+    settings: Settings | None = None,
+    backend_factory: BackendFactory = build_backend,
+    exit_on_load_failure: bool = False,
+) -> FastAPI:
+    settings = settings or load_settings()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    state = AppState(settings=settings, metrics=Metrics())
+
+    async def load_models() -> None:
+        try:
+            for name, cfg in settings.backbones.items():
+                backend = await asyncio.to_thread(backend_factory, name, cfg, settings)
+                await asyncio.to_thread(backend.warmup)
+                b = cfg.batching or settings.batching
+                batcher = Batcher(
+                    backend,
+                    max_batch_tokens=b.batch_tokens_for(cfg.device),
+                    max_wait_ms=b.max_wait_ms,
+                    max_queued_tokens=b.max_queued_tokens,
+                    sort_by_length=b.sort_by_length,
+                    metrics=state.metrics,
+                )
+                batcher.start()
+                state.scorer.add_backbone(backend, batcher)  # type: ignore[union-attr]
+                log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
+            state.ready = True
+            log.info("ready: %d models", len(state.scorer.models))  # type: ignore[union-attr]
+        except Exception as e:
+            state.load_error = f"loading models failed: {type(e).__name__}: {e}"
+            log.exception("loading models failed")
+            if exit_on_load_failure:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.store = open_store(settings.references.store)
+        state.scorer = Scorer(settings, state.store, state.metrics)
+        loader = asyncio.create_task(load_models(), name="load-models")
+        try:
+            yield
+        finally:
+            state.ready, state.draining = False, True
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            await state.scorer.stop()
+            await state.store.close()
+
+    app = FastAPI(
+        title="rewardserve",
+        version=__version__,
+        description="Reward models for RLHF behind one API: raw, LSC-transformed (log σ(r − r_ref)) and aggregated rewards.",
+        lifespan=lifespan,
+    )
+    app.state.rs = state
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

@@ -1,0 +1,119 @@
+"""What every reward-model backend provides: encode (tokenize + truncate) and forward (scalars)."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class Encoded:
+    """One tokenized (prompt, response) pair, ready for a batch."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+    # per token: 0 prompt, 1 response, -1 special token (used by pooling heads)
+    segments: list[int] | None = None
+    truncated: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    kind: str
+    source: str
+    revision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def collate(batch: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments)."""
+    n, width = len(batch), max(e.length for e in batch)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    has_tt = batch[0].token_type_ids is not None
+    tt = torch.zeros((n, width), dtype=torch.long) if has_tt else None
+    has_seg = batch[0].segments is not None
+    seg = torch.full((n, width), -1, dtype=torch.long) if has_seg else None
+    for i, e in enumerate(batch):
+        L = e.length
+        ids[i, :L] = torch.tensor(e.input_ids, dtype=torch.long)
+        mask[i, :L] = 1
+        if tt is not None:
+            tt[i, :L] = torch.tensor(e.token_type_ids, dtype=torch.long)
+        if seg is not None:
+            seg[i, :L] = torch.tensor(e.segments, dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if tt is not None:
+        out["token_type_ids"] = tt
+    if seg is not None:
+        out["segments"] = seg
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def file_digest(*paths: str | Path, length: int = 12) -> str:
+    """Short sha256 over the bytes of the given files (a model revision)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def weights_digest(folder: str | Path) -> str:
+    """Revision of a local model folder: sha256 over its safetensors weights and config.json."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) + [p for p in [folder / "config.json"] if p.exists()]
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    return file_digest(*files)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+class Backend(ABC):
+    """A loaded network that scores (prompt, response) pairs for one or more reward models.
+
+    ``encode`` runs on any thread (tokenizers are thread-safe for reading); ``forward`` runs on the
+    backbone's single worker thread, under ``torch.inference_mode``.
+    """
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+
+    @property
+    @abstractmethod
+    def model_names(self) -> list[str]:
+        """The reward models this backbone computes, in the column order of ``forward``."""
+
+    @abstractmethod
+    def model_info(self) -> dict[str, ModelInfo]: ...
+
+    @abstractmethod
+    def encode(self, prompt: str | list[dict[str, str]], response: str) -> Encoded: ...
+
+    @abstractmethod
+    def forward(self, batch: list[Encoded]) -> np.ndarray:
+        """Raw rewards, float64 array of shape (len(batch), len(model_names))."""
+
+    def warmup(self) -> None:
+        self.forward([self.encode("Hello", "Hi! How can I help you today?")])

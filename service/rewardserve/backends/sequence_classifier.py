@@ -1,0 +1,94 @@
+"""``sequence_classifier``: any Hugging Face ``AutoModelForSequenceClassification`` with one label.
+
+Encoder RMs read ``prompt`` / ``response`` as a text pair. Decoder RMs (Llama, Qwen, … sequence
+classifiers) read one sequence: the chat template when the tokenizer has one (prompt messages +
+the response as the last assistant turn), else the plain format of ``formatting.py``. Batches are
+right-padded and the model pools the reward at the last non-pad token, so an item scores the same
+alone and in a batch; a tokenizer without a pad token pads with EOS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import DTYPES, Backend, Encoded, ModelInfo, collate, resolve_device, weights_digest
+from .formatting import encode_chat, encode_pair, encode_single
+
+
+class SequenceClassifierBackend(Backend):
+    def __init__(
+        self,
+        name: str,
+        model_name: str,
+        path: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_length: int = 1024,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name, self._model_name, self.source = name, model_name, path
+        self.device, self.dtype = resolve_device(device), DTYPES[dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        self.tokenizer.truncation_side = "left"
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=self.dtype
+        ).to(self.device).eval()
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{path}: a reward model needs exactly one label, this one has {self.model.config.num_labels}")
+        self.is_decoder = is_decoder_only(self.model.config)
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        self.max_length = min(max_length, limit)
+        self.uses_chat_template = self.is_decoder and bool(getattr(self.tokenizer, "chat_template", None))
+        self.revision = weights_digest(path) if Path(path).is_dir() else (revision or "main")
+        self.input_names = set(self.tokenizer.model_input_names)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self._model_name]
+
+    def model_info(self) -> dict[str, ModelInfo]:
+        fmt = "chat_template" if self.uses_chat_template else ("plain_single" if self.is_decoder else "text_pair")
+        return {
+            self._model_name: ModelInfo(
+                name=self._model_name,
+                kind="sequence_classifier",
+                source=self.source,
+                revision=self.revision,
+                extra={"architecture": type(self.model).__name__, "input_format": fmt},
+            )
+        }
+
+    def encode(self, prompt, response: str) -> Encoded:
+        if not self.is_decoder:
+            return encode_pair(self.tokenizer, prompt, response, self.max_length)
+        if self.uses_chat_template:
+            return encode_chat(self.tokenizer, prompt, response, self.max_length)
+        return encode_single(self.tokenizer, prompt, response, self.max_length)
+
+    def forward(self, batch: list[Encoded]) -> np.ndarray:
+        t = collate(batch, self.pad_id, self.device)
+        t.pop("segments", None)
+        if "token_type_ids" not in self.input_names:
+            t.pop("token_type_ids", None)
+        with torch.inference_mode():
+            logits = self.model(**t).logits
+        return logits.float().cpu().double().numpy().reshape(len(batch), 1)
+
+
+def is_decoder_only(config) -> bool:
+    """Encoders (BERT, RoBERTa, DeBERTa, …) are the architectures with a masked-LM head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return not getattr(config, "is_encoder_decoder", False) and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES

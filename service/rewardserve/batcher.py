@@ -1,0 +1,242 @@
+"""One asynchronous batcher per backbone, shared by every concurrent request.
+
+Items wait in a bounded queue (``max_queued_tokens``; beyond it ``submit`` raises ``QueueFull``
+at once). The loop forms a batch as soon as the queue holds ``max_batch_tokens`` padded tokens
+or the oldest item has waited ``max_wait_ms``. A batch always contains the oldest waiting item
+(no starvation); with length sorting on, it is filled with the items closest in length to it, so
+little compute goes to padding. The forward runs on the backbone's single worker thread, so the
+event loop keeps accepting requests meanwhile, and the next batch forms while a forward runs.
+Items whose request was cancelled (client gone) are dropped before their forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend, Encoded
+from .metrics import Metrics
+
+log = logging.getLogger("rewardserve.batcher")
+
+
+class QueueFull(Exception):
+    def __init__(self, backbone: str, queued: int, limit: int, retry_after: float):
+        super().__init__(f"backbone {backbone!r} is overloaded: {queued} tokens queued (limit {limit}); retry later")
+        self.retry_after = retry_after
+
+
+class ForwardError(RuntimeError):
+    def __init__(self, backbone: str, models: list[str], cause: BaseException):
+        super().__init__(f"forward pass of backbone {backbone!r} (models {', '.join(models)}) failed: {type(cause).__name__}: {cause}")
+        self.backbone, self.models = backbone, models
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    enc: Encoded
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool) -> list[_Pending]:
+    """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
+
+    Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
+    length order, each step adding whichever neighbour adds fewer pad tokens. Unsorted: arrival order.
+    """
+    if not sort_by_length:
+        batch, width = [], 0
+        for p in items:
+            w = max(width, p.enc.length)
+            if batch and w * (len(batch) + 1) > budget:
+                break
+            batch.append(p)
+            width = w
+        return batch
+    order = sorted(items, key=lambda p: p.enc.length)
+    i = next(k for k, p in enumerate(order) if p is items[0])
+    lo = hi = i
+    width = order[i].enc.length
+    while True:
+        n = hi - lo + 1
+        left = order[lo - 1] if lo > 0 else None
+        right = order[hi + 1] if hi + 1 < len(order) else None
+        left_ok = left is not None and (n + 1) * width <= budget
+        right_ok = right is not None and (n + 1) * right.enc.length <= budget
+        if not (left_ok or right_ok):
+            break
+        left_pad = width - left.enc.length if left_ok else None  # type: ignore[union-attr]
+        right_pad = n * (right.enc.length - width) if right_ok else None  # type: ignore[union-attr]
+        if left_ok and (not right_ok or left_pad <= right_pad):  # type: ignore[operator]
+            lo -= 1
+        else:
+            hi += 1
+            width = right.enc.length  # type: ignore[union-attr]
+    return order[lo:hi + 1]
+
+
+class Batcher:
+    def __init__(
+        self,
+        backend: Backend,
+        max_batch_tokens: int,
+        max_wait_ms: float = 2.0,
+        max_queued_tokens: int = 262_144,
+        sort_by_length: bool = True,
+        metrics: Metrics | None = None,
+    ):
+        self.backend = backend
+        self.name = backend.name
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queued_tokens = max_queued_tokens
+        self.sort_by_length = sort_by_length
+        self.metrics = metrics
+        self._pending: list[_Pending] = []
+        self._queued_tokens = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{self.name}")
+        self._task: asyncio.Task | None = None
+        self._busy = False
+        self.forwards = 0  # forward passes run (for tests and diagnostics)
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def queued_items(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Finish what is queued (up to ``drain_timeout`` s), then stop the loop and the worker."""
+        deadline = time.monotonic() + drain_timeout
+        while (self._pending or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(RuntimeError(f"backbone {self.name!r} is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future]:
+        """Queue items; return one future per item, resolving to its row of raw rewards."""
+        tokens = sum(e.length for e in encoded)
+        if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
+            if self.metrics:
+                self.metrics.rejected.labels(self.name).inc(len(encoded))
+            raise QueueFull(self.name, self._queued_tokens, self.max_queued_tokens, self._retry_after())
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        futures = []
+        for e in encoded:
+            fut = loop.create_future()
+            self._pending.append(_Pending(e, fut, now))
+            futures.append(fut)
+        self._queued_tokens += tokens
+        self._update_depth()
+        self._wakeup.set()
+        return futures
+
+    # -- internals --------------------------------------------------------------------------
+    def _retry_after(self) -> float:
+        return max(1.0, round(self._queued_tokens / max(self.max_batch_tokens, 1) * 0.05, 1))
+
+    def _update_depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth_tokens.labels(self.name).set(self._queued_tokens)
+            self.metrics.queue_depth_items.labels(self.name).set(len(self._pending))
+
+    def _drop_cancelled(self) -> None:
+        live = [p for p in self._pending if not p.future.done()]
+        dropped = len(self._pending) - len(live)
+        if dropped:
+            self._queued_tokens -= sum(p.enc.length for p in self._pending if p.future.done())
+            self._pending = live
+            if self.metrics:
+                self.metrics.dropped.labels(self.name).inc(dropped)
+            self._update_depth()
+
+    async def _wait_for_company(self) -> None:
+        deadline = self._pending[0].arrived + self.max_wait
+        while self._queued_tokens < self.max_batch_tokens:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_cancelled()
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_wait > 0:
+                await self._wait_for_company()
+                self._drop_cancelled()
+                if not self._pending:
+                    continue
+            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length)
+            taken = set(map(id, batch))
+            self._pending = [p for p in self._pending if id(p) not in taken]
+            self._queued_tokens -= sum(p.enc.length for p in batch)
+            self._update_depth()
+            self._busy = True
+            try:
+                await self._run(loop, batch)
+            finally:
+                self._busy = False
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        encs = [p.enc for p in batch]
+        t0 = time.perf_counter()
+        try:
+            rows: np.ndarray = await loop.run_in_executor(self._executor, self.backend.forward, encs)
+        except Exception as e:  # a broken forward fails its batch, not the batcher
+            log.exception("forward of backbone %s failed", self.name)
+            if self.metrics:
+                self.metrics.forward_errors.labels(self.name).inc()
+            err = ForwardError(self.name, self.backend.model_names, e)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        t1 = time.perf_counter()
+        self.forwards += 1
+        for p, row in zip(batch, rows):
+            if not p.future.done():
+                p.future.set_result(row)
+        if self.metrics:
+            m, n = self.metrics, len(batch)
+            width = max(e.length for e in encs)
+            real = sum(e.length for e in encs)
+            m.batch_items.labels(self.name).observe(n)
+            m.batch_tokens.labels(self.name).observe(n * width)
+            m.padding_ratio.labels(self.name).observe(1.0 - real / (n * width))
+            m.forward_seconds.labels(self.name).observe(t1 - t0)
+            for p in batch:
+                m.queue_wait.labels(self.name).observe(t0 - p.arrived)

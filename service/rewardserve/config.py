@@ -1,0 +1,186 @@
+"""Configuration: one YAML file validated by pydantic, overridable from the environment.
+
+Precedence (highest first): environment variables ``REWARDSERVE_*`` (nested keys joined with
+``__``, e.g. ``REWARDSERVE_BATCHING__MAX_WAIT_MS=1``), then the YAML file, then the defaults
+below. With no file, the embedded default (``data/default.yaml``) is used: two reward models on
+the bundled MiniLM encoder, offline, on the CPU.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """One reward model served under ``name``."""
+
+    head: str | None = Field(None, description="encoder_head only: path of the head's safetensors file")
+    transform: Literal["lsc", "identity"] = "lsc"
+    default_reference: float = Field(0.0, allow_inf_nan=False, description="r_ref for prompts with no stored reference")
+    missing_reference: Literal["default", "error"] = Field(
+        "default", description="what to do when no inline or stored reference exists: use default_reference, or 422"
+    )
+
+
+class BatchingConfig(_Strict):
+    max_batch_tokens: int | None = Field(
+        None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 2048, cuda 16384)"
+    )
+    max_wait_ms: float = Field(2.0, ge=0, description="how long the first item of a batch waits for company")
+    max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
+    sort_by_length: bool = True
+
+    def batch_tokens_for(self, device: str) -> int:
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return 16_384 if device.startswith("cuda") else 2_048
+
+
+class BackboneConfig(_Strict):
+    """One network in memory, with one batcher. ``encoder_head``: one encoder shared by several heads
+    (each head a model). ``sequence_classifier``: a Hugging Face sequence-classification reward model
+    (exactly one model)."""
+
+    kind: Literal["encoder_head", "sequence_classifier"]
+    path: str | None = Field(None, description="local folder or hub id; encoder_head default: bundled all-MiniLM-L6-v2")
+    revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int = Field(256, gt=8)
+    trust_remote_code: bool = False
+    batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
+    models: dict[str, ModelConfig]
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not v.startswith("cuda") and v != "mps":
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _models(self) -> BackboneConfig:
+        if not self.models:
+            raise ValueError("a backbone needs at least one model")
+        if self.kind == "sequence_classifier":
+            if len(self.models) != 1:
+                raise ValueError("a sequence_classifier backbone serves exactly one model")
+            if self.path is None:
+                raise ValueError("a sequence_classifier backbone needs 'path'")
+        if self.kind == "encoder_head":
+            for name, m in self.models.items():
+                if not m.head:
+                    raise ValueError(f"model {name!r}: encoder_head models need 'head' (a safetensors file)")
+        return self
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_items_per_request: int = Field(1024, gt=0)
+    max_text_chars: int = Field(200_000, gt=0)
+    max_models_per_request: int = Field(16, gt=0)
+    max_references_per_upload: int = Field(10_000, gt=0)
+
+
+class ReferencesConfig(_Strict):
+    store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REWARDSERVE_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None: torch's default")
+    batching: BatchingConfig = BatchingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    references: ReferencesConfig = ReferencesConfig()
+    backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
+    # folder that relative paths (heads, model folders) are resolved against; set by load_settings
+    base_dir: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides the YAML file (passed as init kwargs)
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Settings:
+        if not self.backbones:
+            raise ValueError("no backbones configured")
+        seen: dict[str, str] = {}
+        for bname, b in self.backbones.items():
+            for m in b.models:
+                if m in seen:
+                    raise ValueError(f"model name {m!r} is used by backbones {seen[m]!r} and {bname!r}")
+                seen[m] = bname
+        return self
+
+    def resolve_path(self, p: str) -> str:
+        """Resolve a config-relative path (``~`` expanded); hub ids and absolute paths pass through."""
+        path = Path(p).expanduser()
+        if path.is_absolute() or self.base_dir is None:
+            return str(path)
+        candidate = Path(self.base_dir) / path
+        return str(candidate) if candidate.exists() or not _looks_like_hub_id(p) else p
+
+    def model_names(self) -> list[str]:
+        return [m for b in self.backbones.values() for m in b.models]
+
+
+def _looks_like_hub_id(p: str) -> bool:
+    return p.count("/") == 1 and not p.startswith((".", "/", "~"))
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("rewardserve") / "data" / DEFAULT_CONFIG_NAME))
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the YAML config at ``path`` (or the embedded default), apply env overrides, validate."""
+    cfg_path = Path(path).expanduser() if path else default_config_path()
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {cfg_path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {cfg_path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {cfg_path}: the top level must be a mapping")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data.setdefault("base_dir", str(cfg_path.parent.resolve()))
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(f"config file {cfg_path}: {_format_errors(e)}") from None

@@ -1,0 +1,229 @@
+"""Scoring: resolve models and references, split items per backbone, batch, transform, aggregate.
+
+This is the path of one ``POST /v1/score`` after validation: the route hands the parsed request to
+``Scorer.score``, which returns the response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import lsc
+from .api.errors import ApiError
+from .backends.base import Backend, ModelInfo
+from .batcher import Batcher, ForwardError, QueueFull
+from .config import ModelConfig, Settings
+from .metrics import Metrics
+from .references import Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
+from .schemas import AggregateSpec, ScoreItem
+
+Prompt = str | list[dict[str, str]]
+_INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
+
+
+@dataclass
+class ServedModel:
+    name: str
+    backbone: str
+    column: int
+    config: ModelConfig
+    info: ModelInfo
+
+
+def plain_prompt(prompt) -> Prompt:
+    """A request prompt (string or Message models) as plain Python data."""
+    if isinstance(prompt, str):
+        return prompt
+    return [{"role": m.role, "content": m.content} if hasattr(m, "role") else dict(m) for m in prompt]
+
+
+class Scorer:
+    def __init__(self, settings: Settings, store: ReferenceStore, metrics: Metrics):
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.models: dict[str, ServedModel] = {}
+        self.backends: dict[str, Backend] = {}
+        self.batchers: dict[str, Batcher] = {}
+
+    def add_backbone(self, backend: Backend, batcher: Batcher) -> None:
+        cfg = self.settings.backbones[backend.name]
+        info = backend.model_info()
+        for col, name in enumerate(backend.model_names):
+            self.models[name] = ServedModel(name, backend.name, col, cfg.models[name], info[name])
+        self.backends[backend.name] = backend
+        self.batchers[backend.name] = batcher
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        await asyncio.gather(*(b.stop(drain_timeout) for b in self.batchers.values()))
+
+    # -- validation -----------------------------------------------------------------------------
+    def resolve_models(self, requested: Sequence[str] | None) -> list[str]:
+        names = list(dict.fromkeys(requested)) if requested else list(self.models)
+        limit = self.settings.limits.max_models_per_request
+        if len(names) > limit:
+            raise ApiError(413, "too_many_models", f"{len(names)} models requested; the limit (max_models_per_request) is {limit}")
+        unknown = [m for m in names if m not in self.models]
+        if unknown:
+            raise ApiError(
+                404, "model_not_found",
+                f"unknown model {unknown[0]!r}; served models: {', '.join(self.models) or '(none loaded)'}",
+            )
+        return names
+
+    def check_items(self, items: Sequence[ScoreItem]) -> None:
+        lim = self.settings.limits
+        if len(items) > lim.max_items_per_request:
+            raise ApiError(413, "too_many_items", f"{len(items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}")
+        for i, it in enumerate(items):
+            n = len(it.response) + (len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.content) for m in it.prompt))
+            if n > lim.max_text_chars:
+                raise ApiError(413, "text_too_long", f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
+            for m in it.reference or {}:
+                if m not in self.models:
+                    raise ApiError(422, "invalid_request", f"items[{i}].reference names unknown model {m!r}")
+
+    # -- references -------------------------------------------------------------------------------
+    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str]) -> tuple[np.ndarray, list[list[str]]]:
+        """r_ref per (item, model): inline → stored → the model's default → policy ``error`` (422)."""
+        refs = np.zeros((len(items), len(models)))
+        warnings: list[list[str]] = [[] for _ in items]
+        fps: list[str] | None = None
+        for j, m in enumerate(models):
+            sm = self.models[m]
+            missing = []
+            for i, it in enumerate(items):
+                if it.reference and m in it.reference:
+                    refs[i, j] = it.reference[m]
+                else:
+                    missing.append(i)
+            if not missing:
+                continue
+            if fps is None:
+                fps = [prompt_fingerprint(p) for p in prompts]
+            try:
+                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}))
+            except StoreUnavailable as e:
+                raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+            for i in missing:
+                ref: Reference | None = stored.get(fps[i])
+                if ref is not None:
+                    refs[i, j] = ref.value
+                    if ref.revision and ref.revision != sm.info.revision:
+                        warnings[i].append(
+                            f"reference for model {m!r} was made with revision {ref.revision}, the model is now {sm.info.revision}"
+                        )
+                elif sm.config.missing_reference == "default" or sm.config.transform == "identity":
+                    refs[i, j] = sm.config.default_reference
+                else:
+                    raise ApiError(
+                        422, "missing_reference",
+                        f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} "
+                        f"(missing_reference policy is 'error'); pass items[{i}].reference or store one via POST /v1/references",
+                    )
+        return refs, warnings
+
+    # -- raw rewards ------------------------------------------------------------------------------
+    async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Raw rewards (n_items × n_models), truncation flags (same shape) and tokens used."""
+        raw = np.zeros((len(pairs), len(models)))
+        trunc = np.zeros((len(pairs), len(models)), dtype=bool)
+        by_backbone: dict[str, list[int]] = {}
+        for j, m in enumerate(models):
+            by_backbone.setdefault(self.models[m].backbone, []).append(j)
+        tokens = 0
+        all_futures: list[asyncio.Future] = []
+        jobs = []
+        try:
+            for bname, cols in by_backbone.items():
+                backend = self.backends[bname]
+                if len(pairs) <= _INLINE_ENCODE_MAX:
+                    encs = [backend.encode(p, r) for p, r in pairs]
+                else:
+                    encs = await asyncio.to_thread(lambda b=backend: [b.encode(p, r) for p, r in pairs])
+                tokens += sum(e.length for e in encs)
+                futs = self.batchers[bname].submit(encs)
+                all_futures.extend(futs)
+                jobs.append((cols, encs, futs))
+            for cols, encs, futs in jobs:
+                rows = await asyncio.gather(*futs)
+                block = np.stack(rows)
+                for j in cols:
+                    raw[:, j] = block[:, self.models[models[j]].column]
+                    trunc[:, j] = [e.truncated for e in encs]
+        except QueueFull as e:
+            raise ApiError(503, "overloaded", str(e), {"Retry-After": str(int(np.ceil(e.retry_after)))}) from None
+        except ForwardError as e:
+            raise ApiError(500, "model_error", str(e)) from None
+        finally:
+            for f in all_futures:  # on error or client disconnect: nothing left queued for this request
+                if not f.done():
+                    f.cancel()
+        for m in models:
+            self.metrics.items_scored.labels(m).inc(len(pairs))
+        return raw, trunc, tokens
+
+    # -- the whole request ------------------------------------------------------------------------
+    async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None) -> dict:
+        names = self.resolve_models(models)
+        agg = aggregate or AggregateSpec()
+        weights = agg.weights or {}
+        unknown_w = [k for k in weights if k not in names]
+        if unknown_w:
+            raise ApiError(422, "invalid_request", f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested models {names}")
+        self.check_items(items)
+        prompts = [plain_prompt(it.prompt) for it in items]
+        refs, warnings = await self.resolve_references(items, prompts, names)
+        raw, trunc, tokens = await self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names)
+
+        transforms = [self.models[m].config.transform for m in names]
+        u = np.empty_like(raw)
+        for j, t in enumerate(transforms):
+            u[:, j] = lsc.transform(raw[:, j], refs[:, j], t)
+        with_p = lsc.p_all_good_defined(agg.method, weights, transforms)
+        results = []
+        for i, it in enumerate(items):
+            r_i = dict(zip(names, raw[i].tolist()))
+            u_i = dict(zip(names, u[i].tolist()))
+            value = lsc.aggregate(r_i, u_i, agg.method, weights)
+            res = {
+                "id": it.id,
+                "raw": r_i,
+                "reference": dict(zip(names, refs[i].tolist())),
+                "transformed": u_i,
+                "aggregate": value,
+                "truncated": dict(zip(names, trunc[i].tolist())),
+            }
+            if with_p:
+                res["p_all_good"] = lsc.p_all_good(value)
+            if warnings[i]:
+                res["warnings"] = warnings[i]
+            results.append(res)
+        return {
+            "results": results,
+            "aggregate_method": agg.method,
+            "models": {m: {"revision": self.models[m].info.revision} for m in names},
+            "usage": {"items": len(items), "tokens": tokens},
+        }
+
+    def describe_models(self) -> list[dict]:
+        out = []
+        for m, sm in self.models.items():
+            backend = self.backends[sm.backbone]
+            out.append({
+                "name": m,
+                "kind": sm.info.kind,
+                "backbone": sm.backbone,
+                "source": sm.info.source,
+                "revision": sm.info.revision,
+                "device": str(backend.device),
+                "dtype": str(backend.dtype).replace("torch.", ""),
+                "max_length": backend.max_length,
+                "transform": sm.config.transform,
+                "default_reference": sm.config.default_reference,
+                "missing_reference": sm.config.missing_reference,
+                **sm.info.extra,
+            })
+        return out

@@ -1,0 +1,68 @@
+"""Run ``rewardserve serve`` as a child process and wait until it is ready (demo, bench, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    def __init__(self, config: str | None = None, port: int = 0, env: dict[str, str] | None = None,
+                 ready_timeout: float = 300.0, extra_args: list[str] | None = None, quiet: bool = True):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "rewardserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--log-level", "warning", *(["--config", config] if config else []), *(extra_args or [])]
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout = ready_timeout
+        self.quiet = quiet
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds = 0.0
+
+    def start(self) -> ServiceProcess:
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, env=self.env,
+                                     stdout=subprocess.DEVNULL if self.quiet else None,
+                                     stderr=subprocess.PIPE if self.quiet else None)
+        deadline = t0 + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"rewardserve serve exited with {self.proc.returncode}:\n{err[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.startup_seconds = time.monotonic() - t0
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"rewardserve was not ready within {self.ready_timeout} s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny real checkpoints in a temp dir, configs, and live uvicorn servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from rewardserve import tiny_models  # noqa: E402
+from rewardserve.app import create_app  # noqa: E402
+from rewardserve.config import Settings  # noqa: E402
+from rewardserve.service_process import free_port  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("REWARDSERVE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+TINY_HIDDEN = 32
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random checkpoints: encoder classifier, decoder classifiers (with/without chat template),
+    an encoder with two heads."""
+    root = tmp_path_factory.mktemp("tiny")
+    paths = {
+        "enc_cls": tiny_models.make_encoder_classifier(root / "enc_cls"),
+        "dec_chat": tiny_models.make_decoder_classifier(root / "dec_chat", chat_template=True, seed=1),
+        "dec_plain": tiny_models.make_decoder_classifier(root / "dec_plain", chat_template=False, seed=2),
+        "encoder": tiny_models.make_encoder(root / "encoder", seed=3),
+    }
+    paths["head_a"] = tiny_models.make_head(root / "head_a.safetensors", 3 * TINY_HIDDEN, hidden=0, seed=4)
+    paths["head_b"] = tiny_models.make_head(root / "head_b.safetensors", 3 * TINY_HIDDEN, hidden=8, seed=5)
+    return paths
+
+
+def tiny_settings(tiny: dict[str, Path], tmp_path: Path, **overrides) -> Settings:
+    """Two backbones: an encoder with heads 'a' and 'b', and the encoder classifier 'cls'."""
+    data = {
+        "references": {"store": f"sqlite:///{tmp_path / 'refs.db'}"},
+        "batching": {"max_wait_ms": 2},
+        "backbones": {
+            "enc": {
+                "kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
+                "models": {
+                    "a": {"head": str(tiny["head_a"])},
+                    "b": {"head": str(tiny["head_b"]), "missing_reference": "error"},
+                },
+            },
+            "clsbb": {"kind": "sequence_classifier", "path": str(tiny["enc_cls"]), "max_length": 64,
+                      "models": {"cls": {"transform": "identity"}}},
+        },
+    }
+    for k, v in overrides.items():
+        data[k] = v
+    return Settings(**data)
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app, wait_ready: bool = True):
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on", timeout_graceful_shutdown=10))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.wait_ready = wait_ready
+
+    @property
+    def state(self):
+        return self.app.state.rs
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        if self.wait_ready:
+            while httpx.get(f"{self.url}/readyz").status_code != 200:
+                if self.state.load_error or time.monotonic() > deadline:
+                    raise RuntimeError(f"service not ready: {self.state.load_error}")
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    """A live server with the tiny two-backbone config (shared by a test module)."""
+    settings = tiny_settings(tiny, tmp_path_factory.mktemp("srv"))
+    with LiveServer(create_app(settings)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
