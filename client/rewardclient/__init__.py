@@ -1,5 +1,13 @@
 """rewardclient: the Python SDK of rewardserve."""
 
-from .fingerprint import prompt_fingerprint
+from .client import (
+    AsyncRewardClient, AuthenticationError, BadRequestError, ConnectionFailed, NotFoundError, OverloadedError,
+    PayloadTooLargeError, RewardClient, RewardServeError, ScoreResult, ServerError,
+)
+from .fingerprint import canonical_prompt, prompt_fingerprint
 
-__all__ = ["prompt_fingerprint"]
+__all__ = [
+    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError", "OverloadedError",
+    "PayloadTooLargeError", "RewardClient", "RewardServeError", "ScoreResult", "ServerError", "canonical_prompt",
+    "prompt_fingerprint",
+]

@@ -21,7 +21,6 @@ from .api.errors import install_error_handlers
 from .api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from .api.routes import router
 from .backends import Backend, build_backend
-from .batcher import Batcher
 from .config import BackboneConfig, Settings, load_settings
 from .metrics import Metrics
 from .references import ReferenceStore, open_store
@@ -58,20 +57,8 @@ def create_app(
 
     async def load_models() -> None:
         try:
-            for name, cfg in settings.backbones.items():
-                backend = await asyncio.to_thread(backend_factory, name, cfg, settings)
-                await asyncio.to_thread(backend.warmup)
-                b = cfg.batching or settings.batching
-                batcher = Batcher(
-                    backend,
-                    max_batch_tokens=b.batch_tokens_for(cfg.device),
-                    max_wait_ms=b.max_wait_ms,
-                    max_queued_tokens=b.max_queued_tokens,
-                    sort_by_length=b.sort_by_length,
-                    metrics=state.metrics,
-                )
-                batcher.start()
-                state.scorer.add_backbone(backend, batcher)  # type: ignore[union-attr]
+            for name in settings.backbones:
+                backend = await state.scorer.load_backbone(name, backend_factory)  # type: ignore[union-attr]
                 log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
             state.ready = True
             log.info("ready: %d models", len(state.scorer.models))  # type: ignore[union-attr]

@@ -65,6 +65,84 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_rm(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import load_settings
+    from .evaluation import eval_rm, update_card
+
+    settings = load_settings(a.config)
+    result = asyncio.run(eval_rm(settings, a.model, a.data, a.limit))
+    print(json.dumps(result, indent=2))
+    if a.update_card:
+        print(f"card updated: {update_card(settings, a.model, result, a.update_card)}", file=sys.stderr)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibration import CalibrationConfig, calibrate
+
+    cfg = CalibrationConfig(
+        prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
+        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
+        seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
+        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device,
+    )
+    print(json.dumps(calibrate(cfg).to_dict(), indent=2))
+    return 0
+
+
+def _store_url(a: argparse.Namespace) -> str:
+    from .config import load_settings
+
+    return a.store or load_settings(a.config).references.store
+
+
+def _cmd_references(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from .references import Reference, open_store
+
+    async def export() -> int:
+        store = open_store(_store_url(a))
+        try:
+            rows = await store.all_rows()
+        finally:
+            await store.close()
+        out = open(a.file, "w", encoding="utf-8") if a.file != "-" else sys.stdout
+        for model, fp, ref in rows:
+            out.write(json.dumps({"model": model, "fingerprint": fp, **ref.to_dict()}) + "\n")
+        if out is not sys.stdout:
+            out.close()
+        print(f"exported {len(rows)} references", file=sys.stderr)
+        return 0
+
+    async def import_() -> int:
+        by_model: dict[str, list] = {}
+        src = open(a.file, encoding="utf-8") if a.file != "-" else sys.stdin
+        for lineno, line in enumerate(src, 1):
+            if line.strip():
+                row = json.loads(line)
+                try:
+                    model, fp = row.pop("model"), row.pop("fingerprint")
+                    by_model.setdefault(model, []).append((fp, Reference(**row)))
+                except (KeyError, TypeError) as e:
+                    raise ValueError(f"{a.file}:{lineno}: not a reference row ({e})") from None
+        store = open_store(_store_url(a))
+        try:
+            for model, entries in by_model.items():
+                await store.put_many(model, entries)
+        finally:
+            await store.close()
+        print(f"imported {sum(map(len, by_model.values()))} references", file=sys.stderr)
+        return 0
+
+    return asyncio.run(export() if a.action == "export" else import_())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rewardserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use only the first N pairs")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_train_head)
+
+    e = sub.add_parser("eval-rm", help="pairwise accuracy of a configured model on preference pairs")
+    e.add_argument("--model", required=True)
+    e.add_argument("--config", help="YAML config (default: the embedded default)")
+    e.add_argument("--data", required=True, help="pairs: JSONL(.gz) with prompt/chosen/rejected, or a hub dataset id")
+    e.add_argument("--limit", type=int, help="use only the first N pairs")
+    e.add_argument("--out", help="also write the result as JSON here")
+    e.add_argument("--update-card", metavar="KEY", help="store the result in the model's card under evaluation.KEY")
+    e.set_defaults(func=_cmd_eval_rm)
+
+    c = sub.add_parser("calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service")
+    c.add_argument("--prompts", required=True, help="prompts.jsonl(.gz) (objects with 'prompt') or JSONL of strings")
+    c.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    c.add_argument("--policy", help="base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
+    c.add_argument("--samples", type=int, default=8, help="K samples per prompt")
+    c.add_argument("--quantile", type=float, default=0.85, help="Q: the reference is the Q-quantile of the K rewards")
+    c.add_argument("--models", nargs="+", help="models to calibrate (default: all served)")
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--top-p", type=float, default=0.9)
+    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--batch-prompts", type=int, default=4, help="prompts per generate call")
+    c.add_argument("--split", help="only prompts of this split (train/test) when the file has one")
+    c.add_argument("--limit", type=int, help="only the first N prompts")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
+    c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
+    c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
+    c.set_defaults(func=_cmd_calibrate)
+
+    r = sub.add_parser("references", help="export or import every stored reference as JSON Lines")
+    r.add_argument("action", choices=["export", "import"])
+    r.add_argument("file", help="JSONL file ('-': stdout / stdin)")
+    r.add_argument("--store", help="store URL (default: the config's references.store)")
+    r.add_argument("--config", help="YAML config (default: the embedded default)")
+    r.set_defaults(func=_cmd_references)
     return p
 
 

@@ -100,6 +100,9 @@ class LimitsConfig(_Strict):
 
 class ReferencesConfig(_Strict):
     store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB")
+    revision_mismatch: Literal["warn", "reject"] = Field(
+        "warn", description="a stored reference made with another model revision: warn in the result, or 422"
+    )
 
 
 class Settings(BaseSettings):

@@ -73,13 +73,27 @@ class ReferenceEntry(_Wire):
     samples: list[str] | None = Field(
         None, min_length=1, description="base-policy responses; the service scores them and stores their quantile"
     )
+    n_samples: int | None = Field(None, ge=1, description="with 'value': how many samples it was computed from")
+
+
+class DefaultReference(_Wire):
+    value: FiniteFloat
+    n_samples: int | None = Field(None, ge=1)
 
 
 class ReferencesUpload(_Wire):
     model: ModelName
-    entries: list[ReferenceEntry] = Field(min_length=1)
+    entries: list[ReferenceEntry] = Field(default_factory=list)
+    default: DefaultReference | None = Field(
+        None, description="the model's stored default reference, used for prompts with no reference of their own"
+    )
     quantile: float | None = Field(None, ge=0.0, le=1.0, description="quantile of sample rewards (default 0.85)")
     policy: str | None = Field(None, max_length=1024, description="id of the policy that made the samples")
+
+
+class ReferencesLookup(_Wire):
+    model: ModelName
+    prompt_fingerprints: list[Annotated[str, StringConstraints(min_length=64, max_length=64)]] = Field(min_length=1)
 
 
 class ReferencesStored(BaseModel):

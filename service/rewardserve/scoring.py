@@ -23,6 +23,7 @@ from .schemas import AggregateSpec, ScoreItem
 
 Prompt = str | list[dict[str, str]]
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
+DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
 
 
 @dataclass
@@ -47,6 +48,20 @@ class Scorer:
         self.models: dict[str, ServedModel] = {}
         self.backends: dict[str, Backend] = {}
         self.batchers: dict[str, Batcher] = {}
+
+    async def load_backbone(self, name: str, factory, warmup: bool = True) -> Backend:
+        """Build backbone ``name`` with ``factory(name, cfg, settings)`` (off the event loop), warm it
+        up, start its batcher and serve its models."""
+        cfg = self.settings.backbones[name]
+        backend = await asyncio.to_thread(factory, name, cfg, self.settings)
+        if warmup:
+            await asyncio.to_thread(backend.warmup)
+        b = cfg.batching or self.settings.batching
+        batcher = Batcher(backend, max_batch_tokens=b.batch_tokens_for(cfg.device), max_wait_ms=b.max_wait_ms,
+                          max_queued_tokens=b.max_queued_tokens, sort_by_length=b.sort_by_length, metrics=self.metrics)
+        batcher.start()
+        self.add_backbone(backend, batcher)
+        return backend
 
     def add_backbone(self, backend: Backend, batcher: Batcher) -> None:
         cfg = self.settings.backbones[backend.name]
@@ -87,7 +102,8 @@ class Scorer:
 
     # -- references -------------------------------------------------------------------------------
     async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-        """r_ref per (item, model): inline → stored → the model's default → policy ``error`` (422)."""
+        """r_ref per (item, model): inline → stored for the prompt → the model's stored default
+        (``DEFAULT_KEY``, written by calibration) → the configured default → policy ``error`` (422)."""
         refs = np.zeros((len(items), len(models)))
         warnings: list[list[str]] = [[] for _ in items]
         fps: list[str] | None = None
@@ -104,17 +120,22 @@ class Scorer:
             if fps is None:
                 fps = [prompt_fingerprint(p) for p in prompts]
             try:
-                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}))
+                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY])
             except StoreUnavailable as e:
                 raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+            stored_default = stored.get(DEFAULT_KEY)
             for i in missing:
                 ref: Reference | None = stored.get(fps[i])
                 if ref is not None:
                     refs[i, j] = ref.value
                     if ref.revision and ref.revision != sm.info.revision:
-                        warnings[i].append(
-                            f"reference for model {m!r} was made with revision {ref.revision}, the model is now {sm.info.revision}"
-                        )
+                        msg = (f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
+                               f"the model is now {sm.info.revision}")
+                        if self.settings.references.revision_mismatch == "reject":
+                            raise ApiError(422, "stale_reference", f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
+                        warnings[i].append(msg)
+                elif stored_default is not None and sm.config.missing_reference == "default":
+                    refs[i, j] = stored_default.value
                 elif sm.config.missing_reference == "default" or sm.config.transform == "identity":
                     refs[i, j] = sm.config.default_reference
                 else:

@@ -12,9 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import lsc
 from ..references import Reference, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
-    ErrorBody, ReferencesStored, ReferencesUpload, ScoreRequest, ScoreResponse, StoredReference,
+    ErrorBody, ReferencesLookup, ReferencesStored, ReferencesUpload, ScoreRequest, ScoreResponse, StoredReference,
 )
-from ..scoring import plain_prompt
+from ..scoring import DEFAULT_KEY, plain_prompt
 from .errors import ApiError
 
 router = APIRouter()
@@ -90,6 +90,8 @@ async def put_references(body: ReferencesUpload, request: Request):
     if len(body.entries) > lim:
         raise ApiError(413, "too_many_references", f"{len(body.entries)} entries; the limit (max_references_per_upload) is {lim}")
     (model,) = scorer.resolve_models([body.model])
+    if not body.entries and body.default is None:
+        raise ApiError(422, "invalid_request", "give 'entries', a 'default', or both")
     sm = scorer.models[model]
     prompts = [plain_prompt(e.prompt) for e in body.entries]
     values: list[float] = []
@@ -98,6 +100,8 @@ async def put_references(body: ReferencesUpload, request: Request):
     for i, (e, p) in enumerate(zip(body.entries, prompts)):
         if (e.value is None) == (e.samples is None):
             raise ApiError(422, "invalid_request", f"entries[{i}]: give exactly one of 'value' or 'samples'")
+        if e.samples is not None and e.n_samples is not None:
+            raise ApiError(422, "invalid_request", f"entries[{i}]: 'n_samples' goes with 'value' (with 'samples' it is their count)")
         if e.samples is not None:
             sample_pairs.extend((p, s) for s in e.samples)
             owners.extend([i] * len(e.samples))
@@ -115,19 +119,43 @@ async def put_references(body: ReferencesUpload, request: Request):
             n_samples.append(len(e.samples))
         else:
             values.append(float(e.value))  # type: ignore[arg-type]
-            n_samples.append(None)
+            n_samples.append(e.n_samples)
     fps = [prompt_fingerprint(p) for p in prompts]
     now = time.time()
-    entries = [
-        (fp, Reference(value=v, revision=sm.info.revision, quantile=q if n is not None or body.quantile is not None else None,
-                       n_samples=n, policy=body.policy, updated_at=now))
-        for fp, v, n in zip(fps, values, n_samples)
-    ]
+
+    def ref(value: float, n: int | None, from_samples: bool) -> Reference:
+        quantile = q if from_samples or body.quantile is not None else None
+        return Reference(value=value, revision=sm.info.revision, quantile=quantile, n_samples=n, policy=body.policy, updated_at=now)
+
+    entries = [(fp, ref(v, n, e.samples is not None)) for fp, v, n, e in zip(fps, values, n_samples, body.entries)]
+    if body.default is not None:
+        entries.append((DEFAULT_KEY, ref(body.default.value, body.default.n_samples, False)))
     try:
         await scorer.store.put_many(model, entries)
     except StoreUnavailable as e:
         raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
     return {"model": model, "stored": len(entries), "fingerprints": fps, "values": values}
+
+
+@router.post("/v1/references/lookup", responses=_ERRORS, tags=["references"])
+async def lookup_references(body: ReferencesLookup, request: Request):
+    """Stored references for many prompt fingerprints at once: ``{"references": {fp: entry | null}}``."""
+    scorer = _scorer(request)
+    (model,) = scorer.resolve_models([body.model])
+    if len(body.prompt_fingerprints) > scorer.settings.limits.max_references_per_upload:
+        raise ApiError(413, "too_many_references", f"at most {scorer.settings.limits.max_references_per_upload} fingerprints per lookup")
+    fps = [f.lower() for f in body.prompt_fingerprints]
+    try:
+        found = await scorer.store.get_many(model, fps + [DEFAULT_KEY])
+    except StoreUnavailable as e:
+        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+    default = found.get(DEFAULT_KEY)
+    return {
+        "model": model,
+        "revision": scorer.models[model].info.revision,
+        "references": {fp: (found[fp].to_dict() if fp in found else None) for fp in fps},
+        "default": default.to_dict() if default else None,
+    }
 
 
 @router.get("/v1/references", response_model=StoredReference, responses=_ERRORS, tags=["references"])

@@ -34,6 +34,10 @@ class ReferenceStore(ABC):
     async def put_many(self, model: str, entries: list[tuple[str, Reference]]) -> None:
         """Insert or replace references (all or nothing)."""
 
+    @abstractmethod
+    async def all_rows(self) -> list[tuple[str, str, Reference]]:
+        """Every stored (model, fingerprint, reference), sorted (for export)."""
+
     async def get(self, model: str, fingerprint: str) -> Reference | None:
         return (await self.get_many(model, [fingerprint])).get(fingerprint)
 

@@ -58,7 +58,7 @@ class SQLiteStore(ReferenceStore):
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def all_rows(self) -> list[tuple[str, str, Reference]]:
+    def _all_rows(self) -> list[tuple[str, str, Reference]]:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT model, fingerprint, value, revision, quantile, n_samples, policy, updated_at FROM refs ORDER BY model, fingerprint"
@@ -72,6 +72,9 @@ class SQLiteStore(ReferenceStore):
 
     async def put_many(self, model: str, entries: list[tuple[str, Reference]]) -> None:
         await asyncio.to_thread(self._put_many, model, entries)
+
+    async def all_rows(self) -> list[tuple[str, str, Reference]]:
+        return await asyncio.to_thread(self._all_rows)
 
     async def close(self) -> None:
         with self._lock:
