@@ -45,6 +45,7 @@ def tiny_settings(tiny: dict[str, Path], tmp_path: Path, **overrides) -> Setting
     data = {
         "references": {"store": f"sqlite:///{tmp_path / 'refs.db'}"},
         "batching": {"max_wait_ms": 2},
+        "openrlhf": {"models": ["a", "cls"]},
         "backbones": {
             "enc": {
                 "kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api.errors import install_error_handlers
-from .api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .api.routes import router
 from .backends import Backend, build_backend
 from .config import BackboneConfig, Settings, load_settings
@@ -92,5 +92,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    keys = settings.load_api_keys()
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, open_routes=settings.open_routes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _cmd_train_head(a: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
 EXAMPLE_ITEMS = [
     {"id": "helpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
      "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
@@ -52,16 +54,36 @@ EXAMPLE_ITEMS = [
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    """Start the service on the embedded default (or --config), score example pairs, print the JSON."""
+    """Start the service on the embedded default (or --config), score example pairs and print the
+    JSON, then run a short RLHF session against it and print where its report is."""
+    import time
+
     from .service_process import ServiceProcess
 
+    t0 = time.perf_counter()
     with ServiceProcess(config=a.config, port=a.port) as svc:
         import httpx
 
         r = httpx.post(f"{svc.url}/v1/score", json={"items": EXAMPLE_ITEMS}, timeout=60)
         r.raise_for_status()
         print(json.dumps(r.json(), indent=2))
-        print(f"\nscored by the service at {svc.url} (started {svc.startup_seconds:.1f} s before)", file=sys.stderr)
+        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start)", file=sys.stderr)
+        if a.rlhf_steps > 0:
+            from rewardclient.trainer import RLHFConfig, run_rlhf
+
+            prompts = a.prompts
+            if not Path(prompts).exists():  # no data folder: a few built-in prompts
+                prompts = str(Path(a.out_dir) / "demo-prompts.jsonl")
+                Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+                Path(prompts).write_text("".join(json.dumps(it["prompt"]) + "\n" for it in EXAMPLE_ITEMS[::2]))
+
+            print(f"\nRLHF: {a.rlhf_steps} GRPO steps of SmolLM2-135M-Instruct against {svc.url} ...", file=sys.stderr)
+            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir))
+            last = summary["last"]
+            print(json.dumps({"rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
+                              "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"}}, indent=2))
+            print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -143,6 +165,38 @@ def _cmd_references(a: argparse.Namespace) -> int:
     return asyncio.run(export() if a.action == "export" else import_())
 
 
+def _cmd_rlhf(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rewardclient.trainer import RLHFConfig, run_rlhf
+
+    names = {f.name for f in dataclasses.fields(RLHFConfig)} - {"extra"}
+    cfg = RLHFConfig(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    cfg.api_key = cfg.api_key or os.environ.get("REWARDSERVE_API_KEY")
+    summary = run_rlhf(cfg)
+    print(json.dumps({k: summary[k] for k in ("utility", "steps", "wall_seconds", "out_dir")}, indent=2))
+    print(f"report: {summary['out_dir']}/report.md", file=sys.stderr)
+    return 0
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "extra":
+            continue
+        t = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if typing.get_origin(t) in (list, typing.Union) or str(t).startswith("list") or "list[" in str(t):
+            parser.add_argument(flag, nargs="+", default=None, help=f"default: {default}")
+            continue
+        base = next((x for x in typing.get_args(t) if x is not type(None)), t)
+        parser.add_argument(flag, type=base if base in (int, float, str) else str, default=None, help=f"default: {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rewardserve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
     d.add_argument("--config", help="YAML config (default: the embedded default)")
     d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    d.add_argument("--rlhf-steps", type=int, default=4, help="GRPO steps of the RLHF part (0: skip it)")
+    d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
+    d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train-head", help="train a Bradley-Terry reward head on a frozen encoder")
@@ -213,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--store", help="store URL (default: the config's references.store)")
     r.add_argument("--config", help="YAML config (default: the embedded default)")
     r.set_defaults(func=_cmd_references)
+
+    from rewardclient.trainer.grpo import RLHFConfig
+
+    h = sub.add_parser("rlhf", help="RLHF (TRL GRPO, KL-regularised) of a policy against a running service")
+    _add_dataclass_args(h, RLHFConfig)
+    h.set_defaults(func=_cmd_rlhf)
     return p
 
 

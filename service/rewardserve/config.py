@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -105,15 +105,30 @@ class ReferencesConfig(_Strict):
     )
 
 
+class OpenRLHFConfig(_Strict):
+    """What ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url`` protocol) returns as ``rewards``."""
+
+    models: list[str] | None = Field(None, description="default: every configured model")
+    method: Literal["lsc_sum", "raw_sum", "min"] = "lsc_sum"
+    weights: dict[str, float] | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REWARDSERVE_", env_nested_delimiter="__", extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = 8000
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys; when set (or api_keys_file), every route but open_routes needs "
+                          "'Authorization: Bearer <key>'. Env: REWARDSERVE_API_KEYS")
+    api_keys_file: str | None = Field(None, description="a file with one API key per line (comments with #)")
+    open_routes: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+                                   description="routes that need no API key")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None: torch's default")
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
     references: ReferencesConfig = ReferencesConfig()
+    openrlhf: OpenRLHFConfig = OpenRLHFConfig()
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
@@ -149,6 +164,17 @@ class Settings(BaseSettings):
             return str(path)
         candidate = Path(self.base_dir) / path
         return str(candidate) if candidate.exists() or not _looks_like_hub_id(p) else p
+
+    def load_api_keys(self) -> list[str]:
+        keys = [k.strip() for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",") if k.strip()]
+        if self.api_keys_file:
+            path = Path(self.api_keys_file).expanduser()
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                raise ConfigError(f"api_keys_file {path}: {e.strerror}") from None
+            keys += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        return keys
 
     def model_names(self) -> list[str]:
         return [m for b in self.backbones.values() for m in b.models]

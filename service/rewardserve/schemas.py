@@ -121,3 +121,12 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward-model request: ``query`` = prompt + response as one string."""
+
+    model_config = ConfigDict(extra="allow")
+    query: list[str] = Field(min_length=1)
+    prompts: list[str] = Field(min_length=1)
+    labels: list | None = None

@@ -87,3 +87,24 @@ def test_disconnected_client_items_are_dropped_before_the_forward(tiny, tmp_path
         assert batcher.queued_items == 0 and batcher.queued_tokens == 0
         dropped = [s for s in srv.state.metrics.dropped.collect()[0].samples if s.name.endswith("_total")]
         assert sum(s.value for s in dropped) == 5
+
+
+def test_api_keys_guard_every_route_but_the_open_ones(tiny, tmp_path, monkeypatch):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# team keys\nfile-key-123\n")
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "env-key-1, env-key-2")
+    settings = tiny_settings(tiny, tmp_path, api_keys_file=str(keyfile))
+    assert "env-key-1" not in repr(settings)  # a secret
+    with LiveServer(create_app(settings)) as srv:
+        body = {"items": [{"prompt": "p", "response": "r"}], "models": ["a"]}
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(srv.url + path).status_code == 200
+        r = httpx.post(f"{srv.url}/v1/score", json=body)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": "Bearer wrong-key"})
+        assert r.status_code == 401 and "wrong-key" not in r.text
+        for key in ("env-key-1", "env-key-2", "file-key-123"):
+            assert httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/references"), ("POST", "/get_reward"), ("POST", "/score")):
+            assert httpx.request(method, srv.url + path, json={}).status_code == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 
@@ -57,6 +58,38 @@ async def _send_413(send, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """``Authorization: Bearer <key>`` on every route but ``open_routes``; keys compared in constant
+    time (every key is compared, so timing does not tell which one nearly matched). Keys never
+    appear in answers or logs."""
+
+    def __init__(self, app, keys: list[str], open_routes: list[str]):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.open = set(open_routes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open:
+            return await self.app(scope, receive, send)
+        token = b""
+        for k, v in scope.get("headers", ()):
+            if k == b"authorization":
+                scheme, _, rest = v.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = rest.strip()
+        ok = False
+        for key in self.keys:
+            ok |= hmac.compare_digest(token, key)
+        if ok:
+            return await self.app(scope, receive, send)
+        msg = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
+        body = json.dumps({"error": {"type": "unauthorized", "message": msg}}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class MetricsMiddleware:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import lsc
 from ..references import Reference, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
-    ErrorBody, ReferencesLookup, ReferencesStored, ReferencesUpload, ScoreRequest, ScoreResponse, StoredReference,
+    AggregateSpec, ErrorBody, OpenRLHFRequest, ReferencesLookup, ReferencesStored, ReferencesUpload, ScoreItem, ScoreRequest, ScoreResponse, StoredReference,
 )
 from ..scoring import DEFAULT_KEY, plain_prompt
 from .errors import ApiError
@@ -70,6 +70,31 @@ router.add_api_route(
     "/score", score, methods=["POST"], response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"],
     summary="Alias of POST /v1/score",
 )
+
+
+@router.post("/get_reward", responses=_ERRORS, tags=["scoring"])
+async def get_reward(body: OpenRLHFRequest, request: Request):
+    """OpenRLHF ``--remote_rm_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
+    "extra_logs"}``. Each response is its query minus the prompt prefix; ``rewards`` is the aggregate
+    configured under ``openrlhf`` (default ``lsc_sum`` over every model)."""
+    scorer = _scorer(request)
+    if len(body.prompts) != len(body.query):
+        raise ApiError(422, "invalid_request", f"'query' has {len(body.query)} entries but 'prompts' has {len(body.prompts)}")
+    items = []
+    for i, (q, p) in enumerate(zip(body.query, body.prompts)):
+        if not q.startswith(p):
+            raise ApiError(422, "invalid_request", f"query[{i}] does not start with prompts[{i}]")
+        items.append(ScoreItem(prompt=p, response=q[len(p):]))
+    cfg = scorer.settings.openrlhf
+    agg = AggregateSpec(method=cfg.method, weights=cfg.weights)
+    out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg))
+    results = out["results"]
+    rewards = [r["aggregate"] for r in results]
+    extra = {"aggregate": rewards}
+    for m in out["models"]:
+        extra[f"{m}/raw"] = [r["raw"][m] for r in results]
+        extra[f"{m}/transformed"] = [r["transformed"][m] for r in results]
+    return {"rewards": rewards, "scores": rewards, "extra_logs": extra}
 
 
 @router.get("/v1/models", tags=["models"])

@@ -120,6 +120,7 @@ class EncoderHeadBackend(Backend):
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer.truncation_side = "left"
+        self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
         self.encoder = AutoModel.from_pretrained(
             self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
         ).to(self.device, self.dtype).eval()

@@ -36,6 +36,7 @@ class SequenceClassifierBackend(Backend):
         self.device, self.dtype = resolve_device(device), DTYPES[dtype]
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer.truncation_side = "left"
+        self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=self.dtype
         ).to(self.device).eval()

