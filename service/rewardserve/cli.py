@@ -15,7 +15,7 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         data=a.data, out=a.out, backbone=a.backbone, head=a.head, hidden=a.hidden, seed=a.seed,
-        max_length=a.max_length, balance_length=a.balance_length, limit=a.limit, name=a.name,
+        max_length=a.max_length, balance_length=a.balance_length, length_penalty=a.length_penalty, limit=a.limit, name=a.name,
         max_epochs=a.max_epochs, val_fraction=a.val_fraction, lr=a.lr,
         **({"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}),
     )
@@ -33,9 +33,30 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     settings = load_settings(a.config, host=a.host, port=a.port)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=a.log_level,
-                timeout_graceful_shutdown=a.graceful_timeout, access_log=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,
+                            timeout_graceful_shutdown=a.graceful_timeout, access_log=False)
+    DrainingServer(config, app.state.rs, a.drain_seconds).run()
     return 0
+
+
+def DrainingServer(config, state, drain_seconds: float):
+    """uvicorn.Server that, on SIGTERM/SIGINT, turns /readyz to 503 at once and keeps serving for
+    ``drain_seconds`` (so load balancers stop sending) before uvicorn's graceful shutdown, which
+    finishes every in-flight request. A second signal exits at once."""
+    import threading
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if state.draining or drain_seconds <= 0:
+                state.draining = True
+                return super().handle_exit(sig, frame)
+            state.draining = True
+            logging.getLogger("rewardserve").warning("signal %s: draining for %.1f s, then shutting down", sig, drain_seconds)
+            threading.Timer(drain_seconds, super().handle_exit, args=(sig, None)).start()
+
+    return _Server(config)
 
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
@@ -207,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
+    s.add_argument("--drain-seconds", type=float, default=1.0,
+                   help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown")
     s.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
@@ -231,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int, default=256)
     t.add_argument("--balance-length", action="store_true",
                    help="weight pairs so that 'chosen longer' and 'chosen shorter' count equally")
+    t.add_argument("--length-penalty", type=float, default=0.0,
+                   help="λ: add λ·corr(reward, log length)² per batch to the loss (discourages a length counter)")
     t.add_argument("--limit", type=int, help="use only the first N pairs")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_train_head)

@@ -29,7 +29,7 @@ def _state(request: Request):
 
 def _scorer(request: Request):
     st = _state(request)
-    if not st.ready:
+    if not st.loaded:
         detail = f": {st.load_error}" if st.load_error else " (models are loading)"
         raise ApiError(503, "not_ready", f"the service is not ready{detail}", {"Retry-After": "5"})
     return st.scorer
@@ -101,9 +101,9 @@ async def get_reward(body: OpenRLHFRequest, request: Request):
 async def models(request: Request):
     """The served reward models with kind, source, revision, device, dtype, transform and reference policy."""
     st = _state(request)
-    if st.scorer is None or not st.ready:
+    if st.scorer is None or not st.loaded:
         return {"models": [], "ready": False}
-    return {"models": st.scorer.describe_models(), "ready": True}
+    return {"models": st.scorer.describe_models(), "ready": st.ready}
 
 
 @router.post("/v1/references", response_model=ReferencesStored, responses=_ERRORS, tags=["references"])

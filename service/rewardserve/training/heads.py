@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     max_length: int = 256
     balance_length: bool = False
+    length_penalty: float = 0.0  # λ · corr(reward, log length)² per batch: keeps the head from counting length
     limit: int | None = None
     name: str | None = None
     cache_dir: str = str(DEFAULT_CACHE)
@@ -135,7 +136,14 @@ def _bt_loss(margin: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.softplus(-margin) * w).sum() / w.sum()
 
 
-def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw) -> tuple[RewardHead, dict]:
+def _length_corr(rc: torch.Tensor, rr: torch.Tensor, lc: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    r = torch.cat([rc, rr])
+    ln = torch.cat([lc, lr])
+    r, ln = r - r.mean(), ln - ln.mean()
+    return (r * ln).sum() / (r.norm() * ln.norm() + 1e-8)
+
+
+def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -> tuple[RewardHead, dict]:
     torch.manual_seed(cfg.seed)
     head = RewardHead(xc.shape[1], cfg.hidden if cfg.head == "mlp" else 0, cfg.dropout)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=wd)
@@ -147,7 +155,10 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw) -> tuple[RewardHead
         perm = torch.randperm(len(xc), generator=gen)
         for s in range(0, len(perm), cfg.batch_size):
             b = perm[s:s + cfg.batch_size]
-            loss = _bt_loss(head(xc[b]) - head(xr[b]), w[b])
+            rc, rr = head(xc[b]), head(xr[b])
+            loss = _bt_loss(rc - rr, w[b])
+            if cfg.length_penalty and lc is not None:
+                loss = loss + cfg.length_penalty * _length_corr(rc, rr, lc[b], lr[b]) ** 2
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -177,10 +188,13 @@ def train_head(cfg: TrainConfig) -> dict:
     if len(va) == 0 or len(tr) == 0:
         raise ValueError(f"{len(pairs)} pairs are too few for a validation split of {cfg.val_fraction}")
     w_all = length_weights(pairs) if cfg.balance_length else torch.ones(len(pairs))
+    len_c = torch.tensor([math.log1p(len(p.chosen)) for p in pairs])
+    len_r = torch.tensor([math.log1p(len(p.rejected)) for p in pairs])
     t_idx, v_idx = torch.as_tensor(tr), torch.as_tensor(va)
     results = []
     for wd in cfg.weight_decays:
-        head, best = _fit(cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx])
+        head, best = _fit(cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx],
+                          len_c[t_idx], len_r[t_idx])
         results.append((best["val_accuracy"], -best["val_loss"], wd, head, best))
     results.sort(key=lambda r: (r[0], r[1]), reverse=True)
     val_acc, _, wd, head, best = results[0]

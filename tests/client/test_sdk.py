@@ -1,0 +1,152 @@
+"""The SDK against live servers: the real service, and small real HTTP servers that fail on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rewardclient import (
+    AsyncRewardClient, AuthenticationError, BadRequestError, ConnectionFailed, NotFoundError, OverloadedError,
+    RewardClient, prompt_fingerprint,
+)
+from rewardserve.service_process import free_port
+
+ITEMS = [{"id": str(i), "prompt": f"question {i}", "response": "answer " * (i % 5 + 1), "reference": {"b": 0.0}} for i in range(10)]
+
+
+def test_chunking_keeps_order_and_values(server):
+    with RewardClient(server.url) as one, RewardClient(server.url, max_items_per_request=3, max_concurrency=3) as chunked:
+        whole = one.score(ITEMS)
+        parts = chunked.score(ITEMS)
+    assert [r.id for r in parts] == [str(i) for i in range(10)]
+    for a, b in zip(whole, parts):
+        assert a.raw == pytest.approx(b.raw, abs=1e-4)
+        assert a.aggregate == pytest.approx(b.aggregate, abs=1e-4)
+
+
+def test_async_client_matches_sync(server):
+    async def go():
+        async with AsyncRewardClient(server.url, max_items_per_request=4) as c:
+            return await c.score(ITEMS, models=["a", "cls"]), await c.models(), await c.health()
+
+    results, models, healthy = asyncio.run(go())
+    with RewardClient(server.url) as c:
+        sync = c.score(ITEMS, models=["a", "cls"])
+    assert healthy and {m["name"] for m in models} == {"a", "b", "cls"}
+    assert [r.aggregate for r in results] == pytest.approx([r.aggregate for r in sync], abs=1e-4)
+
+
+def test_tuples_references_and_typed_errors(server):
+    with RewardClient(server.url) as c:
+        res = c.score([("hello", "hi")], models=["a"])
+        assert res[0].p_all_good is not None and res[0].id is None
+        out = c.put_references("a", [("sdk prompt", 0.5)])
+        assert out["fingerprints"] == [prompt_fingerprint("sdk prompt")]
+        assert c.get_reference("a", "sdk prompt")["value"] == 0.5
+        assert c.get_reference("a", "never stored") is None
+        with pytest.raises(NotFoundError) as e:
+            c.score(ITEMS, models=["nope"])
+        assert e.value.status == 404 and e.value.type == "model_not_found"
+        with pytest.raises(BadRequestError) as e:
+            c.score([("p", "r")], models=["b"])  # no reference, policy error
+        assert e.value.type == "missing_reference"
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers per path: /v1/score fails with 503 (Retry-After) `fail` times, then succeeds."""
+
+    state: dict = {}
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        st = self.state
+        st["hits"] = st.get("hits", 0) + 1
+        length = int(self.headers.get("content-length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        st["auth"] = self.headers.get("authorization")
+        if st["mode"] == "sleep":
+            time.sleep(st["sleep"])
+        if st["mode"] == "invalid":
+            return self._send(422, {"error": {"type": "invalid_request", "message": "bad"}})
+        if st["hits"] <= st.get("fail", 0):
+            return self._send(st.get("status", 503), {"error": {"type": "overloaded", "message": "busy"}}, {"Retry-After": "0"})
+        results = [{"id": it.get("id"), "raw": {"m": 1.0}, "reference": {"m": 0.0}, "transformed": {"m": -0.3},
+                    "aggregate": -0.3, "truncated": {"m": False}} for it in body["items"]]
+        self._send(200, {"results": results, "aggregate_method": "lsc_sum", "models": {}, "usage": {"items": 1, "tokens": 1}})
+
+    def _send(self, status, obj, headers=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def flaky():
+    _Flaky.state = {"mode": "ok"}
+    srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Flaky)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _Flaky.state
+    srv.shutdown()
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_transient_failures_are_retried(flaky, status):
+    url, st = flaky
+    st.update(fail=2, status=status)
+    with RewardClient(url, backoff_base=0.01, api_key="k-1") as c:
+        assert c.score([("p", "r")])[0].aggregate == -0.3
+    assert st["hits"] == 3 and st["auth"] == "Bearer k-1"
+
+
+def test_gives_up_after_max_retries(flaky):
+    url, st = flaky
+    st.update(fail=100)
+    with RewardClient(url, backoff_base=0.01, max_retries=2) as c, pytest.raises(OverloadedError):
+        c.score([("p", "r")])
+    assert st["hits"] == 3
+
+
+def test_input_errors_are_not_retried(flaky):
+    url, st = flaky
+    st.update(mode="invalid")
+    with RewardClient(url, backoff_base=0.01) as c, pytest.raises(BadRequestError):
+        c.score([("p", "r")])
+    assert st["hits"] == 1
+
+
+def test_read_timeout_and_connection_errors(flaky):
+    url, st = flaky
+    st.update(mode="sleep", sleep=1.0)
+    with RewardClient(url, read_timeout=0.2, max_retries=1, backoff_base=0.01) as c, pytest.raises(ConnectionFailed):
+        c.score([("p", "r")])
+    assert st["hits"] == 2  # a timeout is transient: retried once
+    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_base=0.01) as c:
+        with pytest.raises(ConnectionFailed):
+            c.score([("p", "r")])
+        assert c.health() is False
+
+
+def test_auth_error_is_typed(tiny, tmp_path, monkeypatch):
+    from rewardserve.app import create_app
+
+    from ..conftest import LiveServer, tiny_settings
+
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "sdk-key")
+    with LiveServer(create_app(tiny_settings(tiny, tmp_path))) as srv:
+        with RewardClient(srv.url) as c, pytest.raises(AuthenticationError):
+            c.score([("p", "r")], models=["a"])
+        with RewardClient(srv.url, api_key="sdk-key") as c:
+            assert len(c.score([("p", "r")], models=["a"])) == 1
