@@ -126,7 +126,7 @@ class ErrorBody(BaseModel):
 class OpenRLHFRequest(BaseModel):
     """OpenRLHF's remote reward-model request: ``query`` = prompt + response as one string."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")  # OpenRLHF may send more fields; they are not used
     query: list[str] = Field(min_length=1)
     prompts: list[str] = Field(min_length=1)
-    labels: list | None = None
+    labels: list[str | float | int | bool | None] | None = Field(None, description="accepted and not used")
