@@ -55,5 +55,5 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
             assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}, body
     print(f"\nschemathesis: {generated} cases generated and passed, {len(entries)} distinct requests over "
           f"{len(operations)} operations; statuses {sorted(set(statuses))}")
-    for path in ("/v1/score", "/score", "/v1/references", "/get_reward"):
+    for path in ("/v1/score", "/score", "/v1/references"):
         assert any(p == path for _, p in operations), path
