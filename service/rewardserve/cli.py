@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
     d.add_argument("--config", help="YAML config (default: the embedded default)")
     d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    d.add_argument("--rlhf-steps", type=int, default=4, help="GRPO steps of the RLHF part (0: skip it)")
+    d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
     d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
     d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
     d.set_defaults(func=_cmd_demo)
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that spin after each parallel region steal the cores that the event loop and
+    # the tokenizer need; passive waiting measured faster on CPU serving (bench/README.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -42,7 +42,9 @@ class BatchingConfig(_Strict):
     max_batch_tokens: int | None = Field(
         None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 2048, cuda 16384)"
     )
-    max_wait_ms: float = Field(2.0, ge=0, description="how long the first item of a batch waits for company")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="how long the first item of a batch waits for company when the worker is idle; with 0 "
+                               "batches form from what arrives while the previous forward runs")
     max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
     sort_by_length: bool = True
 

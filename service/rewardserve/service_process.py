@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -33,13 +34,13 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, env=self.env,
-                                     stdout=subprocess.DEVNULL if self.quiet else None,
-                                     stderr=subprocess.PIPE if self.quiet else None)
+        # the server's log goes to a file (a pipe nobody reads would block a chatty server)
+        self.log = tempfile.NamedTemporaryFile(prefix="rewardserve-", suffix=".log", delete=False) if self.quiet else None
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log or None, stderr=subprocess.STDOUT if self.quiet else None)
         deadline = t0 + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = open(self.log.name, encoding="utf-8", errors="replace").read() if self.log else ""
                 raise RuntimeError(f"rewardserve serve exited with {self.proc.returncode}:\n{err[-4000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:

@@ -103,7 +103,13 @@ async def models(request: Request):
     st = _state(request)
     if st.scorer is None or not st.loaded:
         return {"models": [], "ready": False}
-    return {"models": st.scorer.describe_models(), "ready": st.ready}
+    import os
+
+    import torch
+
+    runtime = {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM")}
+    return {"models": st.scorer.describe_models(), "ready": st.ready, "runtime": runtime}
 
 
 @router.post("/v1/references", response_model=ReferencesStored, responses=_ERRORS, tags=["references"])

@@ -1,0 +1,24 @@
+"""rewardserve benchmark: ``python -m bench`` (see bench/README.md).
+
+Importing this package is cheap (the load generator ``python -m bench.load`` imports it too); the
+runner, torch and the service are imported only when a benchmark runs.
+"""
+
+from __future__ import annotations
+
+
+def run_benchmark(*args, **kwargs) -> dict:
+    """Run the benchmark and return its results (also written as JSON); see ``bench.runner.run_benchmark``."""
+    from .runner import run_benchmark as _run
+
+    return _run(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line of ``python -m bench`` (what ``rewardserve bench`` delegates to)."""
+    from .runner import main as _main
+
+    return _main(argv)
+
+
+__all__ = ["main", "run_benchmark"]

@@ -1,0 +1,35 @@
+"""Small statistics helpers (no numpy, so the load generator starts fast)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks (the
+    default method of ``numpy.percentile``); ``None`` for no values."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within [0, 100], got {q}")
+    xs = sorted(values)
+    if not xs:
+        return None
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    frac = pos - lo
+    return xs[lo] + (xs[hi] - xs[lo]) * frac
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """Latency summary in milliseconds: p50, p90, p99, mean, max (``None`` when empty)."""
+    ms = [s * 1000.0 for s in seconds]
+    if not ms:
+        return {"p50": None, "p90": None, "p99": None, "mean": None, "max": None}
+    return {
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "mean": sum(ms) / len(ms),
+        "max": max(ms),
+    }
