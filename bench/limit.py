@@ -16,7 +16,6 @@ backbones with ``rewardserve.backends.build_backend`` and prints (or writes) one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -24,7 +23,7 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .stats import summarize_ms  # noqa: E402
+from .stats import emit_json, summarize_ms  # noqa: E402
 from .workload import generate, spec  # noqa: E402
 
 CPU_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
@@ -183,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = a.budgets if a.budgets in (None, "quick") else [int(x) for x in a.budgets.split(",")]
     res = run_limit(a.config, [w for w in a.workloads.split(",") if w], a.pool, a.seed, budgets,
                     a.seconds_per_budget, a.latency_seconds)
-    text = json.dumps(res)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text + "\n")
+    emit_json(res, a.out)
     return 0
 
 

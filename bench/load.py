@@ -30,7 +30,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from .stats import summarize_ms
+from .stats import emit_json, summarize_ms
 from .workload import generate, spec
 
 _RETRY_STATUSES = (429, 503)
@@ -295,12 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         res = uvloop.run(_amain(a))
     except ImportError:
         res = asyncio.run(_amain(a))
-    text = json.dumps(res)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text + "\n")
+    emit_json(res, a.out)
     return 0
 
 

@@ -33,3 +33,16 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float | None]:
         "mean": sum(ms) / len(ms),
         "max": max(ms),
     }
+
+
+def emit_json(result: dict, out: str | None) -> None:
+    """Write a worker process's result as one JSON document to ``out``, or to stdout."""
+    import json
+    import sys
+
+    text = json.dumps(result)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text + "\n")

@@ -31,6 +31,7 @@ class ServiceProcess:
         self.quiet = quiet
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
+        self.log = None
 
     def start(self) -> ServiceProcess:
         t0 = time.monotonic()
@@ -53,14 +54,20 @@ class ServiceProcess:
         raise TimeoutError(f"rewardserve was not ready within {self.ready_timeout} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else None
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            if self.log is not None and (self.proc is None or self.proc.poll() is not None):
+                self.log.close()
+                os.unlink(self.log.name)
+                self.log = None
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

@@ -83,33 +83,30 @@ def _word_tokenizer(chat_template: bool):
     return fast
 
 
-def make_decoder_classifier(out: str | Path, chat_template: bool = True, hidden: int = 32, layers: int = 2, heads: int = 2,
-                            max_pos: int = 512, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def _save_tiny_llama(model_cls, out: str | Path, chat_template: bool, hidden: int, layers: int, heads: int,
+                     max_pos: int, seed: int, **config) -> Path:
+    from transformers import LlamaConfig
 
     tok = _word_tokenizer(chat_template)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos, num_labels=1,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = LlamaForSequenceClassification(cfg)
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **config)
     out = Path(out)
-    model.save_pretrained(out, safe_serialization=True)
+    model_cls(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def make_decoder_classifier(out: str | Path, chat_template: bool = True, hidden: int = 32, layers: int = 2, heads: int = 2,
+                            max_pos: int = 512, seed: int = 0) -> Path:
+    from transformers import LlamaForSequenceClassification
+
+    return _save_tiny_llama(LlamaForSequenceClassification, out, chat_template, hidden, layers, heads, max_pos, seed, num_labels=1)
 
 
 def make_causal_lm(out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0) -> Path:
     """A tiny random Llama causal LM with a chat template (a stand-in policy for fast tests)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    tok = _word_tokenizer(chat_template=True)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = LlamaForCausalLM(cfg)
-    out = Path(out)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return _save_tiny_llama(LlamaForCausalLM, out, True, hidden, layers, heads, max_pos, seed)
