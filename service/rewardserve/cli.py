@@ -200,6 +200,20 @@ def _cmd_rlhf(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .experiments.best_of_k import run_best_of_k
+    from .experiments.rlhf import run_rlhf_experiment
+
+    names = {f.name for f in dataclasses.fields(a.config_cls)}
+    cfg = a.config_cls(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    result = run_best_of_k(cfg) if a.experiment == "best-of-k" else run_rlhf_experiment(cfg)
+    print((Path(cfg.out_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"results: {cfg.out_dir}/results.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
+    return 0
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
     import dataclasses
     import typing
@@ -212,7 +226,9 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         if typing.get_origin(t) in (list, typing.Union) or str(t).startswith("list") or "list[" in str(t):
-            parser.add_argument(flag, nargs="+", default=None, help=f"default: {default}")
+            inner = [x for a in typing.get_args(t) for x in (typing.get_args(a) or (a,)) if x is not type(None)]
+            elem = inner[0] if inner and inner[0] in (int, float) else str
+            parser.add_argument(flag, nargs="+", type=elem, default=None, help=f"default: {default}")
             continue
         base = next((x for x in typing.get_args(t) if x is not type(None)), t)
         parser.add_argument(flag, type=base if base in (int, float, str) else str, default=None, help=f"default: {default}")
@@ -301,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("rlhf", help="RLHF (TRL GRPO, KL-regularised) of a policy against a running service")
     _add_dataclass_args(h, RLHFConfig)
     h.set_defaults(func=_cmd_rlhf)
+
+    from .experiments.best_of_k import BestOfKConfig
+    from .experiments.rlhf import RLHFExperimentConfig
+
+    x = sub.add_parser("experiment", help="the LSC paper's claims at small scale: best-of-k selection, RLHF runs")
+    xs = x.add_subparsers(dest="experiment", required=True)
+    xb = xs.add_parser("best-of-k", help="pick the best of k base samples by raw_sum vs lsc_sum (docs/experiments.md)")
+    _add_dataclass_args(xb, BestOfKConfig)
+    xb.set_defaults(func=_cmd_experiment, config_cls=BestOfKConfig)
+    xr = xs.add_parser("rlhf", help="GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
+    _add_dataclass_args(xr, RLHFExperimentConfig)
+    xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
     return p
 
 

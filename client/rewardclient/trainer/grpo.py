@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def _load_dataset(cfg: RLHFConfig):
     return Dataset.from_list(rows)
 
 
-def run_rlhf(cfg: RLHFConfig) -> dict:
+def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) -> dict:
+    """Train; ``after_train(trainer)``, when given, runs on the trained policy before it is freed and its
+    result is returned under ``"after_train"`` (experiments evaluate the policy there)."""
     import torch
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -106,28 +109,40 @@ def run_rlhf(cfg: RLHFConfig) -> dict:
     wall = time.perf_counter() - t0
     samples = _final_samples(trainer, cfg)
     summary = {"policy": policy_id(cfg.policy), "utility": cfg.utility, "steps": cfg.steps, "wall_seconds": wall,
-               "out_dir": str(out), "first": rows[0] if rows else {}, "last": rows[-1] if rows else {}}
+               "out_dir": str(out), "first": rows[0] if rows else {}, "last": rows[-1] if rows else {}, "rows": rows}
+    if after_train is not None:
+        summary["after_train"] = after_train(trainer)
     _plots(rows, out)
     _report(cfg, summary, rows, samples, out)
     return summary
 
 
-def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
+def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float,
+                  batch_prompts: int = 32) -> list[list[str]]:
+    """``k`` samples per prompt from the trainer's current policy (left padding for generation)."""
     import torch
 
     from rewardserve.policy import generate
 
-    ds = trainer.train_dataset
-    prompts = [ds[i]["prompt"] for i in range(min(cfg.sample_prompts, len(ds)))]
     model, tok = trainer.model, trainer.processing_class
-    side = tok.padding_side
+    side, training = tok.padding_side, model.training
     tok.padding_side = "left"
     try:
         model.eval()
+        out: list[list[str]] = []
         with torch.inference_mode():
-            texts = generate(model, tok, prompts, 1, cfg.max_completion_length, cfg.temperature, 1.0)
+            for s in range(0, len(prompts), batch_prompts):
+                out += generate(model, tok, prompts[s:s + batch_prompts], k, max_new_tokens, temperature, top_p)
+        return out
     finally:
         tok.padding_side = side
+        model.train(training)
+
+
+def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
+    ds = trainer.train_dataset
+    prompts = [ds[i]["prompt"] for i in range(min(cfg.sample_prompts, len(ds)))]
+    texts = generate_with(trainer, prompts, 1, cfg.max_completion_length, cfg.temperature, 1.0)
     return [{"prompt": p[-1]["content"], "response": t[0]} for p, t in zip(prompts, texts)]
 
 
