@@ -6,12 +6,11 @@ workload pool (each client starts at its own offset and wraps around). 429/503 a
 and the client sleeps ``Retry-After`` (capped at the time left), as a well-behaved trainer would.
 
 Two modes:
-- time (default): ``--warmup`` seconds not measured, then ``--seconds`` measured; a request counts
-  when it *completes* inside the measured window. When one round of requests takes longer than
-  that (big requests, many clients, a slow machine), the window opens at the first answer and
-  stays open until ``--min-requests`` answers came inside it, up to ``--max-seconds`` for the
-  whole cell (then the cell is flagged not ``steady``). At the end every connection is closed, so
-  the server can drop work queued for it (the number still in flight is reported).
+- time (default): ``--warmup`` seconds, then a ``--seconds`` window; clients stop sending when the
+  window closes and the requests still in flight are awaited (up to ``--max-seconds`` for the whole
+  cell; a cell that hits it is flagged not ``steady``). Each request that overlaps the window counts
+  its items pro rata to the share of its lifetime inside the window, so work done before the window
+  opened (or after it closed) is not credited to it, however long a round of requests takes.
 - ``--requests N``: stop after N requests were sent and answered (the memory phase).
 
 The client speaks HTTP/1.1 keep-alive directly on asyncio streams (uvloop when installed) with
@@ -34,7 +33,6 @@ from .stats import emit_json, summarize_ms
 from .workload import generate, spec
 
 _RETRY_STATUSES = (429, 503)
-_CLUSTER_S = 0.01  # answers of one forward arrive within this
 
 
 class HttpConnection:
@@ -103,6 +101,13 @@ def usage_tokens(body: bytes) -> int | None:
     return int(body[j:k]) if k > j else None
 
 
+def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    """Share of the interval [a0, a1] that lies inside [b0, b1] (1 for an instant inside it)."""
+    if a1 <= a0:
+        return 1.0 if b0 <= a1 <= b1 else 0.0
+    return max(0.0, min(a1, b1) - max(a0, b0)) / (a1 - a0)
+
+
 class Load:
     def __init__(self, url: str, items: list[dict], size: int, concurrency: int, models: list[str] | None,
                  path: str = "/v1/score"):
@@ -169,56 +174,25 @@ class Load:
         finally:
             conn.close()
 
-    async def run_timed(self, seconds: float, warmup: float, min_requests: int = 5, max_seconds: float | None = None) -> dict:
-        """Measure completions in a window that opens after ``warmup`` (or at the first answer, if
-        none came yet: a round longer than the warm-up) and closes after ``seconds``, or later, at
-        the ``min_requests``-th answer inside it; never past ``max_seconds`` from the start."""
+    async def run_timed(self, seconds: float, warmup: float, max_seconds: float | None = None) -> dict:
+        """Measure the window [warmup, warmup + seconds]. Clients send until the window closes, then
+        the requests still in flight are awaited (up to ``max_seconds`` from the start). Every
+        request counts its items pro rata to the share of its lifetime inside the window, so work
+        done before the window opened, or after it closed, is not credited to it."""
         t0 = time.perf_counter()
+        t_start = t0 + warmup
+        t_end = t_start + seconds
         cap = t0 + (max_seconds if max_seconds is not None else warmup + seconds + 10.0)
-        tasks = [asyncio.ensure_future(self.client(k, math.inf, None)) for k in range(self.concurrency)]
-
-        async def until(pred, t_limit: float) -> None:
-            while time.perf_counter() < t_limit:
-                self._answered.clear()
-                if pred():
-                    return
-                try:
-                    await asyncio.wait_for(self._answered.wait(), max(0.0, t_limit - time.perf_counter()))
-                except TimeoutError:
-                    break
-
-        await asyncio.sleep(warmup)
-        t_start = time.perf_counter()
-        if not any(r[2] == 200 for r in self.records):  # a round is longer than the warm-up
-            await until(lambda: any(r[2] == 200 for r in self.records), cap)
-            # open the window right after the first batch of answers (its siblings come within
-            # microseconds; counting them would inflate a short window)
-            await asyncio.sleep(_CLUSTER_S)
-            t_start = max([r[0] for r in self.records if r[2] == 200], default=time.perf_counter())
-
-        def in_window() -> int:
-            return sum(1 for r in self.records if r[0] > t_start and r[2] == 200)
-
-        await asyncio.sleep(max(0.0, min(t_start + seconds, cap) - time.perf_counter()))
-        t_end = time.perf_counter()
-        if in_window() < min_requests and t_end < cap:
-            # too few answers for a rate: wait for more, then close the window just after the last
-            # one's batch (whole batches inside the window)
-            await until(lambda: in_window() >= min_requests, cap)
-            if in_window() >= min_requests:
-                await asyncio.sleep(_CLUSTER_S)
-                t_end = max(r[0] for r in self.records)
-            else:
-                t_end = time.perf_counter()
+        tasks = [asyncio.ensure_future(self.client(k, t_end, None)) for k in range(self.concurrency)]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.0, cap - time.perf_counter()))
         in_flight = self.in_flight
-        for t in tasks:
+        for t in pending:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        window = [r for r in self.records if t_start < r[0] <= t_end]
-        res = self._summary(window, t_end - t_start, in_flight)
-        res["window_capped"] = t_end >= cap - 1e-3
-        # enough answers inside an uncapped window: the rate is a measurement, not a bound
-        res["steady"] = res["requests"] >= min_requests and not res["window_capped"]
+        await asyncio.gather(*pending, return_exceptions=True)
+        res = self._summary(self.records, seconds, in_flight, window=(t_start, t_end))
+        res["window_capped"] = bool(pending)
+        # every request that overlapped the window finished: the rate is a measurement, not a bound
+        res["steady"] = res["requests"] > 0 and not pending
         return res
 
     async def run_requests(self, n: int, timeout: float) -> dict:
@@ -227,14 +201,17 @@ class Load:
         await asyncio.gather(*tasks)
         return self._summary(self.records, time.perf_counter() - t0, 0)
 
-    def _summary(self, recs: list, duration: float, in_flight: int) -> dict:
+    def _summary(self, recs: list, duration: float, in_flight: int, window: tuple[float, float] | None = None) -> dict:
+        if window is not None:
+            recs = [r for r in recs if r[0] > window[0] and r[0] - r[1] < window[1]]  # overlapping the window
         ok = [r for r in recs if r[2] == 200]
         statuses: dict[str, int] = {}
         for r in recs:
             statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
-        items = sum(r[3] for r in ok)
+        share = [1.0] * len(ok) if window is None else [overlap(r[0] - r[1], r[0], *window) for r in ok]
+        items = sum(r[3] * f for r, f in zip(ok, share))
         tok = [r[4] for r in ok]
-        tokens = sum(tok) if ok and all(t is not None for t in tok) else None
+        tokens = sum(t * f for t, f in zip(tok, share)) if ok and all(t is not None for t in tok) else None
         return {
             "concurrency": self.concurrency,
             "size": self.size,
@@ -263,10 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=1, help="items per request")
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds (time mode)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (time mode)")
-    p.add_argument("--min-requests", type=int, default=5,
-                   help="time mode: keep the window open until this many answers came inside it")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="time mode: hard limit of the whole cell (default warmup + seconds + 10)")
+                   help="time mode: hard limit of the whole cell, in-flight requests included (default warmup + seconds + 10)")
     p.add_argument("--requests", type=int, default=None, help="count mode: stop after this many requests")
     p.add_argument("--timeout", type=float, default=600.0, help="count mode: give up after this many seconds")
     p.add_argument("--models", default=None, help="comma-separated model names (default: every served model)")
@@ -282,7 +257,7 @@ async def _amain(a: argparse.Namespace) -> dict:
     if a.requests is not None:
         res = await load.run_requests(a.requests, a.timeout)
     else:
-        res = await load.run_timed(a.seconds, a.warmup, a.min_requests, a.max_seconds)
+        res = await load.run_timed(a.seconds, a.warmup, a.max_seconds)
     res["workload"] = a.workload
     return res
 

@@ -61,8 +61,10 @@ class Options:
     rss_requests: tuple[int, int] = (2_000, 20_000)
     rss_concurrency: int = 16
     drain_timeout: float = 5.0  # after a cell: wait this long for the server to go idle, else restart it
-    min_requests: int = 5  # answers a cell's window waits for (see bench/load.py)
-    max_cell_seconds: float = 10.0  # hard limit of one cell, warm-up included
+    max_cell_seconds: float = 12.0  # hard limit of one cell, warm-up and in-flight requests included
+    # a cell runs only when one round of its requests (concurrency × size items) takes at most this
+    # long at the measured limit rate: a longer round cannot be measured in a cell (see README)
+    max_round_seconds: float = 4.0
     unsorted_min_in_flight: int = 32  # unsorted runs only cells with concurrency × size ≥ this (batches form)
     print_table: bool = True
 
@@ -72,7 +74,7 @@ class Options:
         if quick:
             base = dict(seconds=1.5, warmup=0.5, pool=256, concurrency=(1, 4), sizes=(1, 8), workloads=("mixed",),
                         limit_seconds=0.6, latency_seconds=1.0, rss_requests=(200, 2_000), drain_timeout=3.0,
-                        min_requests=3, max_cell_seconds=8.0, rss_concurrency=16)
+                        max_cell_seconds=8.0, rss_concurrency=16)
         base.update({k: v for k, v in kw.items() if v is not None})
         o = cls(quick=quick, **base)
         if o.omp_wait_policy not in ("passive", "active", "inherit"):
@@ -226,19 +228,32 @@ def _load_cmd(url: str, workload: str, o: Options, concurrency: int, size: int, 
     cmd = [sys.executable, "-m", "bench.load", "--url", url, "--workload", workload, "--seed", str(o.seed),
            "--pool", str(o.pool), "--concurrency", str(concurrency), "--size", str(size)]
     if requests is None:
-        cmd += ["--seconds", str(o.seconds), "--warmup", str(o.warmup), "--min-requests", str(o.min_requests),
-                "--max-seconds", str(o.max_cell_seconds)]
+        cmd += ["--seconds", str(o.seconds), "--warmup", str(o.warmup), "--max-seconds", str(o.max_cell_seconds)]
     else:
         cmd += ["--requests", str(requests)]
     return cmd
 
 
+def runnable(o: Options, rate: float | None, min_in_flight: int = 0) -> tuple[list[tuple[int, int]], list[dict]]:
+    """(size, concurrency) cells to run, light to heavy, and the cells skipped with the reason: a round
+    of concurrency × size items that takes longer than ``max_round_seconds`` at the limit ``rate``."""
+    run, skipped = [], []
+    for s in o.sizes:
+        for c in o.concurrency:
+            if s * c < min_in_flight:
+                continue
+            if rate and s * c / rate > o.max_round_seconds:
+                skipped.append({"concurrency": c, "size": s, "round_seconds_at_limit": s * c / rate})
+            else:
+                run.append((s, c))
+    return run, skipped
+
+
 def run_cells(server: Server, workload: str, o: Options, env: dict[str, str], last: bool,
-              min_in_flight: int = 0) -> list[dict]:
-    """Every (size, concurrency) cell against ``server`` (with concurrency × size ≥ ``min_in_flight``),
-    heaviest last; after each cell wait for the server to finish what earlier clients left
-    (restart it if that takes over ``drain_timeout``)."""
-    cells = [(s, c) for s in o.sizes for c in o.concurrency if s * c >= min_in_flight]
+              min_in_flight: int = 0, rate: float | None = None) -> list[dict]:
+    """The runnable cells against ``server``, heaviest last; after each cell wait for the server to
+    finish what earlier clients left (restart it if that takes over ``drain_timeout``)."""
+    cells, _ = runnable(o, rate, min_in_flight)
     out = []
     for k, (size, conc) in enumerate(cells):
         res = _run_json(_load_cmd(server.url, workload, o, conc, size), env, o.seconds + o.warmup + 120,
@@ -406,6 +421,11 @@ def format_table(res: dict) -> str:
                     def cell(d):
                         return next((x for x in d.get(w, []) if x["concurrency"] == c and x["size"] == s), None)
                     sv, nv, uv = cell(service), cell(naive), cell(uns)
+                    sk = next((x for x in m.get("skipped_cells", {}).get(w, []) if x["concurrency"] == c and x["size"] == s), None)
+                    if sk:
+                        lines.append(f"  {w:8s} {c:>4d} {s:>4d} | skipped: one round of {c * s} items takes "
+                                     f"{sk['round_seconds_at_limit']:.0f} s at the limit rate (> {m['max_round_seconds']:g} s)")
+                        continue
                     lat = sv["latency_ms"] if sv else {}
                     nl = nv["latency_ms"] if nv else {}
                     row = (f"  {w:8s} {c:>4d} {s:>4d} | {_f(sv and sv['items_per_s']):>9s} {_f(sv and sv['tokens_per_s'], 0):>9s} "
@@ -505,17 +525,24 @@ def run_benchmark(quick: bool = False, seconds: float | None = None, out: str | 
         if "memory" not in o.skip:
             _log(f"memory: {o.rss_requests[1]} single-item requests to a fresh service")
             res["memory"] = run_memory(servers["service"], o, envs["service"])
+        rates = {w: x["items_per_s"] for w, x in ((res.get("limit") or {}).get("workloads") or {}).items()}
+        res["meta"]["max_round_seconds"] = o.max_round_seconds
+        res["meta"]["skipped_cells"] = {w: runnable(o, rates.get(w))[1] for w in o.workloads}
+        for w, sk in res["meta"]["skipped_cells"].items():
+            if sk:
+                _log(f"{w}: skipping cells whose round exceeds {o.max_round_seconds:g} s at the limit rate: "
+                     + ", ".join(f"c={x['concurrency']} s={x['size']} ({x['round_seconds_at_limit']:.0f} s)" for x in sk))
         if "service" not in o.skip:
-            res["service"] = {w: run_cells(servers["service"], w, o, base_env, last=(w == o.workloads[-1]))
+            res["service"] = {w: run_cells(servers["service"], w, o, base_env, last=(w == o.workloads[-1]), rate=rates.get(w))
                               for w in o.workloads}
             servers["service"].stop()
         if "naive" not in o.skip:
-            res["naive"] = {w: run_cells(servers["naive"], w, o, base_env, last=(w == o.workloads[-1]))
+            res["naive"] = {w: run_cells(servers["naive"], w, o, base_env, last=(w == o.workloads[-1]), rate=rates.get(w))
                             for w in o.workloads}
             servers["naive"].stop()
         if "unsorted" in servers:
             res["unsorted"] = {"mixed": run_cells(servers["unsorted"], "mixed", o, base_env, last=True,
-                                                  min_in_flight=o.unsorted_min_in_flight)}
+                                                  min_in_flight=o.unsorted_min_in_flight, rate=rates.get("mixed"))}
         res["meta"]["restarts"] = {n: s.restarts for n, s in servers.items()}
     except BaseException:
         for s in servers.values():

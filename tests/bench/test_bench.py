@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bench.limit import ideal_batches
-from bench.load import usage_tokens
-from bench.runner import compute_ratios
+from bench.load import overlap, usage_tokens
+from bench.runner import Options, compute_ratios, runnable
 from bench.stats import percentile, summarize_ms
 from bench.workload import VOCABULARY, WORKLOADS, generate, spec
 
@@ -114,6 +114,24 @@ def test_usage_tokens_from_a_response_body():
     assert usage_tokens(body) == 1234
     assert usage_tokens(json.dumps({"usage": {"tokens": 7}}, separators=(",", ":")).encode()) == 7
     assert usage_tokens(b'{"error": {}}') is None
+
+
+def test_overlap_credits_only_the_share_inside_the_window():
+    assert overlap(0.0, 4.0, 1.0, 3.0) == pytest.approx(0.5)     # half of its life inside
+    assert overlap(0.0, 1.0, 1.0, 3.0) == 0.0                    # ended as the window opened
+    assert overlap(1.5, 2.5, 1.0, 3.0) == 1.0                    # wholly inside
+    assert overlap(2.0, 6.0, 1.0, 3.0) == pytest.approx(0.25)    # sent inside, answered after it closed
+    assert overlap(2.0, 2.0, 1.0, 3.0) == 1.0 and overlap(5.0, 5.0, 1.0, 3.0) == 0.0
+
+
+def test_cells_whose_round_outlasts_a_cell_are_skipped_with_the_reason():
+    o = Options.make(concurrency=(1, 4, 16, 64), sizes=(1, 8, 64), max_round_seconds=4.0)
+    run, skipped = runnable(o, rate=25.0)
+    assert all(c * s / 25.0 <= 4.0 for s, c in run) and (1, 64) in run and (8, 4) in run
+    assert {(x["concurrency"], x["size"]) for x in skipped} == {(16, 8), (64, 8), (4, 64), (16, 64), (64, 64)}
+    assert all(x["round_seconds_at_limit"] > 4.0 for x in skipped)
+    assert len(runnable(o, rate=5000.0)[0]) == 12 and runnable(o, rate=None)[1] == []  # a GPU, or no limit phase
+    assert runnable(o, rate=None, min_in_flight=32)[0] == [(1, 64), (8, 4), (8, 16), (8, 64), (64, 1), (64, 4), (64, 16), (64, 64)]
 
 
 def _cell(c, s, ips, p50=10.0):
