@@ -241,6 +241,7 @@ def run_best_of_k(cfg: BestOfKConfig, settings=None) -> dict:
     result = analyse(cand, calib, lengths, models, [k for k in cfg.ks if k <= cfg.n], cfg.quantile, cfg.bootstrap, cfg.seed)
     result["config"] = dataclasses.asdict(cfg)
     result["sources"] = {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})}
+    result["responses_at_length_cap"] = float(np.mean(lengths >= cfg.max_new_tokens))
     result["wall_seconds_this_run"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out)
