@@ -135,12 +135,14 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
             for k, (b, encs) in enumerate(zip(backends, encoded)):
                 batches = ideal_batches([e.length for e in encs], budget)
                 t = _time_forward(b, encs, batches, seconds_per_budget, seed + budget)
-                per_item_s += t["seconds"] / t["items"]
+                # seconds per item at the pool's mean length: the batches timed in a short window are a
+                # random sample whose length mix differs from the pool's, forward cost follows tokens
+                per_item_s += t["seconds"] / t["tokens"] * (sum(e.length for e in encs) / len(encs))
                 if k == 0:
                     row.update(t, mean_batch_items=len(items) / len(batches),
                                padding_ratio=1.0 - t["tokens"] / t["padded_tokens"])
             row["items_per_s"] = 1.0 / per_item_s
-            row["tokens_per_s"] = row["items_per_s"] * row["tokens"] / row["items"]
+            row["tokens_per_s"] = row["items_per_s"] * res["tokens"]["mean"]
             sweep.append(row)
         best = max(sweep, key=lambda r: r["items_per_s"])
         res["sweep"] = sweep
