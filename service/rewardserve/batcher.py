@@ -44,40 +44,47 @@ class _Pending:
     arrived: float = field(default_factory=time.perf_counter)
 
 
-def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool) -> list[_Pending]:
+def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
     Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
     length order, each step adding whichever neighbour adds fewer pad tokens. Unsorted: arrival order.
+    Either way an item joins only while pad tokens stay ≤ ``max_padding`` × padded tokens (on a CPU
+    a padded batch costs more than its items one by one; the rest waits for the next forward).
     """
+    def fits(n: int, width: int, real: int) -> bool:
+        return n * width <= budget and n * width - real <= max_padding * n * width
+
     if not sort_by_length:
-        batch, width = [], 0
-        for p in items:
+        batch, width, real = [items[0]], items[0].enc.length, items[0].enc.length
+        for p in items[1:]:
             w = max(width, p.enc.length)
-            if batch and w * (len(batch) + 1) > budget:
+            if not fits(len(batch) + 1, w, real + p.enc.length):
                 break
             batch.append(p)
-            width = w
+            width, real = w, real + p.enc.length
         return batch
     order = sorted(items, key=lambda p: p.enc.length)
     i = next(k for k, p in enumerate(order) if p is items[0])
     lo = hi = i
-    width = order[i].enc.length
+    width = real = order[i].enc.length
     while True:
         n = hi - lo + 1
         left = order[lo - 1] if lo > 0 else None
         right = order[hi + 1] if hi + 1 < len(order) else None
-        left_ok = left is not None and (n + 1) * width <= budget
-        right_ok = right is not None and (n + 1) * right.enc.length <= budget
+        left_ok = left is not None and fits(n + 1, width, real + left.enc.length)
+        right_ok = right is not None and fits(n + 1, right.enc.length, real + right.enc.length)
         if not (left_ok or right_ok):
             break
         left_pad = width - left.enc.length if left_ok else None  # type: ignore[union-attr]
         right_pad = n * (right.enc.length - width) if right_ok else None  # type: ignore[union-attr]
         if left_ok and (not right_ok or left_pad <= right_pad):  # type: ignore[operator]
             lo -= 1
+            real += left.enc.length  # type: ignore[union-attr]
         else:
             hi += 1
             width = right.enc.length  # type: ignore[union-attr]
+            real += width
     return order[lo:hi + 1]
 
 
@@ -89,6 +96,7 @@ class Batcher:
         max_wait_ms: float = 2.0,
         max_queued_tokens: int = 262_144,
         sort_by_length: bool = True,
+        max_padding_ratio: float = 1.0,
         metrics: Metrics | None = None,
     ):
         self.backend = backend
@@ -97,6 +105,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_tokens = max_queued_tokens
         self.sort_by_length = sort_by_length
+        self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
         self._pending: list[_Pending] = []
         self._queued_tokens = 0
@@ -200,7 +209,7 @@ class Batcher:
                 self._drop_cancelled()
                 if not self._pending:
                     continue
-            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length)
+            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio)
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)

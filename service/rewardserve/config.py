@@ -47,11 +47,20 @@ class BatchingConfig(_Strict):
                                "batches form from what arrives while the previous forward runs")
     max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
     sort_by_length: bool = True
+    max_padding_ratio: float | None = Field(
+        None, ge=0, le=1, description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
+                                      "None picks the per-device default (cpu 0.2: padding costs more than batching "
+                                      "gains there; cuda 1.0: no cap)")
 
     def batch_tokens_for(self, device: str) -> int:
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return 16_384 if device.startswith("cuda") else 2_048
+
+    def padding_ratio_for(self, device: str) -> float:
+        if self.max_padding_ratio is not None:
+            return self.max_padding_ratio
+        return 1.0 if device.startswith("cuda") else 0.2
 
 
 class BackboneConfig(_Strict):

@@ -58,7 +58,8 @@ class Scorer:
             await asyncio.to_thread(backend.warmup)
         b = cfg.batching or self.settings.batching
         batcher = Batcher(backend, max_batch_tokens=b.batch_tokens_for(cfg.device), max_wait_ms=b.max_wait_ms,
-                          max_queued_tokens=b.max_queued_tokens, sort_by_length=b.sort_by_length, metrics=self.metrics)
+                          max_queued_tokens=b.max_queued_tokens, sort_by_length=b.sort_by_length,
+                          max_padding_ratio=b.padding_ratio_for(cfg.device), metrics=self.metrics)
         batcher.start()
         self.add_backbone(backend, batcher)
         return backend

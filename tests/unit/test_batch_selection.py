@@ -54,3 +54,28 @@ def test_sorting_reduces_padding_on_mixed_lengths():
 def test_single_oversized_item_still_runs():
     items = _items([5000, 10])
     assert pick_batch(items, 1024, True) == [items[0]]
+
+
+def test_padding_cap_keeps_every_batch_under_it_and_still_serves_the_oldest():
+    rng = random.Random(2)
+    for _ in range(200):
+        items = _items([rng.randint(1, 300) for _ in range(rng.randint(1, 40))])
+        cap = rng.choice([0.0, 0.1, 0.2, 0.5])
+        for sort in (True, False):
+            batch = pick_batch(items, 4096, sort, max_padding=cap)
+            assert items[0] in batch
+            pad = _padded(batch) - sum(p.enc.length for p in batch)
+            assert pad <= cap * _padded(batch) + 1e-9
+    # equal lengths batch fully even at cap 0; a long item does not join short ones at cap 0.2
+    assert len(pick_batch(_items([50] * 10), 4096, True, max_padding=0.0)) == 10
+    mixed = _items([40, 40, 40, 200])
+    assert len(pick_batch(mixed, 4096, False, max_padding=0.2)) == 3
+    assert len(pick_batch(mixed, 4096, False, max_padding=1.0)) == 4
+
+
+def test_padding_cap_defaults_per_device():
+    from rewardserve.config import BatchingConfig
+
+    assert BatchingConfig().padding_ratio_for("cpu") == 0.2
+    assert BatchingConfig().padding_ratio_for("cuda:0") == 1.0
+    assert BatchingConfig(max_padding_ratio=0.5).padding_ratio_for("cuda:0") == 0.5
