@@ -37,7 +37,7 @@ class RLHFExperimentConfig:
     utilities: list[str] = field(default_factory=lambda: ["raw_sum", "lsc_sum"])
     betas: list[float] = field(default_factory=lambda: [0.02, 0.2])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 50
+    steps: int = 40
     learning_rate: float = 5e-5
     prompts_per_step: int = 2
     num_generations: int = 4
