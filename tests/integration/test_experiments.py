@@ -45,7 +45,7 @@ def test_best_of_k_outputs_and_invariants(best_of_k):
     k1 = result["table"][0]
     # k = 1: both methods take the first sample
     assert k1["raw_sum"] == k1["lsc_sum"]
-    assert k1["lsc_minus_raw"]["good_on_all"]["mean"] == 0.0
+    assert k1["lsc_minus_raw"]["good_on_all"]["mean"] == 0.0 and k1["picks_differ"] == 0
     # best of all n by raw_sum has the highest mean raw sum of any k
     sums = [sum(r["raw_sum"]["raw"][m]["mean"] for m in MODELS) for r in result["table"]]
     assert sums[-1] == max(sums)

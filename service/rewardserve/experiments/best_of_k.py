@@ -163,8 +163,14 @@ def analyse(cand: np.ndarray, calib: np.ndarray, lengths: np.ndarray, models: li
     worst = stats.worst_decile(cand, ref)
     table = []
     for k in ks:
-        per = {meth: stats.per_prompt_metrics(cand, ref, lengths, stats.pick(cand, ref, meth, k)) for meth in METHODS}
-        row: dict = {"k": k}
+        picks = {meth: stats.pick(cand, ref, meth, k) for meth in METHODS}
+        per = {meth: stats.per_prompt_metrics(cand, ref, lengths, picks[meth]) for meth in METHODS}
+        differ = picks["raw_sum"] != picks["lsc_sum"]
+        row: dict = {"k": k, "picks_differ": int(differ.sum()),
+                     "where_picks_differ": {meth: {"good_on_all": float(per[meth]["good_on_all"][differ].mean()) if differ.any() else None,
+                                                   "above_reference": {m: float((per[meth]["raw"][differ, i] > ref[differ, i]).mean())
+                                                                       if differ.any() else None for i, m in enumerate(models)}}
+                                            for meth in METHODS}}
         for meth in (*METHODS, "lsc_minus_raw"):
             v = per[meth] if meth != "lsc_minus_raw" else {key: per["lsc_sum"][key] - per["raw_sum"][key] for key in per["raw_sum"]}
             row[meth] = {
