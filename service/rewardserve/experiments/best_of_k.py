@@ -57,6 +57,16 @@ class BestOfKConfig:
     out_dir: str = "runs/experiments/best-of-k"
 
 
+def equal_shares(by_source: dict[str, list], n: int) -> list:
+    """``n`` rows: an equal share of each source (in order), the rest filled from the leftovers."""
+    share = n // len(by_source)
+    chosen = [r for src in sorted(by_source) for r in by_source[src][:share]]
+    chosen += [r for src in sorted(by_source) for r in by_source[src][share:]][: n - len(chosen)]
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} prompts qualify, {n} asked for")
+    return chosen
+
+
 def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens: int) -> list[dict]:
     """Equal shares of each source's prompts (file order) whose rendered prompt fits the cap."""
     from ..policy import render_prompt
@@ -70,14 +80,7 @@ def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens
             by_source.setdefault(source, []).append(row)
     if not by_source:
         raise ValueError(f"no {split!r} prompts of at most {max_prompt_tokens} tokens in {path}")
-    share = n_prompts // len(by_source)
-    chosen: list[dict] = []
-    for src in sorted(by_source):
-        chosen += [{"source": src, "prompt": r["prompt"]} for r in by_source[src][:share]]
-    rest = [{"source": s, "prompt": r["prompt"]} for s in sorted(by_source) for r in by_source[s][share:]]
-    chosen += rest[: n_prompts - len(chosen)]
-    if len(chosen) < n_prompts:
-        raise ValueError(f"only {len(chosen)} prompts qualify, {n_prompts} asked for")
+    chosen = equal_shares({s: [{"source": s, "prompt": r["prompt"]} for r in rows] for s, rows in by_source.items()}, n_prompts)
     for i, c in enumerate(chosen):
         c["index"], c["fingerprint"] = i, prompt_fingerprint(c["prompt"])
     return chosen

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .best_of_k import select_prompts
+from .best_of_k import arrays, equal_shares, select_prompts
 
 
 @dataclass
@@ -58,13 +58,10 @@ def _eval_set(cfg: RLHFExperimentConfig) -> tuple[list[dict], list[str], dict]:
     meta = json.loads((a_dir / "meta.json").read_text())
     rows = [json.loads(line) for line in (a_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     rows.sort(key=lambda r: r["index"])
-    sources = sorted({r["source"] for r in rows})
-    share = cfg.eval_prompts // len(sources)
-    chosen = [r for s in sources for r in [x for x in rows if x["source"] == s][:share]]
-    if len(chosen) < cfg.eval_prompts:
-        chosen += [r for r in rows if r not in chosen][: cfg.eval_prompts - len(chosen)]
-    if len(chosen) < cfg.eval_prompts:
-        raise ValueError(f"{a_dir} holds {len(rows)} prompts; {cfg.eval_prompts} asked for")
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    chosen = equal_shares(by_source, cfg.eval_prompts)
     if meta["max_new_tokens"] != cfg.max_completion_length or meta["temperature"] != cfg.temperature or meta["top_p"] != cfg.top_p:
         raise ValueError("evaluation sampling must match experiment A's (max_new_tokens, temperature, top_p): "
                          f"A used {meta['max_new_tokens']}, {meta['temperature']}, {meta['top_p']}")
@@ -96,14 +93,14 @@ def run_metrics(ev: dict, eval_rows: list[dict], models: list[str], quantile: fl
     """Per-prompt values: win (1, ½ on a tie, 0) against the base response per model, good on all,
     base good on all, length drift."""
     raw = np.asarray(ev["raw"], dtype=float)
-    base = np.array([[r["raw_candidates"][m][0] for m in models] for r in eval_rows])
-    calib = np.array([[r["raw_calibration"][m] for m in models] for r in eval_rows]).transpose(0, 2, 1)
+    cand, calib, lengths = arrays(eval_rows, models)
+    base = cand[:, 0]                                     # the base policy's first candidate
     ref = stats.references(calib, quantile)
     return {
         "win": (raw > base) + 0.5 * (raw == base),
         "good_on_all": np.all(raw > ref, axis=1).astype(float),
         "base_good_on_all": np.all(base > ref, axis=1).astype(float),
-        "length_drift": np.asarray(ev["lengths"], dtype=float) - np.array([r["lengths"][0] for r in eval_rows]),
+        "length_drift": np.asarray(ev["lengths"], dtype=float) - lengths[:, 0],
     }
 
 
