@@ -242,8 +242,7 @@ def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
               "training_seconds": sum(r["wall_seconds"] for r in runs)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(runs, summary, models, out)
-    lines = [markdown(summary, models), "", "## Responses at the end of training (first held-out prompts, seed "
-             f"{cfg.seeds[0]})", ""]
+    lines = [markdown(summary, models), "", f"## Responses at the end of training (first held-out prompts, seed {cfg.seeds[0]})", ""]
     for r in runs:
         if r["seed"] != cfg.seeds[0]:
             continue
