@@ -101,6 +101,21 @@ def usage_tokens(body: bytes) -> int | None:
     return int(body[j:k]) if k > j else None
 
 
+def server_timing(value: str | None) -> dict[str, float]:
+    """``Server-Timing: encode;dur=0.8, forward;dur=41.3`` → {"encode": 0.8, "forward": 41.3} (ms)."""
+    out: dict[str, float] = {}
+    for part in (value or "").split(","):
+        name, _, rest = part.strip().partition(";")
+        for param in rest.split(";"):
+            k, _, v = param.strip().partition("=")
+            if k == "dur" and name:
+                try:
+                    out[name] = float(v)
+                except ValueError:
+                    pass
+    return out
+
+
 def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     """Share of the interval [a0, a1] that lies inside [b0, b1] (1 for an instant inside it)."""
     if a1 <= a0:
@@ -118,8 +133,8 @@ class Load:
         self.items, self.size, self.concurrency, self.models = items, size, concurrency, models
         self.path = path
         self._bodies: dict[int, bytes] = {}
-        # (completed at, latency, status, items, tokens)
-        self.records: list[tuple[float, float, int, int, int | None]] = []
+        # (completed at, latency, status, items, tokens, server's encode + forward ms or None)
+        self.records: list[tuple[float, float, int, int, int | None, float | None]] = []
         self.errors = 0
         self.in_flight = 0
         self.sent = 0
@@ -163,7 +178,9 @@ class Load:
                 finally:
                     self.in_flight -= 1
                 t1 = time.perf_counter()
-                self.records.append((t1, t1 - t0, status, self.size, usage_tokens(body) if status == 200 else None))
+                st = server_timing(headers.get("server-timing"))
+                bare = st["encode"] + st["forward"] if "encode" in st and "forward" in st else None
+                self.records.append((t1, t1 - t0, status, self.size, usage_tokens(body) if status == 200 else None, bare))
                 self._answered.set()
                 if status in _RETRY_STATUSES:
                     try:
@@ -222,6 +239,10 @@ class Load:
             "items_per_s": items / duration if duration > 0 else 0.0,
             "tokens_per_s": tokens / duration if tokens is not None and duration > 0 else None,
             "latency_ms": summarize_ms([r[1] for r in ok]),
+            # per request: client latency − the server's own encode + forward time for it (the cost
+            # of serving it beyond tokenizing and running the model), where the server says (Server-Timing)
+            "added_ms": summarize_ms([r[1] - r[5] / 1000 for r in ok if r[5] is not None]) if any(
+                r[5] is not None for r in ok) else None,
             "status": statuses,
             "rejected_429": statuses.get("429", 0),
             "rejected_503": statuses.get("503", 0),

@@ -1,4 +1,4 @@
-"""The benchmark run: limit, service, naive baseline, unsorted service, memory; JSON + table.
+"""The benchmark run: limit, service, naive baseline, unsorted and FIFO services, memory; JSON + table.
 
 Every contender runs in its own process with the same environment (``REWARDSERVE_TORCH_THREADS``,
 ``TOKENIZERS_PARALLELISM=false``, one uvicorn worker, a throw-away reference store), on the same
@@ -28,7 +28,8 @@ from .workload import WORKLOADS
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
 DEFAULT_QUICK_OUT = REPO / "bench" / "results" / "quick.json"
-PHASES = ("limit", "service", "naive", "unsorted", "memory")
+PHASES = ("limit", "service", "naive", "unsorted", "fifo", "memory")
+MIXED_ONLY = ("unsorted", "fifo")  # contenders that run only the mixed workload's batching cells
 BENCH_WORKLOADS = ("mixed", "uniform")
 
 # targets (printed next to each ratio)
@@ -93,12 +94,14 @@ class Options:
         n = 0
         for w in self.workloads:
             n += cells_per_server * (("service" not in self.skip) + ("naive" not in self.skip))
-            if w == "mixed" and "unsorted" not in self.skip:
-                n += sum(1 for s in self.sizes for c in self.concurrency if s * c >= self.unsorted_min_in_flight)
+            if w == "mixed":
+                n += sum(1 for s in self.sizes for c in self.concurrency if s * c >= self.unsorted_min_in_flight) * sum(
+                    p not in self.skip for p in MIXED_ONLY)
         per_cell = self.seconds + self.warmup + 0.8  # + process start and idle check
         n_budgets = len(self.budgets) if self.budgets else (2 if self.quick else 6)
+        n_layouts = 2 if (self.threads or os.cpu_count() or 1) > 1 else 1  # CPU: see bench.limit.layouts
         limit = 0 if "limit" in self.skip else 8 + len(self.workloads) * (
-            n_budgets * self.limit_seconds * 1.3 + self.latency_seconds + 2)
+            (n_layouts * n_budgets + 2) * self.limit_seconds * 1.3 + self.latency_seconds + 2)
         memory = 0 if "memory" in self.skip else self.rss_requests[1] / 250
         return 20 + n * per_cell + limit + memory
 
@@ -249,20 +252,28 @@ def runnable(o: Options, rate: float | None, min_in_flight: int = 0) -> tuple[li
     return run, skipped
 
 
-def run_cells(server: Server, workload: str, o: Options, env: dict[str, str], last: bool,
-              min_in_flight: int = 0, rate: float | None = None) -> list[dict]:
-    """The runnable cells against ``server``, heaviest last; after each cell wait for the server to
-    finish what earlier clients left (restart it if that takes over ``drain_timeout``)."""
-    cells, _ = runnable(o, rate, min_in_flight)
-    out = []
+def run_cells(contenders: dict[str, tuple[Server, int]], workload: str, o: Options, env: dict[str, str],
+              rate: float | None = None, used_later: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+    """The runnable cells, light to heavy; each cell runs against every contender (``name: (server,
+    min_in_flight)``) back to back, in an order that alternates from cell to cell, so that a machine
+    whose speed drifts (a shared VM) shifts every contender of a cell alike. After each cell wait for
+    the server to finish what earlier clients left (restart it if that takes over ``drain_timeout``);
+    not after a server's last cell (``used_later``: servers measured again in a later workload)."""
+    cells, _ = runnable(o, rate)
+    plan = []
     for k, (size, conc) in enumerate(cells):
+        names = [n for n, (_, mif) in contenders.items() if size * conc >= mif]
+        plan += [(size, conc, n) for n in (names if k % 2 == 0 else names[::-1])]
+    out: dict[str, list[dict]] = {n: [] for n in contenders}
+    for i, (size, conc, name) in enumerate(plan):
+        server = contenders[name][0]
         res = _run_json(_load_cmd(server.url, workload, o, conc, size), env, o.seconds + o.warmup + 120,
                         f"load {server.name} {workload} c={conc} s={size}")
         res["server"] = server.name
         if res["requests"] == 0 and res["other_errors"]:
             raise RuntimeError(f"{server.name} c={conc} s={size}: every request failed ({res['status']}, "
                                f"{res['other_errors']} errors); server log:\n{server.log_tail()}")
-        final = last and k == len(cells) - 1
+        final = name not in used_later and all(n != name for _, _, n in plan[i + 1:])
         res["drained"] = None
         if not final:
             t0 = time.monotonic()
@@ -275,7 +286,7 @@ def run_cells(server: Server, workload: str, o: Options, env: dict[str, str], la
         lat = res["latency_ms"]
         _log(f"{server.name:8s} {workload:7s} c={conc:<3d} s={size:<3d} {res['items_per_s']:9.1f} items/s  "
              f"p50 {_f(lat['p50'])} ms  p99 {_f(lat['p99'])} ms  503s {res['rejected_503']}")
-        out.append(res)
+        out[name].append(res)
     return out
 
 
@@ -364,15 +375,23 @@ def compute_ratios(res: dict) -> tuple[dict, list[dict]]:
             by_cell[f"c{x['concurrency']}_s{x['size']}"] = _div(x["items_per_s"], y["items_per_s"])
     ratios["sorted_over_unsorted"] = {"ratio": r, "by_cell": by_cell}
     target("sorted / unsorted at saturation (mixed)", r, ">=", TARGET_SORTED_OVER_UNSORTED, "best cell of each")
-    # added latency: service p50 (1 item, 1 client) - bare encode+forward p50
+    # what length-aware batch formation as a whole (sorting + padding cap) buys over plain FIFO batches
+    fifo = (res.get("fifo") or {}).get("mixed", [])
+    bf = _best(fifo)
+    rf = _div(bs["items_per_s"] if bs else None, bf["items_per_s"] if bf else None)
+    ratios["length_aware_over_fifo"] = {"ratio": rf}
+    target("sort + padding cap / FIFO batches (mixed)", rf, ">=", TARGET_SORTED_OVER_UNSORTED, "best cell of each")
+    # added latency, 1 item, 1 client: per request, client latency − the server's own encode + forward
+    # for that request (Server-Timing), p50 — paired, so a machine that drifts between phases does
+    # not enter it; the difference of two p50s from different phases is kept for reference
     one = next((x for x in srt if x["concurrency"] == 1 and x["size"] == 1), None)
     bare = ((limit.get("workloads") or {}).get("mixed") or {}).get("single_item_ms")
-    added = None
-    if one and one["latency_ms"]["p50"] is not None and bare:
-        added = one["latency_ms"]["p50"] - bare["p50"]
-    ratios["added_latency_ms"] = {"added_p50": added, "service_p50": one["latency_ms"]["p50"] if one else None,
-                                  "bare_p50": bare["p50"] if bare else None}
-    target("added p50 latency, 1 item, 1 client (ms, mixed)", added, "<=", TARGET_ADDED_LATENCY_MS)
+    paired = (one.get("added_ms") or {}).get("p50") if one else None
+    unpaired = one["latency_ms"]["p50"] - bare["p50"] if one and one["latency_ms"]["p50"] is not None and bare else None
+    ratios["added_latency_ms"] = {"added_p50": paired, "service_p50": one["latency_ms"]["p50"] if one else None,
+                                  "service_minus_limit_bare_p50": unpaired, "bare_p50": bare["p50"] if bare else None}
+    target("added p50 latency, 1 item, 1 client (ms, mixed)", paired, "<=", TARGET_ADDED_LATENCY_MS,
+           "latency − server encode+forward, per request")
     mem = res.get("memory")
     rr = mem["ratio"] if mem else None
     ratios["rss_ratio"] = rr
@@ -404,23 +423,25 @@ def format_table(res: dict) -> str:
         lines.append("")
         lines.append("limit (in-process, no HTTP, ideal length-sorted batches; tokenization counted separately)")
         lines.append(f"  {'workload':9s} {'tok/item':>8s} {'encode it/s':>11s} {'forward it/s':>12s} {'budget':>7s} "
-                     f"{'limit it/s':>10s} {'limit tok/s':>11s} {'tok share':>9s} {'1-item p50 ms':>13s}")
+                     f"{'workers':>9s} {'limit it/s':>10s} {'limit tok/s':>11s} {'tok share':>9s} {'1-item p50 ms':>13s}")
         for w, x in limit["workloads"].items():
+            lay = x.get("best_layout") or {"workers": 1, "threads_per_worker": limit["threads"]["torch_threads"]}
+            lay_s = f"{lay['workers']}x{lay['threads_per_worker']}t"
             lines.append(f"  {w:9s} {x['tokens']['mean']:8.1f} {_f(x['encode']['items_per_s']):>11s} "
-                         f"{_f(x['forward_items_per_s']):>12s} {x['best_budget']:>7d} {_f(x['items_per_s']):>10s} "
+                         f"{_f(x['forward_items_per_s']):>12s} {x['best_budget']:>7d} {lay_s:>9s} {_f(x['items_per_s']):>10s} "
                          f"{_f(x['tokens_per_s'], 0):>11s} {x['tokenization_share']:>9.0%} {_f(x['single_item_ms']['p50'], 2):>13s}")
-    service, naive, uns = res.get("service") or {}, res.get("naive") or {}, res.get("unsorted") or {}
+    service, naive, uns, fifo = (res.get(n) or {} for n in ("service", "naive", "unsorted", "fifo"))
     if service or naive or uns:
         lines.append("")
         lines.append("closed-loop HTTP load (items/s; latency ms p50/p90/p99; 503 = rejected requests)")
         lines.append(f"  {'workload':8s} {'conc':>4s} {'size':>4s} | {'service':>9s} {'tok/s':>9s} {'p50':>7s} {'p90':>7s} "
-                     f"{'p99':>7s} {'503':>4s} | {'naive':>9s} {'p50':>7s} {'p99':>7s} | {'unsorted':>9s} | {'svc/naive':>9s}")
+                     f"{'p99':>7s} {'503':>4s} | {'naive':>9s} {'p50':>7s} {'p99':>7s} | {'unsorted':>9s} {'fifo':>7s} | {'svc/naive':>9s}")
         for w in m["workloads"]:
             for s in m["sizes"]:
                 for c in m["concurrency"]:
                     def cell(d):
                         return next((x for x in d.get(w, []) if x["concurrency"] == c and x["size"] == s), None)
-                    sv, nv, uv = cell(service), cell(naive), cell(uns)
+                    sv, nv, uv, fv = cell(service), cell(naive), cell(uns), cell(fifo)
                     sk = next((x for x in m.get("skipped_cells", {}).get(w, []) if x["concurrency"] == c and x["size"] == s), None)
                     if sk:
                         lines.append(f"  {w:8s} {c:>4d} {s:>4d} | skipped: one round of {c * s} items takes "
@@ -431,9 +452,10 @@ def format_table(res: dict) -> str:
                     row = (f"  {w:8s} {c:>4d} {s:>4d} | {_f(sv and sv['items_per_s']):>9s} {_f(sv and sv['tokens_per_s'], 0):>9s} "
                            f"{_f(lat.get('p50')):>7s} {_f(lat.get('p90')):>7s} {_f(lat.get('p99')):>7s} "
                            f"{(sv['rejected_503'] + sv['rejected_429']) if sv else '-':>4} | {_f(nv and nv['items_per_s']):>9s} "
-                           f"{_f(nl.get('p50')):>7s} {_f(nl.get('p99')):>7s} | {_f(uv and uv['items_per_s']):>9s} | "
+                           f"{_f(nl.get('p50')):>7s} {_f(nl.get('p99')):>7s} | {_f(uv and uv['items_per_s']):>9s} "
+                           f"{_f(fv and fv['items_per_s']):>7s} | "
                            f"{_f(_div(sv['items_per_s'], nv['items_per_s']) if sv and nv else None, 2):>9s}")
-                    flags = [f"{n}: not steady" for n, x in (("service", sv), ("naive", nv), ("unsorted", uv)) if x and not x["steady"]]
+                    flags = [f"{n}: not steady" for n, x in (("service", sv), ("naive", nv), ("unsorted", uv), ("fifo", fv)) if x and not x["steady"]]
                     lines.append(row + (f"  ({'; '.join(flags)})" if flags else ""))
     mem = res.get("memory")
     if mem:
@@ -491,6 +513,9 @@ def run_benchmark(quick: bool = False, seconds: float | None = None, out: str | 
             want.append(("naive", "naive", {}))
         if "unsorted" not in o.skip and "mixed" in o.workloads:
             want.append(("unsorted", "service", {"REWARDSERVE_BATCHING__SORT_BY_LENGTH": "false"}))
+        if "fifo" not in o.skip and "mixed" in o.workloads:
+            want.append(("fifo", "service", {"REWARDSERVE_BATCHING__SORT_BY_LENGTH": "false",
+                                             "REWARDSERVE_BATCHING__MAX_PADDING_RATIO": "1.0"}))
         for name, kind, extra in want:
             envs[name] = _env(o, tmp, name, extra)
             servers[name] = Server(name, kind, o.config, envs[name], tmp)
@@ -500,10 +525,12 @@ def run_benchmark(quick: bool = False, seconds: float | None = None, out: str | 
                 for f in [ex.submit(s.start) for s in servers.values()]:
                     f.result()
             res["meta"]["startup_seconds"] = {n: s.startup_seconds[0] for n, s in servers.items()}
-        if "naive" in servers:
-            import httpx
+        import httpx
 
+        if "naive" in servers:
             res["meta"]["threads"]["naive_server"] = httpx.get(f"{servers['naive'].url}/info", timeout=10).json()
+        if "service" in servers:
+            res["meta"]["threads"]["service"] = httpx.get(f"{servers['service'].url}/v1/models", timeout=10).json()["runtime"]
 
         base_env = _env(o, tmp, "limit")
         if "limit" not in o.skip:
@@ -521,7 +548,8 @@ def run_benchmark(quick: bool = False, seconds: float | None = None, out: str | 
             res["meta"]["threads"]["limit_process"] = res["limit"]["threads"]
             for w, x in res["limit"]["workloads"].items():
                 _log(f"limit {w}: {x['items_per_s']:.1f} items/s ({x['forward_items_per_s']:.1f} forward only, "
-                     f"budget {x['best_budget']}), single item p50 {x['single_item_ms']['p50']:.2f} ms")
+                     f"budget {x['best_budget']}, {x['best_layout']['workers']} worker(s) × "
+                     f"{x['best_layout']['threads_per_worker']} thread(s)), single item p50 {x['single_item_ms']['p50']:.2f} ms")
         if "memory" not in o.skip:
             _log(f"memory: {o.rss_requests[1]} single-item requests to a fresh service")
             res["memory"] = run_memory(servers["service"], o, envs["service"])
@@ -532,17 +560,13 @@ def run_benchmark(quick: bool = False, seconds: float | None = None, out: str | 
             if sk:
                 _log(f"{w}: skipping cells whose round exceeds {o.max_round_seconds:g} s at the limit rate: "
                      + ", ".join(f"c={x['concurrency']} s={x['size']} ({x['round_seconds_at_limit']:.0f} s)" for x in sk))
-        if "service" not in o.skip:
-            res["service"] = {w: run_cells(servers["service"], w, o, base_env, last=(w == o.workloads[-1]), rate=rates.get(w))
-                              for w in o.workloads}
-            servers["service"].stop()
-        if "naive" not in o.skip:
-            res["naive"] = {w: run_cells(servers["naive"], w, o, base_env, last=(w == o.workloads[-1]), rate=rates.get(w))
-                            for w in o.workloads}
-            servers["naive"].stop()
-        if "unsorted" in servers:
-            res["unsorted"] = {"mixed": run_cells(servers["unsorted"], "mixed", o, base_env, last=True,
-                                                  min_in_flight=o.unsorted_min_in_flight, rate=rates.get("mixed"))}
+        contenders = {n: (servers[n], o.unsorted_min_in_flight if n in MIXED_ONLY else 0)
+                      for n in ("service", "naive", *MIXED_ONLY) if n in servers and n not in o.skip}
+        for k, w in enumerate(o.workloads):
+            here = {n: c for n, c in contenders.items() if n not in MIXED_ONLY or w == "mixed"}
+            later = frozenset(n for w2 in o.workloads[k + 1:] for n in contenders if n not in MIXED_ONLY or w2 == "mixed")
+            for n, cells in run_cells(here, w, o, base_env, rate=rates.get(w), used_later=later).items():
+                res.setdefault(n, {})[w] = cells
         res["meta"]["restarts"] = {n: s.restarts for n, s in servers.items()}
     except BaseException:
         for s in servers.values():

@@ -4,9 +4,17 @@ Items wait in a bounded queue (``max_queued_tokens``; beyond it ``submit`` raise
 at once). The loop forms a batch as soon as the queue holds ``max_batch_tokens`` padded tokens
 or the oldest item has waited ``max_wait_ms``. A batch always contains the oldest waiting item
 (no starvation); with length sorting on, it is filled with the items closest in length to it, so
-little compute goes to padding. The forward runs on the backbone's single worker thread, so the
-event loop keeps accepting requests meanwhile, and the next batch forms while a forward runs.
-Items whose request was cancelled (client gone) are dropped before their forward.
+little compute goes to padding. Forwards run on the backbone's worker threads (``forward_workers``,
+each at most one forward at a time), so the event loop keeps accepting requests meanwhile and the
+next batch forms while forwards run. Items whose request was cancelled (client gone) are dropped
+before their forward.
+
+CPU threads (``cpu_threads`` = the process's torch intra-op threads, T; W workers): a lone item —
+no forward running, nothing else queued — is one forward with all T threads (lowest latency for
+it); anything more is spread over the free workers (the queued items split evenly, up to the token
+budget each), each forward with T // W threads, so W forwards run side by side without
+oversubscribing the cores. On a small CPU a transformer forward gains little from a second
+intra-op thread, two independent forwards nearly 2× (bench/README.md).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Backend, Encoded
+from .backends.base import Backend, Encoded, intraop_threads
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -37,6 +45,16 @@ class ForwardError(RuntimeError):
         self.backbone, self.models = backbone, models
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What an item's future resolves to: its row of raw rewards and when its forward ran
+    (``time.perf_counter`` seconds; the request's Server-Timing header is made from these)."""
+
+    row: np.ndarray
+    forward_start: float
+    forward_end: float
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
     enc: Encoded
@@ -44,16 +62,20 @@ class _Pending:
     arrived: float = field(default_factory=time.perf_counter)
 
 
-def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0) -> list[_Pending]:
+def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0,
+               max_items: int | None = None) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
     Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
     length order, each step adding whichever neighbour adds fewer pad tokens. Unsorted: arrival order.
     Either way an item joins only while pad tokens stay ≤ ``max_padding`` × padded tokens (on a CPU
-    a padded batch costs more than its items one by one; the rest waits for the next forward).
+    a padded batch costs more than its items one by one; the rest waits for the next forward), and
+    while the batch has fewer than ``max_items`` items.
     """
+    cap = max_items or len(items)
+
     def fits(n: int, width: int, real: int) -> bool:
-        return n * width <= budget and n * width - real <= max_padding * n * width
+        return n <= cap and n * width <= budget and n * width - real <= max_padding * n * width
 
     if not sort_by_length:
         batch, width, real = [items[0]], items[0].enc.length, items[0].enc.length
@@ -97,8 +119,12 @@ class Batcher:
         max_queued_tokens: int = 262_144,
         sort_by_length: bool = True,
         max_padding_ratio: float = 1.0,
+        forward_workers: int = 1,
+        cpu_threads: int | None = None,
         metrics: Metrics | None = None,
     ):
+        if forward_workers < 1:
+            raise ValueError(f"forward_workers must be >= 1, got {forward_workers}")
         self.backend = backend
         self.name = backend.name
         self.max_batch_tokens = max_batch_tokens
@@ -110,9 +136,12 @@ class Batcher:
         self._pending: list[_Pending] = []
         self._queued_tokens = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{self.name}")
+        self.forward_workers = forward_workers
+        # threads per forward: (alone, shared); None leaves torch's setting alone (e.g. on a GPU)
+        self.threads = None if cpu_threads is None else (cpu_threads, max(1, cpu_threads // forward_workers))
+        self._executor = ThreadPoolExecutor(forward_workers, thread_name_prefix=f"forward-{self.name}")
         self._task: asyncio.Task | None = None
-        self._busy = False
+        self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
 
     # -- public -----------------------------------------------------------------------------
@@ -131,7 +160,7 @@ class Batcher:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Finish what is queued (up to ``drain_timeout`` s), then stop the loop and the worker."""
         deadline = time.monotonic() + drain_timeout
-        while (self._pending or self._busy) and time.monotonic() < deadline:
+        while (self._pending or self._running) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -140,6 +169,8 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=max(0.0, deadline - time.monotonic()))
         for p in self._pending:
             if not p.future.done():
                 p.future.set_exception(RuntimeError(f"backbone {self.name!r} is shutting down"))
@@ -147,7 +178,7 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def submit(self, encoded: list[Encoded]) -> list[asyncio.Future]:
-        """Queue items; return one future per item, resolving to its row of raw rewards."""
+        """Queue items; return one future per item, resolving to its ``Scored`` (row of raw rewards)."""
         tokens = sum(e.length for e in encoded)
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:
@@ -197,34 +228,47 @@ class Batcher:
                 return
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._drop_cancelled()
-            if not self._pending:
+            if not self._pending or len(self._running) >= self.forward_workers:
+                # nothing to do, or every worker busy: wait for new items or a finished forward
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_wait > 0:
+            if self.max_wait > 0 and not self._running:
                 await self._wait_for_company()
                 self._drop_cancelled()
                 if not self._pending:
                     continue
-            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio)
+            free = self.forward_workers - len(self._running)
+            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio,
+                               max_items=-(-len(self._pending) // free))
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)
             self._update_depth()
-            self._busy = True
-            try:
-                await self._run(loop, batch)
-            finally:
-                self._busy = False
+            threads = None
+            if self.threads is not None:
+                threads = self.threads[0] if not self._running and not self._pending else self.threads[1]
+            task = asyncio.get_running_loop().create_task(self._run(batch, threads))
+            self._running.add(task)
+            task.add_done_callback(self._forward_done)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    def _forward_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wakeup.set()
+
+    def _forward(self, encs: list[Encoded], threads: int | None) -> np.ndarray:
+        if threads is not None:
+            intraop_threads(threads)
+        return self.backend.forward(encs)
+
+    async def _run(self, batch: list[_Pending], threads: int | None) -> None:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
-            rows: np.ndarray = await loop.run_in_executor(self._executor, self.backend.forward, encs)
+            rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._forward, encs, threads)
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:
@@ -238,7 +282,7 @@ class Batcher:
         self.forwards += 1
         for p, row in zip(batch, rows):
             if not p.future.done():
-                p.future.set_result(row)
+                p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)
             width = max(e.length for e in encs)

@@ -51,6 +51,14 @@ class BatchingConfig(_Strict):
         None, ge=0, le=1, description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
                                       "None picks the per-device default (cpu 0.2: padding costs more than batching "
                                       "gains there; cuda 1.0: no cap)")
+    forward_workers: int | None = Field(
+        None, gt=0, description="forwards of one backbone that may run at once; None picks the per-device default "
+                                "(cpu: one per torch intra-op thread, a lone forward still uses every thread; cuda: 1)")
+
+    def workers_for(self, device: str, cpu_threads: int) -> int:
+        if self.forward_workers is not None:
+            return self.forward_workers
+        return 1 if device.startswith("cuda") else max(1, cpu_threads)
 
     def batch_tokens_for(self, device: str) -> int:
         if self.max_batch_tokens is not None:

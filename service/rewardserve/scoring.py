@@ -7,10 +7,12 @@ This is the path of one ``POST /v1/score`` after validation: the route hands the
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from . import lsc
 from .api.errors import ApiError
@@ -57,9 +59,13 @@ class Scorer:
         if warmup:
             await asyncio.to_thread(backend.warmup)
         b = cfg.batching or self.settings.batching
+        on_cpu = backend.device.type == "cpu"
+        cpu_threads = torch.get_num_threads() if on_cpu else None
         batcher = Batcher(backend, max_batch_tokens=b.batch_tokens_for(cfg.device), max_wait_ms=b.max_wait_ms,
                           max_queued_tokens=b.max_queued_tokens, sort_by_length=b.sort_by_length,
-                          max_padding_ratio=b.padding_ratio_for(cfg.device), metrics=self.metrics)
+                          max_padding_ratio=b.padding_ratio_for(cfg.device),
+                          forward_workers=b.workers_for(cfg.device, cpu_threads or 1), cpu_threads=cpu_threads,
+                          metrics=self.metrics)
         batcher.start()
         self.add_backbone(backend, batcher)
         return backend
@@ -148,8 +154,11 @@ class Scorer:
         return refs, warnings
 
     # -- raw rewards ------------------------------------------------------------------------------
-    async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-        """Raw rewards (n_items × n_models), truncation flags (same shape) and tokens used."""
+    async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str],
+                          timing: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Raw rewards (n_items × n_models), truncation flags (same shape) and tokens used. ``timing``
+        (if given) gets seconds: ``encode`` (tokenization), ``queue`` (submit → first forward of the
+        request starts), ``forward`` (first forward start → last forward end)."""
         raw = np.zeros((len(pairs), len(models)))
         trunc = np.zeros((len(pairs), len(models)), dtype=bool)
         by_backbone: dict[str, list[int]] = {}
@@ -158,20 +167,26 @@ class Scorer:
         tokens = 0
         all_futures: list[asyncio.Future] = []
         jobs = []
+        encode_s, submitted, starts, ends = 0.0, [], [], []
         try:
             for bname, cols in by_backbone.items():
                 backend = self.backends[bname]
+                t0 = time.perf_counter()
                 if len(pairs) <= _INLINE_ENCODE_MAX:
                     encs = [backend.encode(p, r) for p, r in pairs]
                 else:
                     encs = await asyncio.to_thread(lambda b=backend: [b.encode(p, r) for p, r in pairs])
+                encode_s += time.perf_counter() - t0
                 tokens += sum(e.length for e in encs)
+                submitted.append(time.perf_counter())
                 futs = self.batchers[bname].submit(encs)
                 all_futures.extend(futs)
                 jobs.append((cols, encs, futs))
             for cols, encs, futs in jobs:
-                rows = await asyncio.gather(*futs)
-                block = np.stack(rows)
+                scored = await asyncio.gather(*futs)
+                starts.append(min(x.forward_start for x in scored))
+                ends.append(max(x.forward_end for x in scored))
+                block = np.stack([x.row for x in scored])
                 for j in cols:
                     raw[:, j] = block[:, self.models[models[j]].column]
                     trunc[:, j] = [e.truncated for e in encs]
@@ -185,10 +200,15 @@ class Scorer:
                     f.cancel()
         for m in models:
             self.metrics.items_scored.labels(m).inc(len(pairs))
+        if timing is not None and starts:
+            timing.update(encode=encode_s, queue=max(0.0, min(starts) - min(submitted)), forward=max(ends) - min(starts))
         return raw, trunc, tokens
 
     # -- the whole request ------------------------------------------------------------------------
-    async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None) -> dict:
+    async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
+                    timing: dict[str, float] | None = None) -> dict:
+        """The response body of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
+        (see ``raw_rewards``)."""
         names = self.resolve_models(models)
         agg = aggregate or AggregateSpec()
         weights = agg.weights or {}
@@ -198,7 +218,7 @@ class Scorer:
         self.check_items(items)
         prompts = [plain_prompt(it.prompt) for it in items]
         refs, warnings = await self.resolve_references(items, prompts, names)
-        raw, trunc, tokens = await self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names)
+        raw, trunc, tokens = await self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing)
 
         transforms = [self.models[m].config.transform for m in names]
         u = np.empty_like(raw)

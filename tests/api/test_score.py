@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -213,3 +214,14 @@ def test_openapi_documents_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/v1/score", "/score", "/v1/models", "/v1/references", "/healthz", "/readyz", "/metrics"):
         assert p in paths
+
+
+def test_server_timing_header_says_where_the_time_went(client):
+    t0 = time.perf_counter()
+    r = score(client, items=ITEMS, models=["a", "cls"])
+    wall_ms = 1000 * (time.perf_counter() - t0)
+    parts = dict(p.strip().split(";dur=") for p in r.headers["server-timing"].split(","))
+    assert set(parts) == {"encode", "queue", "forward", "total"}
+    ms = {k: float(v) for k, v in parts.items()}
+    assert all(v >= 0 for v in ms.values()) and ms["forward"] > 0
+    assert ms["encode"] + ms["queue"] + ms["forward"] <= ms["total"] + 0.05 <= wall_ms + 0.05

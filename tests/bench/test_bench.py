@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.limit import ideal_batches
-from bench.load import overlap, usage_tokens
+from bench.load import overlap, server_timing, usage_tokens
 from bench.runner import Options, compute_ratios, runnable
 from bench.stats import percentile, summarize_ms
 from bench.workload import VOCABULARY, WORKLOADS, generate, spec
@@ -109,6 +109,13 @@ def test_ideal_batches_respect_the_budget():
     assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(batches, batches[1:]))
 
 
+def test_server_timing_header_parsed():
+    assert server_timing("encode;dur=0.81, queue;dur=0.05, forward;dur=41.30, total;dur=43.02") == {
+        "encode": 0.81, "queue": 0.05, "forward": 41.3, "total": 43.02}
+    assert server_timing('db;desc="x";dur=2, miss, cpu;dur=bad') == {"db": 2.0}
+    assert server_timing(None) == {}
+
+
 def test_usage_tokens_from_a_response_body():
     body = json.dumps({"results": [{"raw": {"a": 1}}], "usage": {"items": 1, "tokens": 1234}}).encode()
     assert usage_tokens(body) == 1234
@@ -134,17 +141,19 @@ def test_cells_whose_round_outlasts_a_cell_are_skipped_with_the_reason():
     assert runnable(o, rate=None, min_in_flight=32)[0] == [(1, 64), (8, 4), (8, 16), (8, 64), (64, 1), (64, 4), (64, 16), (64, 64)]
 
 
-def _cell(c, s, ips, p50=10.0):
-    return {"concurrency": c, "size": s, "items_per_s": ips, "latency_ms": {"p50": p50, "p90": p50, "p99": p50}}
+def _cell(c, s, ips, p50=10.0, added=None):
+    return {"concurrency": c, "size": s, "items_per_s": ips, "latency_ms": {"p50": p50, "p90": p50, "p99": p50},
+            "added_ms": {"p50": added}}
 
 
 def test_ratios_and_targets():
     res = {
         "meta": {"workloads": ["mixed"], "concurrency": [1, 4], "sizes": [1, 8], "rss_requests": [200, 2000]},
         "limit": {"workloads": {"mixed": {"items_per_s": 100.0, "forward_items_per_s": 110.0, "single_item_ms": {"p50": 8.0}}}},
-        "service": {"mixed": [_cell(1, 1, 20, p50=11.0), _cell(4, 1, 50), _cell(1, 8, 60), _cell(4, 8, 95)]},
+        "service": {"mixed": [_cell(1, 1, 20, p50=11.0, added=2.5), _cell(4, 1, 50), _cell(1, 8, 60), _cell(4, 8, 95)]},
         "naive": {"mixed": [_cell(1, 1, 25), _cell(4, 1, 30), _cell(1, 8, 40), _cell(4, 8, 0.0)]},
         "unsorted": {"mixed": [_cell(4, 8, 50)]},
+        "fifo": {"mixed": [_cell(4, 8, 80)]},
         "memory": {"requests": [200, 2000], "ratio": 1.02},
     }
     ratios, targets = compute_ratios(res)
@@ -152,12 +161,16 @@ def test_ratios_and_targets():
     assert ratios["service_over_naive"]["mixed"]["1"]["min_over_sizes"] == pytest.approx(0.8)
     assert math.isinf(ratios["service_over_naive"]["mixed"]["4"]["by_size"]["8"])  # naive answered nothing
     assert ratios["sorted_over_unsorted"]["ratio"] == pytest.approx(1.9)
-    assert ratios["added_latency_ms"]["added_p50"] == pytest.approx(3.0)
+    assert ratios["length_aware_over_fifo"]["ratio"] == pytest.approx(95 / 80)
+    assert ratios["added_latency_ms"]["added_p50"] == pytest.approx(2.5)  # paired, from Server-Timing
+    assert ratios["added_latency_ms"]["service_minus_limit_bare_p50"] == pytest.approx(3.0)
     verdict = {t["check"]: t["pass"] for t in targets}
     assert verdict["service / limit at saturation (mixed)"] is True
     assert verdict["service / naive, concurrency 1 (mixed)"] is False
     assert verdict["service / naive, concurrency 4 (mixed)"] is True
     assert verdict["sorted / unsorted at saturation (mixed)"] is True
+    assert verdict["sort + padding cap / FIFO batches (mixed)"] is False
+    assert verdict["added p50 latency, 1 item, 1 client (ms, mixed)"] is True
     assert verdict["RSS after 2000 / after 200 requests"] is True
 
 
@@ -179,21 +192,28 @@ def test_quick_run(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     res = json.loads(out.read_text())
     assert "service / limit at saturation" in p.stdout  # the table was printed
-    for phase in ("meta", "limit", "service", "naive", "unsorted", "memory", "ratios", "targets"):
+    for phase in ("meta", "limit", "service", "naive", "unsorted", "fifo", "memory", "ratios", "targets"):
         assert phase in res, phase
     assert res["meta"]["quick"] is True
     th = res["meta"]["threads"]
     assert th["REWARDSERVE_TORCH_THREADS"] >= 1 and th["uvicorn_workers"] == 1 and th["TOKENIZERS_PARALLELISM"] == "false"
     assert th["naive_server"]["torch_threads"] == th["REWARDSERVE_TORCH_THREADS"]
     assert th["limit_process"]["torch_threads"] == th["REWARDSERVE_TORCH_THREADS"]
+    # the service's CPU default: one forward worker per thread, a lone forward with every thread
+    n = th["REWARDSERVE_TORCH_THREADS"]
+    assert th["service"]["batchers"]["minilm"] == {"forward_workers": n, "threads_alone": n, "threads_shared": 1}
+    layouts = {(x["workers"], x["threads_per_worker"]) for x in res["limit"]["layouts"]}
+    assert layouts == ({(1, n), (n, 1)} if n > 1 else {(1, 1)})
 
     lim = res["limit"]["workloads"]["mixed"]
     for key in ("items_per_s", "tokens_per_s", "forward_items_per_s", "forward_tokens_per_s"):
         assert _finite_positive(lim[key]), key
     assert _finite_positive(lim["encode"]["items_per_s"])
     assert lim["single_item_ms"]["p50"] <= lim["single_item_ms"]["p90"] <= lim["single_item_ms"]["p99"]
+    assert {(x["workers"], x["threads_per_worker"]) for x in lim["sweep"]} == layouts
+    assert (lim["best_layout"]["workers"], lim["best_layout"]["threads_per_worker"]) in layouts
 
-    cells = [c for phase in ("service", "naive", "unsorted") for c in res[phase]["mixed"]]
+    cells = [c for phase in ("service", "naive", "unsorted", "fifo") for c in res[phase]["mixed"]]
     assert len(res["service"]["mixed"]) == len(res["naive"]["mixed"]) == 4 and res["unsorted"]["mixed"]
     for c in cells:
         where = f"{c['server']} c={c['concurrency']} s={c['size']}"
@@ -214,6 +234,10 @@ def test_quick_run(tmp_path):
     assert all(v["min_over_sizes"] is not None for v in r["service_over_naive"]["mixed"].values())
     assert _finite_positive(r["sorted_over_unsorted"]["ratio"])
     assert r["added_latency_ms"]["added_p50"] is not None and math.isfinite(r["added_latency_ms"]["added_p50"])
+    one = next(c for c in res["service"]["mixed"] if c["concurrency"] == 1 and c["size"] == 1)
+    assert 0 < one["added_ms"]["p50"] < one["latency_ms"]["p50"]  # the service's Server-Timing was read
+    assert all(c["added_ms"] is None for c in res["naive"]["mixed"])  # the naive server sends none
+    assert _finite_positive(r["length_aware_over_fifo"]["ratio"]) and res["fifo"]["mixed"]
     assert _finite_positive(r["rss_ratio"])
     assert {t["check"] for t in res["targets"]} >= {
         "service / limit at saturation (mixed)", "service / naive, concurrency 1 (mixed)",

@@ -79,3 +79,12 @@ def test_padding_cap_defaults_per_device():
     assert BatchingConfig().padding_ratio_for("cpu") == 0.2
     assert BatchingConfig().padding_ratio_for("cuda:0") == 1.0
     assert BatchingConfig(max_padding_ratio=0.5).padding_ratio_for("cuda:0") == 0.5
+
+
+def test_max_items_caps_the_batch_both_ways():
+    items = _items([50] * 10)
+    for sort in (True, False):
+        batch = pick_batch(items, 100_000, sort, max_items=4)
+        assert len(batch) == 4 and items[0] in batch
+        assert len(pick_batch(items, 100_000, sort, max_items=None)) == 10
+        assert len(pick_batch(items, 100_000, sort, max_items=1)) == 1

@@ -61,9 +61,21 @@ async def _cancel_on_disconnect(request: Request, coro):
 @router.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, tags=["scoring"])
 async def score(body: ScoreRequest, request: Request):
     """Score (prompt, response) items with several reward models: raw, transformed, aggregate."""
+    t0 = time.perf_counter()
     scorer = _scorer(request)
-    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate))
-    return JSONResponse(result)
+    timing: dict[str, float] = {}
+    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate, timing))
+    response = JSONResponse(result)
+    response.headers["Server-Timing"] = server_timing(timing, time.perf_counter() - t0)
+    return response
+
+
+def server_timing(timing: dict[str, float], total: float) -> str:
+    """``Server-Timing`` header value (W3C; durations in ms): where the request's time went inside
+    the server — ``encode`` (tokenization), ``queue`` (waiting for a forward worker), ``forward``
+    (its forward passes), ``total`` (validated body → rendered response)."""
+    parts = [f"{k};dur={1000 * v:.2f}" for k, v in timing.items()]
+    return ", ".join([*parts, f"total;dur={1000 * total:.2f}"])
 
 
 router.add_api_route(
@@ -108,7 +120,11 @@ async def models(request: Request):
     import torch
 
     runtime = {"torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM")}
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+               "batchers": {n: {"forward_workers": b.forward_workers,
+                                "threads_alone": b.threads[0] if b.threads else None,
+                                "threads_shared": b.threads[1] if b.threads else None}
+                            for n, b in st.scorer.batchers.items()}}
     return {"models": st.scorer.describe_models(), "ready": st.ready, "runtime": runtime}
 
 

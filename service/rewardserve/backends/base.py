@@ -88,11 +88,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def intraop_threads(n: int) -> None:
+    """Set the calling thread's torch intra-op threads (CPU). With torch's OpenMP backend the count
+    is per calling thread, so forward workers can each run with their own."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 class Backend(ABC):
     """A loaded network that scores (prompt, response) pairs for one or more reward models.
 
     ``encode`` runs on any thread (tokenizers are thread-safe for reading); ``forward`` runs on the
-    backbone's single worker thread, under ``torch.inference_mode``.
+    backbone's forward workers (possibly several at once: it must not mutate shared state), under
+    ``torch.inference_mode``.
     """
 
     name: str
