@@ -117,7 +117,6 @@ def run_limit(config: str | None, workloads: list[str], pool: int, seed: int, bu
 def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, budgets: list[int] | str | None,
                seconds_per_budget: float, latency_seconds: float) -> dict:
     import torch
-
     from rewardserve.backends import build_backend
     from rewardserve.backends.base import intraop_threads
     from rewardserve.config import load_settings
@@ -198,7 +197,7 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
         res["sweep_best_items_per_s"] = best["items_per_s"]
         res["forward_items_per_s"] = 1.0 / per_item_s
         res["forward_tokens_per_s"] = res["forward_items_per_s"] * res["tokens"]["mean"]
-        per_item = 1.0 / best["items_per_s"] + 1.0 / res["encode"]["items_per_s"]
+        per_item = 1.0 / res["forward_items_per_s"] + 1.0 / res["encode"]["items_per_s"]
         res["items_per_s"] = 1.0 / per_item
         res["tokens_per_s"] = res["items_per_s"] * res["tokens"]["mean"]
         res["tokenization_share"] = (1.0 / res["encode"]["items_per_s"]) / per_item

@@ -40,7 +40,7 @@ class ModelConfig(_Strict):
 
 class BatchingConfig(_Strict):
     max_batch_tokens: int | None = Field(
-        None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 2048, cuda 16384)"
+        None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 1024, cuda 16384)"
     )
     max_wait_ms: float = Field(
         0.0, ge=0, description="how long the first item of a batch waits for company when the worker is idle; with 0 "
@@ -63,7 +63,7 @@ class BatchingConfig(_Strict):
     def batch_tokens_for(self, device: str) -> int:
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
-        return 16_384 if device.startswith("cuda") else 2_048
+        return 16_384 if device.startswith("cuda") else 1_024
 
     def padding_ratio_for(self, device: str) -> float:
         if self.max_padding_ratio is not None:

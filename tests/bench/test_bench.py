@@ -209,6 +209,8 @@ def test_quick_run(tmp_path):
     for key in ("items_per_s", "tokens_per_s", "forward_items_per_s", "forward_tokens_per_s"):
         assert _finite_positive(lim[key]), key
     assert _finite_positive(lim["encode"]["items_per_s"])
+    # tokenization and forward one after the other: slower than either alone
+    assert lim["items_per_s"] < min(lim["forward_items_per_s"], lim["encode"]["items_per_s"])
     assert lim["single_item_ms"]["p50"] <= lim["single_item_ms"]["p90"] <= lim["single_item_ms"]["p99"]
     assert {(x["workers"], x["threads_per_worker"]) for x in lim["sweep"]} == layouts
     assert (lim["best_layout"]["workers"], lim["best_layout"]["threads_per_worker"]) in layouts

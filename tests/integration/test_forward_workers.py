@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from rewardserve.backends import build_backend
 from rewardserve.batcher import Batcher
 from rewardserve.config import BatchingConfig, Settings
@@ -142,6 +141,6 @@ def test_a_lone_request_of_several_items_is_split_across_the_free_workers(backen
     assert len({e.length for e in encs}) <= 2
     rows, rec = _run(backend, encs, concurrent=True, forward_workers=2, cpu_threads=2)
     np.testing.assert_allclose(np.stack(rows), backend.forward(encs), atol=1e-5)
-    assert sorted(c["items"] for c in rec.calls)[-1] <= 4  # never one forward with everything
+    assert max(c["items"] for c in rec.calls) <= 4  # never one forward with everything
     assert all(c["threads"] == 1 for c in rec.calls)
     assert max_overlap(rec.calls) == 2

@@ -12,7 +12,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import lsc
 from ..references import Reference, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
-    AggregateSpec, ErrorBody, OpenRLHFRequest, ReferencesLookup, ReferencesStored, ReferencesUpload, ScoreItem, ScoreRequest, ScoreResponse, StoredReference,
+    AggregateSpec,
+    ErrorBody,
+    OpenRLHFRequest,
+    ReferencesLookup,
+    ReferencesStored,
+    ReferencesUpload,
+    ScoreItem,
+    ScoreRequest,
+    ScoreResponse,
+    StoredReference,
 )
 from ..scoring import DEFAULT_KEY, plain_prompt
 from .errors import ApiError
