@@ -165,37 +165,34 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
         # a warm-up forward at a mid budget (first-shape costs out of the timings)
         for b, encs in zip(backends, encoded):
             b.forward([encs[i] for i in ideal_batches([e.length for e in encs], budgets[len(budgets) // 2])[0]])
-        sweep = []
-        for (workers, threads), budget in ((lay, bud) for lay in layouts(on_cuda, n_threads) for bud in budgets):
-            per_item_s = 0.0
-            row = {"budget": budget, "workers": workers, "threads_per_worker": threads}
+        def timed(budget: int, workers: int, threads: int, seconds: float, seed_: int) -> tuple[float, dict]:
+            """Items/s of every backbone one after the other at the pool's mean length (the batches
+            timed in a short window are a random sample whose length mix differs from the pool's;
+            forward cost follows tokens), and the first backbone's timing details."""
+            per_item_s, first = 0.0, {}
             for k, (b, encs) in enumerate(zip(backends, encoded)):
                 batches = ideal_batches([e.length for e in encs], budget)
-                t = _time_forward(b, encs, batches, seconds_per_budget, seed + budget, workers,
-                                  None if on_cuda else threads)
-                # seconds per item at the pool's mean length: the batches timed in a short window are a
-                # random sample whose length mix differs from the pool's, forward cost follows tokens
+                t = _time_forward(b, encs, batches, seconds, seed_, workers, None if on_cuda else threads)
                 per_item_s += t["seconds"] / t["tokens"] * (sum(e.length for e in encs) / len(encs))
                 if k == 0:
-                    row.update(t, mean_batch_items=len(items) / len(batches),
-                               padding_ratio=1.0 - t["tokens"] / t["padded_tokens"])
-            row["items_per_s"] = 1.0 / per_item_s
-            row["tokens_per_s"] = row["items_per_s"] * res["tokens"]["mean"]
-            sweep.append(row)
+                    first = dict(t, mean_batch_items=len(items) / len(batches),
+                                 padding_ratio=1.0 - t["tokens"] / t["padded_tokens"])
+            return 1.0 / per_item_s, first
+
+        sweep = []
+        for (workers, threads), budget in ((lay, bud) for lay in layouts(on_cuda, n_threads) for bud in budgets):
+            rate, first = timed(budget, workers, threads, seconds_per_budget, seed + budget)
+            sweep.append({"budget": budget, "workers": workers, "threads_per_worker": threads, **first,
+                          "items_per_s": rate, "tokens_per_s": rate * res["tokens"]["mean"]})
         best = max(sweep, key=lambda r: r["items_per_s"])
         # the best of a dozen short, noisy timings is biased upwards (it won partly by luck): the
         # winner is timed again, for twice as long, and that independent timing is the limit
-        per_item_s = 0.0
-        for b, encs in zip(backends, encoded):
-            batches = ideal_batches([e.length for e in encs], best["budget"])
-            t = _time_forward(b, encs, batches, 2 * seconds_per_budget, seed + 1, best["workers"],
-                              None if on_cuda else best["threads_per_worker"])
-            per_item_s += t["seconds"] / t["tokens"] * (sum(e.length for e in encs) / len(encs))
+        forward_rate, _ = timed(best["budget"], best["workers"], best["threads_per_worker"], 2 * seconds_per_budget, seed + 1)
         res["sweep"] = sweep
         res["best_budget"] = best["budget"]
         res["best_layout"] = {"workers": best["workers"], "threads_per_worker": best["threads_per_worker"]}
         res["sweep_best_items_per_s"] = best["items_per_s"]
-        res["forward_items_per_s"] = 1.0 / per_item_s
+        res["forward_items_per_s"] = forward_rate
         res["forward_tokens_per_s"] = res["forward_items_per_s"] * res["tokens"]["mean"]
         per_item = 1.0 / res["forward_items_per_s"] + 1.0 / res["encode"]["items_per_s"]
         res["items_per_s"] = 1.0 / per_item

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limit import layouts
 from .workload import WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,7 +100,7 @@ class Options:
                     p not in self.skip for p in MIXED_ONLY)
         per_cell = self.seconds + self.warmup + 0.8  # + process start and idle check
         n_budgets = len(self.budgets) if self.budgets else (2 if self.quick else 6)
-        n_layouts = 2 if (self.threads or os.cpu_count() or 1) > 1 else 1  # CPU: see bench.limit.layouts
+        n_layouts = len(layouts(False, self.threads or os.cpu_count() or 1))  # a CPU upper estimate
         limit = 0 if "limit" in self.skip else 8 + len(self.workloads) * (
             (n_layouts * n_budgets + 2) * self.limit_seconds * 1.3 + self.latency_seconds + 2)
         memory = 0 if "memory" in self.skip else self.rss_requests[1] / 250
@@ -425,13 +426,12 @@ def format_table(res: dict) -> str:
         lines.append(f"  {'workload':9s} {'tok/item':>8s} {'encode it/s':>11s} {'forward it/s':>12s} {'budget':>7s} "
                      f"{'workers':>9s} {'limit it/s':>10s} {'limit tok/s':>11s} {'tok share':>9s} {'1-item p50 ms':>13s}")
         for w, x in limit["workloads"].items():
-            lay = x.get("best_layout") or {"workers": 1, "threads_per_worker": limit["threads"]["torch_threads"]}
-            lay_s = f"{lay['workers']}x{lay['threads_per_worker']}t"
+            lay_s = f"{x['best_layout']['workers']}x{x['best_layout']['threads_per_worker']}t"
             lines.append(f"  {w:9s} {x['tokens']['mean']:8.1f} {_f(x['encode']['items_per_s']):>11s} "
                          f"{_f(x['forward_items_per_s']):>12s} {x['best_budget']:>7d} {lay_s:>9s} {_f(x['items_per_s']):>10s} "
                          f"{_f(x['tokens_per_s'], 0):>11s} {x['tokenization_share']:>9.0%} {_f(x['single_item_ms']['p50'], 2):>13s}")
     service, naive, uns, fifo = (res.get(n) or {} for n in ("service", "naive", "unsorted", "fifo"))
-    if service or naive or uns:
+    if service or naive or uns or fifo:
         lines.append("")
         lines.append("closed-loop HTTP load (items/s; latency ms p50/p90/p99; 503 = rejected requests)")
         lines.append(f"  {'workload':8s} {'conc':>4s} {'size':>4s} | {'service':>9s} {'tok/s':>9s} {'p50':>7s} {'p90':>7s} "
