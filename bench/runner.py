@@ -61,7 +61,7 @@ class Options:
     limit_seconds: float = 1.5  # per budget
     latency_seconds: float = 2.0  # bare single-item encode+forward timing
     rss_requests: tuple[int, int] = (2_000, 20_000)
-    rss_concurrency: int = 16
+    rss_concurrency: int = 64
     drain_timeout: float = 5.0  # after a cell: wait this long for the server to go idle, else restart it
     max_cell_seconds: float = 12.0  # hard limit of one cell, warm-up and in-flight requests included
     # a cell runs only when one round of its requests (concurrency × size items) takes at most this
@@ -76,7 +76,7 @@ class Options:
         if quick:
             base = dict(seconds=1.5, warmup=0.5, pool=256, concurrency=(1, 4), sizes=(1, 8), workloads=("mixed",),
                         limit_seconds=0.6, latency_seconds=1.0, rss_requests=(200, 2_000), drain_timeout=3.0,
-                        max_cell_seconds=8.0, rss_concurrency=16)
+                        max_cell_seconds=8.0, rss_concurrency=64)
         base.update({k: v for k, v in kw.items() if v is not None})
         o = cls(quick=quick, **base)
         if o.omp_wait_policy not in ("passive", "active", "inherit"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Backend, Encoded, intraop_threads
+from .backends.base import Backend, Encoded, intraop_threads, padded_width
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -285,7 +285,7 @@ class Batcher:
                 p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)
-            width = max(e.length for e in encs)
+            width = padded_width([e.length for e in encs], self.backend.pad_multiple, self.backend.max_length)
             real = sum(e.length for e in encs)
             m.batch_items.labels(self.name).observe(n)
             m.batch_tokens.labels(self.name).observe(n * width)

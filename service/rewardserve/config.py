@@ -83,6 +83,10 @@ class BackboneConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int = Field(256, gt=8)
     trust_remote_code: bool = False
+    pad_to_multiple_of: int = Field(
+        8, gt=0, description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
+                             "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
+                             "GPU tensor cores; 1 pads to the longest item only")
     batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
     models: dict[str, ModelConfig]
 

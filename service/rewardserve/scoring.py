@@ -217,8 +217,24 @@ class Scorer:
             raise ApiError(422, "invalid_request", f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested models {names}")
         self.check_items(items)
         prompts = [plain_prompt(it.prompt) for it in items]
-        refs, warnings = await self.resolve_references(items, prompts, names)
-        raw, trunc, tokens = await self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing)
+        # the reference lookup (a store round trip per model) runs while the items wait for and run
+        # their forward; whichever fails first fails the request and cancels the other (queued items
+        # of a cancelled request are dropped before their forward)
+        lookup = asyncio.ensure_future(self.resolve_references(items, prompts, names))
+        scoring = asyncio.ensure_future(self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing))
+        try:
+            done, _ = await asyncio.wait((lookup, scoring), return_when=asyncio.FIRST_EXCEPTION)
+            for t in (lookup, scoring):  # the reference error first, when both failed
+                if t in done:
+                    t.result()
+            refs, warnings = await lookup
+            raw, trunc, tokens = await scoring
+        finally:
+            for t in (lookup, scoring):
+                if not t.done():
+                    t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # retrieved: a second failure is not logged as never retrieved
 
         transforms = [self.models[m].config.transform for m in names]
         u = np.empty_like(raw)

@@ -225,3 +225,36 @@ def test_server_timing_header_says_where_the_time_went(client):
     ms = {k: float(v) for k, v in parts.items()}
     assert all(v >= 0 for v in ms.values()) and ms["forward"] > 0
     assert ms["encode"] + ms["queue"] + ms["forward"] <= ms["total"] + 0.05 <= wall_ms + 0.05
+
+
+def test_reference_lookup_runs_while_the_items_are_scored(client, server, monkeypatch):
+    """A slow reference store (a remote Redis, say) does not delay the forward: the lookup runs
+    while the items wait for and run their forward. And when the lookup fails, nothing of the
+    request stays queued."""
+    import asyncio
+
+    scorer = server.state.scorer
+    real = scorer.store.get_many
+    events: dict[str, float] = {}
+
+    async def slow_get_many(model, fingerprints):
+        await asyncio.sleep(0.3)
+        events.setdefault("lookup_done", time.perf_counter())
+        return await real(model, fingerprints)
+
+    encoder = scorer.backends["enc"].encoder
+    def on_forward(*_):
+        events.setdefault("forward_start", time.perf_counter())
+
+    hook = encoder.register_forward_pre_hook(on_forward)
+    monkeypatch.setattr(scorer.store, "get_many", slow_get_many)
+    try:
+        r = score(client, items=[{"prompt": "overlap test", "response": "fine"}], models=["a"])
+        assert r.status_code == 200, r.text
+        assert events["forward_start"] < events["lookup_done"]
+        # a lookup that fails (policy 'error', nothing stored) fails the request; the queue is left empty
+        r = score(client, items=[{"prompt": "overlap test, no reference", "response": "fine"}], models=["b"])
+        assert r.status_code == 422 and r.json()["error"]["type"] == "missing_reference"
+        assert scorer.batchers["enc"].queued_items == 0
+    finally:
+        hook.remove()

@@ -99,3 +99,29 @@ def test_sequence_classifier_rejects_multi_label(tmp_path):
     path = tiny_models.make_encoder_classifier(tmp_path / "m", num_labels=3)
     with pytest.raises(ValueError, match="exactly one label"):
         _backend("sequence_classifier", path, {"m": {}})
+
+
+@pytest.mark.parametrize("name", ["encoder_cls", "decoder_chat", "decoder_plain", "encoder_head"])
+def test_batches_are_padded_to_a_multiple_of_8_without_changing_rewards(backends, name):
+    be = backends[name]
+    assert be.pad_multiple == 8  # the config default
+    net = be.encoder if name == "encoder_head" else be.model
+    widths: list[int] = []
+    hook = net.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    encs = [be.encode(p, r) for p in PROMPTS for r in RESPONSES]
+    try:
+        aligned = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
+        be.pad_multiple = 1
+        tight = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
+    finally:
+        be.pad_multiple = 8
+        hook.remove()
+    groups = [encs[i:i + 3] for i in range(0, len(encs), 3)]
+    longest = [max(e.length for e in g) for g in groups]
+    assert len(groups[-1]) == 1  # 16 items: the last group is a lone item
+    # padded to 8, except a lone item and where 8 would pass the model's longest input (128 here)
+    assert widths[:len(groups)] == [min(-(-w // 8) * 8, be.max_length) if len(g) > 1 else w
+                                    for g, w in zip(groups, longest)]
+    assert widths[len(groups):] == longest
+    assert any(w % 8 for w in longest[:-1])  # the check above is not vacuous
+    assert np.max(np.abs(aligned - tight)) <= 1e-4

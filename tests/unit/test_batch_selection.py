@@ -88,3 +88,14 @@ def test_max_items_caps_the_batch_both_ways():
         assert len(batch) == 4 and items[0] in batch
         assert len(pick_batch(items, 100_000, sort, max_items=None)) == 10
         assert len(pick_batch(items, 100_000, sort, max_items=1)) == 1
+
+
+def test_padded_width_rounds_batches_up_but_never_past_the_limit_and_never_a_lone_item():
+    from rewardserve.backends.base import padded_width
+
+    assert [padded_width([3, w], 8) for w in (1, 7, 8, 9, 16, 17)] == [8, 8, 8, 16, 16, 24]
+    assert padded_width([13, 2], 1) == 13
+    assert padded_width([13], 8) == 13  # one item: nothing to align with
+    assert padded_width([125, 5], 8, limit=128) == 128
+    assert padded_width([126, 5], 8, limit=126) == 126  # the model's longest input caps the rounding
+    assert padded_width([126, 5], 8, limit=127) == 127

@@ -10,7 +10,7 @@ def build_backend(name: str, cfg: BackboneConfig, settings: Settings) -> Backend
     """Load the backbone ``name`` described by ``cfg`` (paths resolved against the config file)."""
     path = settings.resolve_path(cfg.path) if cfg.path else None
     common = dict(device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_length, revision=cfg.revision,
-                  trust_remote_code=cfg.trust_remote_code)
+                  trust_remote_code=cfg.trust_remote_code, pad_to_multiple_of=cfg.pad_to_multiple_of)
     if cfg.kind == "encoder_head":
         from .encoder_head import EncoderHeadBackend
 

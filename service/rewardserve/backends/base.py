@@ -38,9 +38,22 @@ class ModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def collate(batch: list[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments)."""
-    n, width = len(batch), max(e.length for e in batch)
+def padded_width(lengths: list[int], multiple: int = 1, limit: int | None = None) -> int:
+    """The width a batch of items with these lengths is padded to: the longest, rounded up to a
+    multiple of ``multiple`` when the batch has several items (fewer distinct tensor shapes), but
+    never past ``limit`` (the longest input the model takes). A lone item is never padded."""
+    width = max(lengths)
+    if len(lengths) < 2 or multiple <= 1:
+        return width
+    w = -(-width // multiple) * multiple
+    return w if limit is None else max(width, min(w, limit))
+
+
+def collate(batch: list[Encoded], pad_id: int, device: torch.device, multiple: int = 1,
+            limit: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments) of
+    width ``padded_width``."""
+    n, width = len(batch), padded_width([e.length for e in batch], multiple, limit)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     has_tt = batch[0].token_type_ids is not None
@@ -107,6 +120,8 @@ class Backend(ABC):
     device: torch.device
     dtype: torch.dtype
     max_length: int
+    # batches are padded to a multiple of this many tokens (fewer distinct tensor shapes)
+    pad_multiple: int = 1
 
     @property
     @abstractmethod

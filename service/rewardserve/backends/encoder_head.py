@@ -110,10 +110,12 @@ class EncoderHeadBackend(Backend):
         max_length: int = 256,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        pad_to_multiple_of: int = 8,
     ):
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name
+        self.pad_multiple = pad_to_multiple_of
         self.source = path or default_encoder_path()
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
@@ -156,7 +158,7 @@ class EncoderHeadBackend(Backend):
 
     def features(self, batch: list[Encoded]) -> torch.Tensor:
         """Pooled pair features for a batch (the input of every head), float32 on the device."""
-        t = collate(batch, self.pad_id, self.device)
+        t = collate(batch, self.pad_id, self.device, self.pad_multiple, self.max_length)
         segments = t.pop("segments")
         with torch.inference_mode():
             hidden = self.encoder(**t).last_hidden_state

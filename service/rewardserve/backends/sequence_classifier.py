@@ -29,10 +29,12 @@ class SequenceClassifierBackend(Backend):
         max_length: int = 1024,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        pad_to_multiple_of: int = 8,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name, self._model_name, self.source = name, model_name, path
+        self.pad_multiple = pad_to_multiple_of
         self.device, self.dtype = resolve_device(device), DTYPES[dtype]
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer.truncation_side = "left"
@@ -79,7 +81,7 @@ class SequenceClassifierBackend(Backend):
         return encode_single(self.tokenizer, prompt, response, self.max_length)
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
-        t = collate(batch, self.pad_id, self.device)
+        t = collate(batch, self.pad_id, self.device, self.pad_multiple, self.max_length)
         t.pop("segments", None)
         if "token_type_ids" not in self.input_names:
             t.pop("token_type_ids", None)
