@@ -117,6 +117,7 @@ def run_limit(config: str | None, workloads: list[str], pool: int, seed: int, bu
 def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, budgets: list[int] | str | None,
                seconds_per_budget: float, latency_seconds: float) -> dict:
     import torch
+
     from rewardserve.backends import build_backend
     from rewardserve.backends.base import intraop_threads
     from rewardserve.config import load_settings

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import Backend, Encoded, intraop_threads, padded_width
+from .backends.base import Backend, Encoded, intraop_threads
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -285,7 +285,7 @@ class Batcher:
                 p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)
-            width = padded_width([e.length for e in encs], self.backend.pad_multiple, self.backend.max_length)
+            width = self.backend.batch_width(encs)
             real = sum(e.length for e in encs)
             m.batch_items.labels(self.name).observe(n)
             m.batch_tokens.labels(self.name).observe(n * width)

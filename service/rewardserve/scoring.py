@@ -218,23 +218,15 @@ class Scorer:
         self.check_items(items)
         prompts = [plain_prompt(it.prompt) for it in items]
         # the reference lookup (a store round trip per model) runs while the items wait for and run
-        # their forward; whichever fails first fails the request and cancels the other (queued items
-        # of a cancelled request are dropped before their forward)
-        lookup = asyncio.ensure_future(self.resolve_references(items, prompts, names))
-        scoring = asyncio.ensure_future(self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing))
+        # their forward; the first failure fails the request and the other task is cancelled (queued
+        # items of a cancelled request are dropped before their forward)
+        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names)),
+                 asyncio.ensure_future(self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing)))
         try:
-            done, _ = await asyncio.wait((lookup, scoring), return_when=asyncio.FIRST_EXCEPTION)
-            for t in (lookup, scoring):  # the reference error first, when both failed
-                if t in done:
-                    t.result()
-            refs, warnings = await lookup
-            raw, trunc, tokens = await scoring
+            (refs, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
-            for t in (lookup, scoring):
-                if not t.done():
-                    t.cancel()
-                elif not t.cancelled():
-                    t.exception()  # retrieved: a second failure is not logged as never retrieved
+            for t in tasks:
+                t.cancel()  # no-op once done
 
         transforms = [self.models[m].config.transform for m in names]
         u = np.empty_like(raw)

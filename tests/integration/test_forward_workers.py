@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from rewardserve.backends import build_backend
 from rewardserve.batcher import Batcher
 from rewardserve.config import BatchingConfig, Settings

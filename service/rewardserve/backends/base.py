@@ -49,11 +49,10 @@ def padded_width(lengths: list[int], multiple: int = 1, limit: int | None = None
     return w if limit is None else max(width, min(w, limit))
 
 
-def collate(batch: list[Encoded], pad_id: int, device: torch.device, multiple: int = 1,
-            limit: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments) of
-    width ``padded_width``."""
-    n, width = len(batch), padded_width([e.length for e in batch], multiple, limit)
+def collate(batch: list[Encoded], pad_id: int, device: torch.device, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments), ``width``
+    tokens wide (default: the longest item)."""
+    n, width = len(batch), width or max(e.length for e in batch)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     has_tt = batch[0].token_type_ids is not None
@@ -122,6 +121,10 @@ class Backend(ABC):
     max_length: int
     # batches are padded to a multiple of this many tokens (fewer distinct tensor shapes)
     pad_multiple: int = 1
+
+    def batch_width(self, batch: list[Encoded]) -> int:
+        """The width this backend pads ``batch`` to (see ``padded_width``)."""
+        return padded_width([e.length for e in batch], self.pad_multiple, self.max_length)
 
     @property
     @abstractmethod

@@ -158,7 +158,7 @@ class EncoderHeadBackend(Backend):
 
     def features(self, batch: list[Encoded]) -> torch.Tensor:
         """Pooled pair features for a batch (the input of every head), float32 on the device."""
-        t = collate(batch, self.pad_id, self.device, self.pad_multiple, self.max_length)
+        t = collate(batch, self.pad_id, self.device, self.batch_width(batch))
         segments = t.pop("segments")
         with torch.inference_mode():
             hidden = self.encoder(**t).last_hidden_state

@@ -81,7 +81,7 @@ class SequenceClassifierBackend(Backend):
         return encode_single(self.tokenizer, prompt, response, self.max_length)
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
-        t = collate(batch, self.pad_id, self.device, self.pad_multiple, self.max_length)
+        t = collate(batch, self.pad_id, self.device, self.batch_width(batch))
         t.pop("segments", None)
         if "token_type_ids" not in self.input_names:
             t.pop("token_type_ids", None)
