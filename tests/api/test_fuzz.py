@@ -1,5 +1,8 @@
 """schemathesis against the service's own OpenAPI schema, over real HTTP: no 5xx, every error in
-the documented body. The case count scales with REWARDSERVE_FUZZ_EXAMPLES (per operation)."""
+the documented body, and every operation of the schema actually exercised.
+
+REWARDSERVE_FUZZ_EXAMPLES sets the cases per operation (default 300; each operation that takes
+input must get at least 90 % of them)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
-MIN_CASES = int(os.environ.get("REWARDSERVE_FUZZ_MIN_CASES", "2000"))
+EXAMPLES = int(os.environ.get("REWARDSERVE_FUZZ_EXAMPLES", "300"))
 
 
 def _st() -> str:
@@ -26,23 +31,41 @@ def _st() -> str:
     return found
 
 
+def _operations(schema: dict) -> dict[tuple[str, str], bool]:
+    """(METHOD, path) → whether the operation takes input (a body or parameters)."""
+    ops = {}
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                ops[(method.upper(), path)] = bool(op.get("requestBody") or op.get("parameters"))
+    return ops
+
+
 def test_schemathesis_finds_no_server_error(server, tmp_path):
-    examples = os.environ.get("REWARDSERVE_FUZZ_EXAMPLES", "400")
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    operations = _operations(schema)
     har = tmp_path / "run.har"
+    # One worker: with several, schemathesis 4.32 can leave an operation with no cases at all under
+    # CPU load and still exit 0 (seen on a loaded 2-core machine); the per-operation check below
+    # catches that either way.
     proc = subprocess.run(
-        [_st(), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", examples,
-         "--seed", "1", "--workers", "4", "--phases", "examples,fuzzing", "--report", "har",
+        [_st(), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", str(EXAMPLES),
+         "--seed", "1", "--workers", "1", "--phases", "examples,fuzzing", "--report", "har",
          "--report-har-path", str(har), "--suppress-health-check", "all", "--request-timeout", "60", "--no-shrink"],
         capture_output=True, text=True, timeout=1500,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert proc.returncode == 0, summary
     m = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
-    assert m, proc.stdout[-2000:]
+    assert m, summary
     generated, passed = int(m.group(1)), int(m.group(2))
-    assert generated >= MIN_CASES and passed == generated, m.group(0)
+    assert passed == generated, summary
+
     # the HAR file holds the requests sent (repeats once): every error answer has the documented body
     entries = json.loads(har.read_text())["log"]["entries"]
-    operations = {(e["request"]["method"], e["request"]["url"].split("?")[0].replace(server.url, "")) for e in entries}
+    per_operation = Counter(
+        (e["request"]["method"], e["request"]["url"].split("?")[0].replace(server.url, "")) for e in entries
+    )
     statuses = [e["response"]["status"] for e in entries]
     assert max(statuses) < 500
     for e in entries:
@@ -53,7 +76,11 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
                 text = base64.b64decode(text).decode()
             body = json.loads(text)
             assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}, body
+
+    # every operation in the schema was exercised, those taking input with (nearly) all their cases
+    assert {"/v1/score", "/score", "/v1/references"} <= {path for _, path in operations}
+    for op, takes_input in operations.items():
+        floor = int(0.9 * EXAMPLES) if takes_input else 1
+        assert per_operation[op] >= floor, f"{op}: {per_operation[op]} requests (want ≥ {floor})\n{summary}"
     print(f"\nschemathesis: {generated} cases generated and passed, {len(entries)} distinct requests over "
-          f"{len(operations)} operations; statuses {sorted(set(statuses))}")
-    for path in ("/v1/score", "/score", "/v1/references"):
-        assert any(p == path for _, p in operations), path
+          f"{len(per_operation)} operations; statuses {sorted(set(statuses))}")
