@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .prompt_formats import check_format_name
+
 DEFAULT_CONFIG_NAME = "default.yaml"
 
 
@@ -134,6 +136,10 @@ class OpenRLHFConfig(_Strict):
     models: list[str] | None = Field(None, description="default: every configured model")
     method: Literal["lsc_sum", "raw_sum", "min"] = "lsc_sum"
     weights: dict[str, float] | None = None
+    prompt_format: str | None = Field(
+        None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")
+
+    _format = field_validator("prompt_format")(lambda v: v if v is None else check_format_name(v))
 
 
 class Settings(BaseSettings):
@@ -152,6 +158,10 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     references: ReferencesConfig = ReferencesConfig()
     openrlhf: OpenRLHFConfig = OpenRLHFConfig()
+    prompt_format: str = Field(
+        "auto", description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
+                            "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
+                            "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it")
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
@@ -167,6 +177,8 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # the environment overrides the YAML file (passed as init kwargs)
         return (env_settings, init_settings)
+
+    _format = field_validator("prompt_format")(check_format_name)
 
     @model_validator(mode="after")
     def _unique_models(self) -> Settings:

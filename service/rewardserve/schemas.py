@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+
+from .prompt_formats import check_format_name
 
 
 class _Wire(BaseModel):
@@ -18,6 +20,9 @@ class Message(_Wire):
 
 Prompt = Annotated[str | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator(check_format_name), Field(
+    description="how string prompts are read: 'auto' (detect a chat template), 'plain', a family (chatml, llama3, "
+                "llama2, gemma, phi3, zephyr) or 'tokenizer:<path or hub id>'; default: the service's prompt_format")]
 
 
 class ScoreItem(_Wire):
@@ -38,6 +43,7 @@ class ScoreRequest(_Wire):
     items: list[ScoreItem] = Field(min_length=1)
     models: list[ModelName] | None = Field(None, min_length=1, description="default: every configured model")
     aggregate: AggregateSpec | None = None
+    prompt_format: PromptFormat | None = None
 
 
 class ScoreResult(BaseModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import lsc
+from . import lsc, prompt_formats
 from .api.errors import ApiError
 from .backends.base import Backend, ModelInfo
 from .batcher import Batcher, ForwardError, QueueFull
@@ -106,6 +106,30 @@ class Scorer:
             for m in it.reference or {}:
                 if m not in self.models:
                     raise ApiError(422, "invalid_request", f"items[{i}].reference names unknown model {m!r}")
+
+    # -- prompt formats -----------------------------------------------------------------------------
+    async def resolve_prompt_format(self, name: str | None) -> prompt_formats.Format:
+        """The format named by a request (or the service's ``prompt_format``); a ``tokenizer:`` format's
+        tokenizer is loaded once, off the event loop (a relative path is relative to the config file)."""
+        name = name or self.settings.prompt_format
+        if name.startswith("tokenizer:"):
+            name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:"):].strip())
+            return await asyncio.to_thread(prompt_formats.resolve_format, name)
+        return prompt_formats.resolve_format(name)
+
+    async def normalise(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                        prompt_format: str | None) -> list[prompt_formats.Normalised]:
+        """Each (prompt, response) as the reward models read it: templated string prompts parsed back
+        into messages, the responses' trailing end-of-turn markup removed (``prompt_formats``)."""
+        fmt = await self.resolve_prompt_format(prompt_format)
+
+        def run() -> list[prompt_formats.Normalised]:
+            return [prompt_formats.normalise(p, r, fmt) for p, r in zip(prompts, responses)]
+
+        # a tokenizer's template re-renders each parsed prompt (jinja): many items go to a thread
+        if isinstance(fmt, prompt_formats.TokenizerFormat) and len(prompts) > _INLINE_ENCODE_MAX:
+            return await asyncio.to_thread(run)
+        return run()
 
     # -- references -------------------------------------------------------------------------------
     async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str]) -> tuple[np.ndarray, list[list[str]]]:
@@ -206,7 +230,7 @@ class Scorer:
 
     # -- the whole request ------------------------------------------------------------------------
     async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
-                    timing: dict[str, float] | None = None) -> dict:
+                    timing: dict[str, float] | None = None, prompt_format: str | None = None) -> dict:
         """The response body of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
         (see ``raw_rewards``)."""
         names = self.resolve_models(models)
@@ -216,12 +240,13 @@ class Scorer:
         if unknown_w:
             raise ApiError(422, "invalid_request", f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested models {names}")
         self.check_items(items)
-        prompts = [plain_prompt(it.prompt) for it in items]
+        norm = await self.normalise([plain_prompt(it.prompt) for it in items], [it.response for it in items], prompt_format)
+        prompts = [n.prompt for n in norm]
         # the reference lookup (a store round trip per model) runs while the items wait for and run
         # their forward; the first failure fails the request and the other task is cancelled (queued
         # items of a cancelled request are dropped before their forward)
         tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names)),
-                 asyncio.ensure_future(self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing)))
+                 asyncio.ensure_future(self.raw_rewards([(n.prompt, n.response) for n in norm], names, timing)))
         try:
             (refs, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
@@ -248,8 +273,9 @@ class Scorer:
             }
             if with_p:
                 res["p_all_good"] = lsc.p_all_good(value)
-            if warnings[i]:
-                res["warnings"] = warnings[i]
+            item_warnings = ([norm[i].warning] if norm[i].warning else []) + warnings[i]
+            if item_warnings:
+                res["warnings"] = item_warnings
             results.append(res)
         return {
             "results": results,

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..prompt_formats import PromptFormatError
+
 log = logging.getLogger("rewardserve.api")
 
 
@@ -40,6 +42,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+    @app.exception_handler(PromptFormatError)
+    async def _prompt_format(_: Request, exc: PromptFormatError) -> JSONResponse:
+        return error_response(422, "invalid_prompt_format", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

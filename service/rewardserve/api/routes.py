@@ -73,7 +73,7 @@ async def score(body: ScoreRequest, request: Request):
     t0 = time.perf_counter()
     scorer = _scorer(request)
     timing: dict[str, float] = {}
-    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate, timing))
+    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate, timing, body.prompt_format))
     response = JSONResponse(result)
     response.headers["Server-Timing"] = server_timing(timing, time.perf_counter() - t0)
     return response
@@ -96,8 +96,10 @@ router.add_api_route(
 @router.post("/get_reward", responses=_ERRORS, tags=["scoring"])
 async def get_reward(body: OpenRLHFRequest, request: Request):
     """OpenRLHF ``--remote_rm_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
-    "extra_logs"}``. Each response is its query minus the prompt prefix; ``rewards`` is the aggregate
-    configured under ``openrlhf`` (default ``lsc_sum`` over every model)."""
+    "extra_logs"}``. Each response is its query minus the prompt prefix; a prompt rendered with the
+    policy's chat template is parsed back into messages and the response's end-of-turn markup removed
+    (``openrlhf.prompt_format``, default the service's ``prompt_format``: ``auto``); ``rewards`` is the
+    aggregate configured under ``openrlhf`` (default ``lsc_sum`` over every model)."""
     scorer = _scorer(request)
     if len(body.prompts) != len(body.query):
         raise ApiError(422, "invalid_request", f"'query' has {len(body.query)} entries but 'prompts' has {len(body.prompts)}")
@@ -108,7 +110,7 @@ async def get_reward(body: OpenRLHFRequest, request: Request):
         items.append(ScoreItem(prompt=p, response=q[len(p):]))
     cfg = scorer.settings.openrlhf
     agg = AggregateSpec(method=cfg.method, weights=cfg.weights)
-    out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg))
+    out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg, prompt_format=cfg.prompt_format))
     results = out["results"]
     rewards = [r["aggregate"] for r in results]
     extra = {"aggregate": rewards}
@@ -149,7 +151,7 @@ async def put_references(body: ReferencesUpload, request: Request):
     if not body.entries and body.default is None:
         raise ApiError(422, "invalid_request", "give 'entries', a 'default', or both")
     sm = scorer.models[model]
-    prompts = [plain_prompt(e.prompt) for e in body.entries]
+    prompts = [n.prompt for n in await scorer.normalise([plain_prompt(e.prompt) for e in body.entries], [""] * len(body.entries), None)]
     values: list[float] = []
     n_samples: list[int | None] = []
     sample_pairs, owners = [], []

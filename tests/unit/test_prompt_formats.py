@@ -1,0 +1,143 @@
+"""Templated prompts parsed back into messages: every family's real chat template, rendered by a
+real tokenizer, and a tokenizer's own template learned from probe renders."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from rewardclient import prompt_fingerprint
+from rewardserve import prompt_formats as pf
+from tests.chat_templates import SPECS, conversations, generated_ids, make_tokenizer, openrlhf_sample
+
+SPEC_IDS = [s.name for s in SPECS]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat_templates")
+    paths = {s.name: make_tokenizer(s, root / s.name) for s in SPECS}
+    return {name: (AutoTokenizer.from_pretrained(p), p) for name, p in paths.items()}
+
+
+def _cases():
+    """(template, conversation, how the format is named); a house template only as tokenizer:<path>."""
+    return [(s, i, how) for s in SPECS for i in range(len(conversations(s)))
+            for how in (("auto", "family", "tokenizer") if s.family else ("tokenizer",))]
+
+
+def _assert_same_conversation(tok, parsed, messages, prompt):
+    """The parsed prompt is the conversation: its last messages are the given ones, anything before
+    them is a system message the template injected, and it renders back to the prompt exactly."""
+    assert isinstance(parsed, list)
+    assert parsed[len(parsed) - len(messages):] == messages
+    assert all(m["role"] == "system" for m in parsed[: len(parsed) - len(messages)])
+    assert tok.apply_chat_template(parsed, tokenize=False, add_generation_prompt=True) == prompt
+
+
+@pytest.mark.parametrize("spec,k,how", _cases(), ids=[f"{s.name}-{k}-{how}" for s, k, how in _cases()])
+def test_openrlhf_sample_parses_to_the_conversation(tokenizers, spec, k, how):
+    tok, path = tokenizers[spec.name]
+    messages, response = conversations(spec)[k]
+    query, prompt = openrlhf_sample(tok, messages, response, pad=2)
+    fmt = {"auto": "auto", "family": spec.family, "tokenizer": f"tokenizer:{path}"}[how]
+    out = pf.normalise(prompt, query[len(prompt):], pf.resolve_format(fmt))
+    _assert_same_conversation(tok, out.prompt, messages, prompt)
+    assert out.response == response and out.warning is None
+    assert out.format == (spec.family if how == "auto" else pf.resolve_format(fmt).name)
+
+
+def test_injected_system_message_is_part_of_the_conversation(tokenizers):
+    tok, _ = tokenizers["smollm2"]
+    messages = [{"role": "user", "content": "How do I boil an egg?"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    out = pf.normalise(prompt, "Boil it.<|im_end|>", "auto")
+    assert len(out.prompt) == 2 and out.prompt[0]["role"] == "system" and out.prompt[0]["content"] in prompt
+    assert prompt_fingerprint(out.prompt) != prompt_fingerprint(messages)  # the system message counts
+    assert prompt_fingerprint(out.prompt) == prompt_fingerprint(pf.normalise(prompt, "", "chatml").prompt)
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.family], ids=lambda s: s.name)
+def test_detects_each_family(tokenizers, spec):
+    tok, _ = tokenizers[spec.name]
+    for messages, _ in conversations(spec):
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert pf.detect_family(prompt).name == spec.family
+
+
+def test_house_template_is_not_detected_but_learned(tokenizers):
+    tok, path = tokenizers["custom"]
+    messages, response = conversations(SPECS[-1])[1]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert pf.detect_family(prompt) is None
+    assert pf.normalise(prompt, response, "auto") == pf.Normalised(prompt, response, "plain")
+    learned = pf.resolve_format(f"tokenizer:{path}")
+    assert learned.sys_start is not None and learned.generation.endswith("assistant: ")
+    assert pf.normalise(prompt, response + "<|/turn|>", learned).prompt == messages
+
+
+def test_verl_response_is_left_as_is(tokenizers):
+    tok, _ = tokenizers["llama3"]
+    messages, response = conversations(SPECS[1])[0]
+    _, r_ids = generated_ids(tok, messages, response)
+    assert tok.decode(r_ids, skip_special_tokens=True) == response
+    assert pf.normalise(messages, response, "auto") == pf.Normalised(messages, response, "plain")
+
+
+def test_plain_strings_stay_as_they_are():
+    for text in ["How do I boil an egg?", "Use <b>bold</b> and a | pipe.", ""]:
+        assert pf.normalise(text, "Boil it.</s>", "auto") == pf.Normalised(text, "Boil it.</s>", "plain")
+    assert pf.normalise("<|im_start|>user\nHi<|im_end|>\n", "x", "plain").prompt == "<|im_start|>user\nHi<|im_end|>\n"
+
+
+@pytest.mark.parametrize("text", [
+    "<|im_start|>user\nHi there",  # an unterminated turn
+    "Tell me about <|im_start|> tokens",  # a marker inside plain text
+    "[INST] unterminated instruction",
+    "<start_of_turn>user\nHi<end_of_turn>\ntrailing text",
+])
+def test_templated_looking_but_unparsable_is_plain_with_a_warning(text):
+    out = pf.normalise(text, "reply<|im_end|>", "auto")
+    assert out.prompt == text and out.response == "reply<|im_end|>" and out.format == "plain"
+    assert "does not parse" in out.warning and "plain text" in out.warning
+
+
+def test_a_named_family_that_does_not_match_warns(tokenizers):
+    tok, _ = tokenizers["llama3"]
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    out = pf.normalise(prompt, "x", pf.resolve_format("chatml"))
+    assert out.prompt == prompt and "chatml" in out.warning
+
+
+@pytest.mark.parametrize("response,family,expected", [
+    ("Paris.<|im_end|>", "chatml", "Paris."),
+    ("Paris.<|im_end|>\n<|endoftext|><|endoftext|>", "chatml", "Paris."),
+    ("Paris.", "chatml", "Paris."),
+    ("Paris.\n", "chatml", "Paris.\n"),  # whitespace of the response itself stays
+    (" Paris. </s><unk><unk>", "llama2", "Paris."),
+    ("Paris.<|eot_id|><|end_of_text|>", "llama3", "Paris."),
+    ("Paris.<end_of_turn>\n<eos><pad>", "gemma", "Paris."),
+    ("Paris.<|end|>\n<|endoftext|>", "phi3", "Paris."),
+    ("Paris.</s>\n", "zephyr", "Paris."),
+    ("Paris.</s>", "chatml", "Paris.</s>"),  # another family's markup is text
+])
+def test_clean_response(response, family, expected):
+    assert pf.FAMILIES[family].clean_response(response) == expected
+
+
+def test_format_names():
+    for ok in ["auto", "plain", "chatml", "mistral", "tulu", "tokenizer:/models/x", "tokenizer:Qwen/Qwen2.5-0.5B-Instruct"]:
+        assert pf.check_format_name(ok) == ok
+    for bad in ["", "chat-ml", "tokenizer:", "tokenizer:  ", "AUTO"]:
+        with pytest.raises(pf.PromptFormatError, match="unknown prompt_format"):
+            pf.check_format_name(bad)
+
+
+def test_tokenizer_format_errors(tmp_path):
+    with pytest.raises(pf.PromptFormatError, match="cannot be loaded"):
+        pf.resolve_format(f"tokenizer:{tmp_path / 'missing'}")
+    from rewardserve.tiny_models import _word_tokenizer
+
+    _word_tokenizer(chat_template=False).save_pretrained(tmp_path / "no_template")
+    with pytest.raises(pf.PromptFormatError, match="no chat template"):
+        pf.resolve_format(f"tokenizer:{tmp_path / 'no_template'}")
