@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # injected when none is given
 SMOLLM2 = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    + SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -84,10 +85,18 @@ class TemplateSpec:
     pad: str | None
     extra: tuple[str, ...] = ()
     system: bool = True  # the template accepts a system message
+    default_system: str | None = None  # the system message the template injects when none is given
+
+    def as_sent(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The conversation the template renders: ``messages`` with the injected system message."""
+        if self.default_system and messages[0]["role"] != "system":
+            return [{"role": "system", "content": self.default_system}, *messages]
+        return list(messages)
 
 
 SPECS = [
-    TemplateSpec("smollm2", "chatml", SMOLLM2, "<|im_start|>", "<|im_end|>", "<|im_end|>", ("<|endoftext|>",)),
+    TemplateSpec("smollm2", "chatml", SMOLLM2, "<|im_start|>", "<|im_end|>", "<|im_end|>", ("<|endoftext|>",),
+                 default_system=SMOLLM2_SYSTEM),
     TemplateSpec("llama3", "llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>",
                  ("<|start_header_id|>", "<|end_header_id|>")),
     TemplateSpec("llama2", "llama2", LLAMA2, "<s>", "</s>", "<unk>"),

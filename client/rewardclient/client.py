@@ -117,7 +117,8 @@ class _RequestBuilder:
         self.max_items = max_items_per_request
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
 
-    def score_bodies(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None) -> list[dict]:
+    def score_bodies(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None,
+                     reference_set: str | None = None, prompt_format: str | None = None) -> list[dict]:
         items = [make_item(it) for it in items]
         if not items:
             raise ValueError("items is empty")
@@ -128,6 +129,10 @@ class _RequestBuilder:
                 body["models"] = list(models)
             if aggregate:
                 body["aggregate"] = dict(aggregate)
+            if reference_set is not None:
+                body["reference_set"] = reference_set
+            if prompt_format is not None:
+                body["prompt_format"] = prompt_format
             bodies.append(body)
         return bodies
 
@@ -184,9 +189,12 @@ class RewardClient:
             attempt += 1
 
     def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
-              aggregate: Mapping[str, Any] | None = None) -> list[ScoreResult]:
-        """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples)."""
-        bodies = self._b.score_bodies(items, models, aggregate)
+              aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
+              prompt_format: str | None = None) -> list[ScoreResult]:
+        """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples).
+        ``reference_set``: the named set of stored references to use (default: the service's);
+        ``prompt_format``: how string prompts are read (default: the service's, ``auto``)."""
+        bodies = self._b.score_bodies(items, models, aggregate, reference_set, prompt_format)
         if len(bodies) == 1:
             answers = [self._request("POST", "/v1/score", json=bodies[0])]
         else:
@@ -283,8 +291,9 @@ class AsyncRewardClient:
             attempt += 1
 
     async def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
-                    aggregate: Mapping[str, Any] | None = None) -> list[ScoreResult]:
-        bodies = self._b.score_bodies(items, models, aggregate)
+                    aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
+                    prompt_format: str | None = None) -> list[ScoreResult]:
+        bodies = self._b.score_bodies(items, models, aggregate, reference_set, prompt_format)
         answers = await asyncio.gather(*(self._request("POST", "/v1/score", json=b) for b in bodies))
         return [ScoreResult.from_json(r) for a in answers for r in a["results"]]
 

@@ -11,6 +11,7 @@ completion. Prompts and completions are strings (plain) or message lists (conver
 By default the reward is the service's aggregate (``lsc_sum``: Σ_m log σ(r_m − r_ref,m)); with
 ``output="raw"`` or ``"transformed"`` and ``model=NAME`` it is that model's value. Per-model raw
 and transformed means are logged through ``log_metric`` as ``rewardserve/<model>/raw`` etc.
+``reference_set=NAME`` scores against that set of stored references (one set per base policy).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RewardServeReward:
         output: Literal["aggregate", "raw", "transformed"] = "aggregate",
         model: str | None = None,
         reference_column: str | None = "reference",
+        reference_set: str | None = None,
         api_key: str | None = None,
         client: RewardClient | None = None,
         name: str = "rewardserve",
@@ -55,6 +57,7 @@ class RewardServeReward:
         self.models = list(models) if models else None
         self.aggregate = {"method": aggregate, **({"weights": dict(weights)} if weights else {})}
         self.output, self.model, self.reference_column = output, model, reference_column
+        self.reference_set = reference_set
         self.__name__ = name  # TRL names reward functions by __name__
         self.last_stats: dict[str, float] = {}
 
@@ -67,7 +70,7 @@ class RewardServeReward:
                 item["reference"] = dict(refs[i])
             items.append(item)
         t0 = time.perf_counter()
-        results = self.client.score(items, models=self.models, aggregate=self.aggregate)
+        results = self.client.score(items, models=self.models, aggregate=self.aggregate, reference_set=self.reference_set)
         seconds = time.perf_counter() - t0
         if self.output == "aggregate":
             rewards = [r.aggregate for r in results]
