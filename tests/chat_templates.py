@@ -85,6 +85,7 @@ class TemplateSpec:
     pad: str | None
     extra: tuple[str, ...] = ()
     system: bool = True  # the template accepts a system message
+    sentencepiece: bool = False  # a SentencePiece-style tokenizer (Llama-2, Mistral): its decode adds a space after BOS
     default_system: str | None = None  # the system message the template injects when none is given
 
     def as_sent(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -99,8 +100,8 @@ SPECS = [
                  default_system=SMOLLM2_SYSTEM),
     TemplateSpec("llama3", "llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>",
                  ("<|start_header_id|>", "<|end_header_id|>")),
-    TemplateSpec("llama2", "llama2", LLAMA2, "<s>", "</s>", "<unk>"),
-    TemplateSpec("mistral", "llama2", MISTRAL, "<s>", "</s>", None, system=False),
+    TemplateSpec("llama2", "llama2", LLAMA2, "<s>", "</s>", "<unk>", sentencepiece=True),
+    TemplateSpec("mistral", "llama2", MISTRAL, "<s>", "</s>", None, system=False, sentencepiece=True),
     TemplateSpec("gemma", "gemma", GEMMA, "<bos>", "<eos>", "<pad>", ("<start_of_turn>", "<end_of_turn>"), system=False),
     TemplateSpec("phi3", "phi3", PHI3, "<s>", "<|endoftext|>", "<|endoftext|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")),
     TemplateSpec("zephyr", "zephyr", ZEPHYR, "<s>", "</s>", "</s>", ("<|system|>", "<|user|>", "<|assistant|>")),
@@ -114,16 +115,26 @@ CORPUS = ("How do I boil an egg? Place the egg in boiling water for nine minutes
 
 
 def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
-    """A byte-level BPE tokenizer with ``spec``'s special tokens and chat template, saved to ``out``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A BPE tokenizer with ``spec``'s special tokens and chat template, saved to ``out``: byte-level
+    (exact decode), or SentencePiece-style like Llama-2's (``▁`` for spaces, one prepended to each
+    run of text, so ``decode(encode("<s>[INST]"))`` is ``"<s> [INST]"``)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([spec.bos, spec.eos, *([spec.pad] if spec.pad else []), *spec.extra]))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if spec.sentencepiece:
+        tok = Tokenizer(models.BPE(unk_token=spec.pad or spec.eos))
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        alphabet = [*string.ascii_letters, *string.digits, *string.punctuation, "\n", "▁"]
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad,
                                    additional_special_tokens=[s for s in spec.extra], clean_up_tokenization_spaces=False)
     fast.chat_template = spec.template
@@ -148,10 +159,10 @@ def conversations(spec: TemplateSpec) -> list[tuple[list[dict[str, str]], str]]:
     return [(c, r) for c, r in zip(CONVERSATIONS, RESPONSES) if spec.system or c[0]["role"] != "system"]
 
 
-def generated_ids(tok, messages, response: str) -> tuple[list[int], list[int]]:
+def generated_ids(tok, messages, response: str, pad: int = 0) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) as a policy produces them: the prompt rendered with the generation
     prompt, then the assistant turn as the template renders it, through the first special token
-    (the end-of-turn or EOS token generation stops at)."""
+    (the end-of-turn or EOS token generation stops at), then ``pad`` pad tokens."""
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     assert full.startswith(prompt)
@@ -159,7 +170,8 @@ def generated_ids(tok, messages, response: str) -> tuple[list[int], list[int]]:
     r_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
     special = set(tok.all_special_ids)
     stop = next((i for i, t in enumerate(r_ids) if t in special), len(r_ids) - 1)
-    return p_ids, r_ids[: stop + 1]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return p_ids, r_ids[: stop + 1] + [pad_id] * pad
 
 
 def openrlhf_sample(tok, messages, response: str, pad: int = 0) -> tuple[str, str]:
@@ -167,10 +179,14 @@ def openrlhf_sample(tok, messages, response: str, pad: int = 0) -> tuple[str, st
     policy's template, ``query = decode(prompt_ids + response_ids, skip_special_tokens=False)``
     (``pad`` trailing pad tokens appended, as a padded batch would decode)."""
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    p_ids, r_ids = generated_ids(tok, messages, response)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    r_ids = r_ids + [pad_id] * pad
+    p_ids, r_ids = generated_ids(tok, messages, response, pad)
     return tok.decode(p_ids + r_ids, skip_special_tokens=False), prompt
+
+
+def response_with_markup(tok, messages, response: str, pad: int = 0) -> str:
+    """The generated response decoded with its special tokens (end-of-turn, EOS, ``pad`` pad tokens)."""
+    _, r_ids = generated_ids(tok, messages, response, pad)
+    return tok.decode(r_ids, skip_special_tokens=False)
 
 
 def verl_response(tok, messages, response: str) -> str:

@@ -196,9 +196,7 @@ class TokenizerFormat:
     user_assistant: str
     assistant_user: str
     generation: str
-    end_markers: tuple[str, ...]
-    response_lead: str  # text between the generation prompt and an assistant's content
-    response_tail_space: str  # whitespace the template puts after an assistant's content
+    end_markers: tuple[str, ...]  # the tokenizer's special tokens, longest first
 
     @classmethod
     def learn(cls, name: str, tokenizer: Any) -> TokenizerFormat:
@@ -212,7 +210,6 @@ class TokenizerFormat:
             start, rest = t.split(_U1)
             user_assistant, rest = rest.split(_A1)
             assistant_user, generation = rest.split(_U2)
-            tail = render([u1, a1], gen=False).split(_A1)[1]
         except Exception as e:
             raise PromptFormatError(f"prompt_format {name!r}: its chat template does not render a user/assistant "
                                     f"conversation with its contents intact ({type(e).__name__}: {e})") from None
@@ -228,10 +225,8 @@ class TokenizerFormat:
         for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
             if getattr(tok, "special", False):
                 specials.add(str(tok.content))
-        lead = user_assistant[len(generation):] if user_assistant.startswith(generation) else ""
-        tail_space = tail[: len(tail) - len(tail.lstrip())]
         return cls(name, tokenizer, start, sys_start, sys_user, user_assistant, assistant_user, generation,
-                   tuple(sorted((s for s in specials if s), key=len, reverse=True)), lead, tail_space)
+                   tuple(sorted((s for s in specials if s), key=len, reverse=True)))
 
     def _split(self, text: str) -> Messages | None:
         msgs: Messages = []
@@ -272,12 +267,9 @@ class TokenizerFormat:
         return msgs if again == text else None
 
     def clean_response(self, response: str) -> str:
-        out = _strip_end(response, self.end_markers)
-        if out != response and self.response_tail_space and out.endswith(self.response_tail_space):
-            out = out[: len(out) - len(self.response_tail_space)]
-        if self.response_lead and out.startswith(self.response_lead):
-            out = out[len(self.response_lead):]
-        return out
+        """The response without its trailing special tokens and without surrounding whitespace (which
+        templates put around an assistant's content, and SentencePiece decoding adds to)."""
+        return _strip_end(response, self.end_markers).strip()
 
 
 @lru_cache(maxsize=16)
@@ -294,6 +286,27 @@ def tokenizer_format(spec: str) -> TokenizerFormat:
     if not getattr(tok, "chat_template", None):
         raise PromptFormatError(f"prompt_format {name!r}: the tokenizer has no chat template")
     return TokenizerFormat.learn(name, tok)
+
+
+def split_query(query: str, prompt: str) -> str | None:
+    """The response in an OpenRLHF ``query`` (= decode(prompt ids + response ids)): what follows the
+    ``prompt`` in it. Decoding does not always give the prompt back exactly: SentencePiece tokenizers
+    (Llama-2, Mistral) add a space after special tokens (``"<s>[INST]"`` comes back as
+    ``"<s> [INST]"``), so differences in whitespace are allowed. ``None``: the query does not start
+    with the prompt."""
+    if query.startswith(prompt):
+        return query[len(prompt):]
+    target = "".join(prompt.split())
+    k = 0
+    for j, ch in enumerate(query):
+        if k == len(target):
+            return query[j:]
+        if ch.isspace():
+            continue
+        if ch != target[k]:
+            return None
+        k += 1
+    return "" if k == len(target) else None
 
 
 # -- names and the one entry point --------------------------------------------------------------------

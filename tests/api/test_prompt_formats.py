@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from rewardclient import prompt_fingerprint
 from rewardclient.verl import compute_score, compute_score_batch
 from rewardserve.app import create_app
-from tests.chat_templates import SPECS, conversations, make_tokenizer, openrlhf_sample, verl_response
+from tests.chat_templates import SPECS, conversations, make_tokenizer, openrlhf_sample, response_with_markup, verl_response
 from tests.conftest import LiveServer, tiny_settings
 
 MODELS = ["a", "b", "cls", "dec"]
@@ -61,7 +61,8 @@ def test_every_way_of_sending_gives_the_messages_rewards(srv, templates, name):
         want = _score(c, [{"prompt": spec.as_sent(m), "response": r} for m, r in convs])["results"]
         samples = [openrlhf_sample(tok, m, r, pad=k) for k, (m, r) in enumerate(convs)]
         # the templated prompt and the response with its end-of-turn (and padding) markup, to /v1/score
-        templated = _score(c, [{"prompt": p, "response": q[len(p):]} for q, p in samples])["results"]
+        templated = _score(c, [{"prompt": p, "response": response_with_markup(tok, m, r, pad=k)}
+                               for k, ((_, p), (m, r)) in enumerate(zip(samples, convs))])["results"]
         # OpenRLHF: one sample per request
         openrlhf = []
         for q, p in samples:
@@ -89,8 +90,9 @@ def test_plain_reads_the_markup_as_text(srv, templates):
     query, prompt = openrlhf_sample(tok, messages, response)
     with httpx.Client(base_url=srv.url, timeout=60) as c:
         want = _score(c, [{"prompt": spec.as_sent(messages), "response": response}])["results"][0]
-        plain = _score(c, [{"prompt": prompt, "response": query[len(prompt):]}], prompt_format="plain")["results"][0]
-        named = _score(c, [{"prompt": prompt, "response": query[len(prompt):]}], prompt_format="chatml")["results"][0]
+        with_markup = response_with_markup(tok, messages, response)
+        plain = _score(c, [{"prompt": prompt, "response": with_markup}], prompt_format="plain")["results"][0]
+        named = _score(c, [{"prompt": prompt, "response": with_markup}], prompt_format="chatml")["results"][0]
     assert max(abs(plain["raw"][m] - want["raw"][m]) for m in MODELS) > 1e-3
     _close(named, want)
 
@@ -98,8 +100,7 @@ def test_plain_reads_the_markup_as_text(srv, templates):
 def test_house_template_with_prompt_format_tokenizer(srv, templates):
     spec, tok, path = templates["custom"]
     convs = conversations(spec)
-    samples = [openrlhf_sample(tok, m, r) for m, r in convs]
-    items = [{"prompt": p, "response": q[len(p):]} for q, p in samples]
+    items = [{"prompt": openrlhf_sample(tok, m, r)[1], "response": response_with_markup(tok, m, r)} for m, r in convs]
     with httpx.Client(base_url=srv.url, timeout=60) as c:
         want = _score(c, [{"prompt": m, "response": r} for m, r in convs])["results"]
         got = _score(c, items, prompt_format=f"tokenizer:{path}")["results"]
@@ -117,7 +118,8 @@ def test_stored_reference_is_found_whichever_way_the_prompt_arrives(srv, templat
         put = c.post("/v1/references", json={"model": "a", "entries": [{"prompt": prompt, "value": 0.625}]})
         assert put.status_code == 200, put.text
         assert put.json()["fingerprints"] == [prompt_fingerprint(messages)]
-        for item in ({"prompt": messages, "response": response}, {"prompt": prompt, "response": query[len(prompt):]}):
+        for item in ({"prompt": messages, "response": response},
+                     {"prompt": prompt, "response": response_with_markup(tok, messages, response)}):
             assert _score(c, [item], models=["a"])["results"][0]["reference"]["a"] == 0.625
         want = _score(c, [{"prompt": messages, "response": response}], models=["a"])["results"][0]["transformed"]["a"]
     verl = compute_score("x", response, None, {"prompt": prompt}, url=srv.url, models=["a"])

@@ -41,7 +41,7 @@ def test_openrlhf_sample_parses_to_the_conversation(tokenizers, spec, k, how):
     messages, response = conversations(spec)[k]
     query, prompt = openrlhf_sample(tok, messages, response, pad=2)
     fmt = {"auto": "auto", "family": spec.family, "tokenizer": f"tokenizer:{path}"}[how]
-    out = pf.normalise(prompt, query[len(prompt):], pf.resolve_format(fmt))
+    out = pf.normalise(prompt, pf.split_query(query, prompt), pf.resolve_format(fmt))
     _assert_same_conversation(tok, out.prompt, messages, prompt)
     assert out.response == response and out.warning is None
     assert out.format == (spec.family if how == "auto" else pf.resolve_format(fmt).name)
@@ -123,6 +123,24 @@ def test_a_named_family_that_does_not_match_warns(tokenizers):
 ])
 def test_clean_response(response, family, expected):
     assert pf.FAMILIES[family].clean_response(response) == expected
+
+
+@pytest.mark.parametrize("name", [s.name for s in SPECS])
+def test_split_query_finds_the_response_after_the_decoded_prompt(tokenizers, name):
+    tok, _ = tokenizers[name]
+    spec = next(s for s in SPECS if s.name == name)
+    for messages, response in conversations(spec):
+        query, prompt = openrlhf_sample(tok, messages, response)
+        assert query.startswith(prompt) != spec.sentencepiece  # SentencePiece decoding adds spaces
+        _, r_ids = generated_ids(tok, messages, response)
+        assert pf.split_query(query, prompt).strip() == tok.decode(r_ids, skip_special_tokens=False).strip()
+
+
+def test_split_query_rejects_another_prompt():
+    assert pf.split_query("<s>[INST] Hi [/INST] Hello</s>", "<s>[INST] Ho [/INST]") is None
+    assert pf.split_query("<s> [INST] Hi [/INST]", "<s>[INST] Hi [/INST]") == ""
+    assert pf.split_query("short", "a longer prompt") is None
+    assert pf.split_query("prompt reply", "prompt") == " reply"
 
 
 def test_format_names():

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import lsc
+from ..prompt_formats import split_query
 from ..references import Reference, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
     AggregateSpec,
@@ -96,18 +97,20 @@ router.add_api_route(
 @router.post("/get_reward", responses=_ERRORS, tags=["scoring"])
 async def get_reward(body: OpenRLHFRequest, request: Request):
     """OpenRLHF ``--remote_rm_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
-    "extra_logs"}``. Each response is its query minus the prompt prefix; a prompt rendered with the
-    policy's chat template is parsed back into messages and the response's end-of-turn markup removed
-    (``openrlhf.prompt_format``, default the service's ``prompt_format``: ``auto``); ``rewards`` is the
-    aggregate configured under ``openrlhf`` (default ``lsc_sum`` over every model)."""
+    "extra_logs"}``. Each response is its query minus the prompt prefix (``split_query``: whitespace that
+    decoding added is allowed); a prompt rendered with the policy's chat template is parsed back into
+    messages and the response's end-of-turn markup removed (``openrlhf.prompt_format``, default the
+    service's ``prompt_format``: ``auto``); ``rewards`` is the aggregate configured under ``openrlhf``
+    (default ``lsc_sum`` over every model)."""
     scorer = _scorer(request)
     if len(body.prompts) != len(body.query):
         raise ApiError(422, "invalid_request", f"'query' has {len(body.query)} entries but 'prompts' has {len(body.prompts)}")
     items = []
     for i, (q, p) in enumerate(zip(body.query, body.prompts)):
-        if not q.startswith(p):
+        response = split_query(q, p)
+        if response is None:
             raise ApiError(422, "invalid_request", f"query[{i}] does not start with prompts[{i}]")
-        items.append(ScoreItem(prompt=p, response=q[len(p):]))
+        items.append(ScoreItem(prompt=p, response=response))
     cfg = scorer.settings.openrlhf
     agg = AggregateSpec(method=cfg.method, weights=cfg.weights)
     out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg, prompt_format=cfg.prompt_format))
