@@ -100,7 +100,7 @@ def _tagged(turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[st
     return parse
 
 
-_INST_TURN = re.compile(r"\[INST\](?P<user>.*?)\[/INST\](?P<reply>.*?)(?=(?:<s>)?\s*\[INST\]|\Z)", re.S)
+_INST_TURN = re.compile(r"\[INST\](?P<user>.*?)\[/INST\](?P<reply>.*?)(?=(?:<s>)?\s?\[INST\]|\Z)", re.S)
 _LLAMA2_SYS = re.compile(r"<<SYS>>\n(?P<system>.*?)\n<</SYS>>\n\n(?P<user>.*)\Z", re.S)
 
 
@@ -166,16 +166,18 @@ def detect_family(text: str) -> Family | None:
 
 def _strip_end(response: str, markers: tuple[str, ...]) -> str:
     """``response`` without trailing end markers (and the whitespace around and between them);
-    unchanged when it does not end with one."""
-    out = response
+    unchanged when it does not end with one. Linear in the length of what is removed."""
+    end = len(response)
     while True:
-        s = out.rstrip()
+        e = end
+        while e > 0 and response[e - 1].isspace():
+            e -= 1
         for m in markers:
-            if m and s.endswith(m):
-                out = s[: len(s) - len(m)]
+            if m and response.endswith(m, 0, e):
+                end = e - len(m)
                 break
         else:
-            return out
+            return response[:end]
 
 
 # -- a tokenizer's own chat template ----------------------------------------------------------------

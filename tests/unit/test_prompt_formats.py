@@ -159,3 +159,31 @@ def test_tokenizer_format_errors(tmp_path):
     _word_tokenizer(chat_template=False).save_pretrained(tmp_path / "no_template")
     with pytest.raises(pf.PromptFormatError, match="no chat template"):
         pf.resolve_format(f"tokenizer:{tmp_path / 'no_template'}")
+
+
+@pytest.mark.parametrize("prompt,response", [
+    ("[INST] hi [/INST]" + " " * 200_000, "ok"),
+    ("<|user|>\n" + "\n" * 200_000, "ok"),
+    ("<|im_start|>user\n" + "a" * 200_000, "ok"),
+    ("[INST] hi [/INST]", "a" + "</s> " * 50_000),
+    ("<|im_start|>user\nhi<|im_end|>\n", "a" + "<|im_end|>\n" * 20_000),
+])
+def test_long_inputs_take_linear_time(prompt, response):
+    """Prompts and responses up to max_text_chars: no regex or strip loop goes quadratic."""
+    import time
+
+    t0 = time.perf_counter()
+    pf.normalise(prompt, response, "auto")
+    pf.split_query(prompt + response, prompt)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_config_names_the_key_of_an_unknown_prompt_format():
+    from rewardserve.config import ConfigError, load_settings
+
+    assert load_settings().prompt_format == "auto" and load_settings().openrlhf.prompt_format is None
+    assert load_settings(openrlhf={"prompt_format": "tokenizer:/models/policy"}).openrlhf.prompt_format == "tokenizer:/models/policy"
+    with pytest.raises(ConfigError, match=r"prompt_format: .*unknown prompt_format 'chat-ml'"):
+        load_settings(prompt_format="chat-ml")
+    with pytest.raises(ConfigError, match=r"openrlhf\.prompt_format: .*unknown prompt_format 'bogus'"):
+        load_settings(openrlhf={"prompt_format": "bogus"})
