@@ -275,14 +275,15 @@ class TokenizerFormat:
 
 
 @lru_cache(maxsize=16)
-def tokenizer_format(spec: str) -> TokenizerFormat:
-    """The format of ``tokenizer:<spec>`` (a local folder, offline; or a hub id), loaded once."""
+def tokenizer_format(spec: str, download: bool = True) -> TokenizerFormat:
+    """The format of ``tokenizer:<spec>`` (a local folder, offline; or a hub id), loaded once; with
+    ``download=False`` a hub id is read only from the local hub cache."""
     name = f"tokenizer:{spec}"
     try:
         from transformers import AutoTokenizer
 
         path = Path(spec).expanduser()
-        tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else spec)
+        tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else spec, local_files_only=not download)
     except Exception as e:
         raise PromptFormatError(f"prompt_format {name!r}: the tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
     if not getattr(tok, "chat_template", None):
@@ -328,13 +329,14 @@ def check_format_name(name: str) -> str:
 Format = str | Family | TokenizerFormat  # "auto" | "plain" | a family | a learned template
 
 
-def resolve_format(name: str) -> Format:
-    """The format ``name`` stands for (loads a ``tokenizer:`` format's tokenizer once)."""
+def resolve_format(name: str, download: bool = True) -> Format:
+    """The format ``name`` stands for (loads a ``tokenizer:`` format's tokenizer once; ``download``:
+    whether a hub id may be fetched from the hub)."""
     check_format_name(name)
     if name in ("auto", "plain"):
         return name
     if name.startswith("tokenizer:"):
-        return tokenizer_format(name[len("tokenizer:"):].strip())
+        return tokenizer_format(name[len("tokenizer:"):].strip(), download)
     return FAMILIES[ALIASES.get(name, name)]
 
 

@@ -110,11 +110,14 @@ class Scorer:
     # -- prompt formats -----------------------------------------------------------------------------
     async def resolve_prompt_format(self, name: str | None) -> prompt_formats.Format:
         """The format named by a request (or the service's ``prompt_format``); a ``tokenizer:`` format's
-        tokenizer is loaded once, off the event loop (a relative path is relative to the config file)."""
+        tokenizer is loaded once, off the event loop (a relative path is relative to the config file).
+        Only a configured format may download a tokenizer from the hub: a request's ``tokenizer:`` names
+        a local folder or a hub id already in the local cache."""
         name = name or self.settings.prompt_format
         if name.startswith("tokenizer:"):
+            configured = name in (self.settings.prompt_format, self.settings.openrlhf.prompt_format)
             name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:"):].strip())
-            return await asyncio.to_thread(prompt_formats.resolve_format, name)
+            return await asyncio.to_thread(prompt_formats.resolve_format, name, configured)
         return prompt_formats.resolve_format(name)
 
     async def normalise(self, prompts: Sequence[Prompt], responses: Sequence[str],

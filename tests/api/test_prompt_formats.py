@@ -140,6 +140,7 @@ def test_unparsable_templated_prompt_is_scored_as_plain_text_with_a_warning(srv)
     ("chat-ml", 422, "invalid_request"),
     ("tokenizer:", 422, "invalid_request"),
     ("tokenizer:/nonexistent/tokenizer", 422, "invalid_prompt_format"),
+    ("tokenizer:rewardserve-tests/not-in-the-hub-cache", 422, "invalid_prompt_format"),  # a request does not download
 ])
 def test_bad_prompt_format_is_a_422_with_the_error_body(srv, fmt, status, etype):
     r = httpx.post(f"{srv.url}/v1/score", json={"items": [{"prompt": "p", "response": "r"}], "prompt_format": fmt}, timeout=60)
