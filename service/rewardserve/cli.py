@@ -147,43 +147,73 @@ def _store_url(a: argparse.Namespace) -> str:
 def _cmd_references(a: argparse.Namespace) -> int:
     import asyncio
 
-    from .references import Reference, open_store
+    from .references import DEFAULT_SET, Reference, check_set_name, open_store
+
+    if a.reference_set is not None:
+        check_set_name(a.reference_set)
+    if a.action in ("export", "import") and not a.file:
+        raise ValueError(f"references {a.action} needs a FILE ('-': stdout / stdin)")
+    if a.action == "delete" and a.reference_set is None:
+        raise ValueError("references delete needs --reference-set NAME")
 
     async def export() -> int:
         store = open_store(_store_url(a))
         try:
-            rows = await store.all_rows()
+            rows = await store.all_rows(a.reference_set)
         finally:
             await store.close()
         out = open(a.file, "w", encoding="utf-8") if a.file != "-" else sys.stdout
-        for model, fp, ref in rows:
-            out.write(json.dumps({"model": model, "fingerprint": fp, **ref.to_dict()}) + "\n")
+        for rset, model, fp, ref in rows:
+            out.write(json.dumps({"reference_set": rset, "model": model, "fingerprint": fp, **ref.to_dict()}) + "\n")
         if out is not sys.stdout:
             out.close()
         print(f"exported {len(rows)} references", file=sys.stderr)
         return 0
 
     async def import_() -> int:
-        by_model: dict[str, list] = {}
+        # rows without 'reference_set' (exports of earlier versions) go to set 'default';
+        # --reference-set puts every row into that set
+        groups: dict[tuple[str, str], list] = {}
         src = open(a.file, encoding="utf-8") if a.file != "-" else sys.stdin
         for lineno, line in enumerate(src, 1):
             if line.strip():
                 row = json.loads(line)
                 try:
+                    rset = check_set_name(a.reference_set or row.pop("reference_set", DEFAULT_SET))
+                    row.pop("reference_set", None)
                     model, fp = row.pop("model"), row.pop("fingerprint")
-                    by_model.setdefault(model, []).append((fp, Reference(**row)))
+                    groups.setdefault((rset, model), []).append((fp, Reference(**row)))
                 except (KeyError, TypeError) as e:
                     raise ValueError(f"{a.file}:{lineno}: not a reference row ({e})") from None
         store = open_store(_store_url(a))
         try:
-            for model, entries in by_model.items():
-                await store.put_many(model, entries)
+            for (rset, model), entries in groups.items():
+                await store.put_many(model, entries, reference_set=rset)
         finally:
             await store.close()
-        print(f"imported {sum(map(len, by_model.values()))} references", file=sys.stderr)
+        print(f"imported {sum(map(len, groups.values()))} references", file=sys.stderr)
         return 0
 
-    return asyncio.run(export() if a.action == "export" else import_())
+    async def list_() -> int:
+        store = open_store(_store_url(a))
+        try:
+            sets = await store.sets()
+        finally:
+            await store.close()
+        print(json.dumps({"reference_sets": [{"name": n, "models": m, "references": sum(m.values())} for n, m in sets.items()
+                                             if a.reference_set in (None, n)]}, indent=2))
+        return 0
+
+    async def delete() -> int:
+        store = open_store(_store_url(a))
+        try:
+            n = await store.delete_set(a.reference_set)
+        finally:
+            await store.close()
+        print(f"deleted {n} references of set {a.reference_set!r}", file=sys.stderr)
+        return 0
+
+    return asyncio.run({"export": export, "import": import_, "list": list_, "delete": delete}[a.action]())
 
 
 def _cmd_rlhf(a: argparse.Namespace) -> int:
@@ -305,9 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
     c.set_defaults(func=_cmd_calibrate)
 
-    r = sub.add_parser("references", help="export or import every stored reference as JSON Lines")
-    r.add_argument("action", choices=["export", "import"])
-    r.add_argument("file", help="JSONL file ('-': stdout / stdin)")
+    r = sub.add_parser("references", help="export or import stored references as JSON Lines; list or delete reference sets")
+    r.add_argument("action", choices=["export", "import", "list", "delete"])
+    r.add_argument("file", nargs="?", help="export/import: JSONL file ('-': stdout / stdin)")
+    r.add_argument("--reference-set", help="export/list: only this set; import: into this set (default: each row's "
+                                           "'reference_set', else 'default'); delete: the set to delete")
     r.add_argument("--store", help="store URL (default: the config's references.store)")
     r.add_argument("--config", help="YAML config (default: the embedded default)")
     r.set_defaults(func=_cmd_references)
