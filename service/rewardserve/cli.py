@@ -132,7 +132,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
         temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
         seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
-        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device,
+        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device, reference_set=a.reference_set,
     )
     print(json.dumps(calibrate(cfg).to_dict(), indent=2))
     return 0
@@ -333,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
     c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
     c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
+    c.add_argument("--reference-set", default="default",
+                   help="the reference set to store into: one set per base policy (default: 'default')")
     c.set_defaults(func=_cmd_calibrate)
 
     r = sub.add_parser("references", help="export or import stored references as JSON Lines; list or delete reference sets")

@@ -20,7 +20,7 @@ from .backends.base import Backend, ModelInfo
 from .batcher import Batcher, ForwardError, QueueFull
 from .config import ModelConfig, Settings
 from .metrics import Metrics
-from .references import Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
+from .references import DEFAULT_SET, Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
 from .schemas import AggregateSpec, ScoreItem
 
 Prompt = str | list[dict[str, str]]
@@ -108,10 +108,15 @@ class Scorer:
                     raise ApiError(422, "invalid_request", f"items[{i}].reference names unknown model {m!r}")
 
     # -- references -------------------------------------------------------------------------------
-    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-        """r_ref per (item, model): inline → stored for the prompt → the model's stored default
-        (``DEFAULT_KEY``, written by calibration) → the configured default → policy ``error`` (422)."""
+    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str],
+                                 reference_set: str = DEFAULT_SET, missing_reference: str | None = None,
+                                 ) -> tuple[np.ndarray, list[dict[str, str]], list[list[str]]]:
+        """r_ref per (item, model) and where it came from: ``inline`` → ``stored`` (the set's entry
+        for the prompt) → ``set_default`` (the model's default in the set, ``DEFAULT_KEY``, written by
+        calibration) → ``config_default`` → 422 when the model's policy, or the request's
+        ``missing_reference``, is ``error`` (identity models never need a reference)."""
         refs = np.zeros((len(items), len(models)))
+        sources: list[dict[str, str]] = [{} for _ in items]
         warnings: list[list[str]] = [[] for _ in items]
         fps: list[str] | None = None
         for j, m in enumerate(models):
@@ -120,6 +125,7 @@ class Scorer:
             for i, it in enumerate(items):
                 if it.reference and m in it.reference:
                     refs[i, j] = it.reference[m]
+                    sources[i][m] = "inline"
                 else:
                     missing.append(i)
             if not missing:
@@ -127,31 +133,37 @@ class Scorer:
             if fps is None:
                 fps = [prompt_fingerprint(p) for p in prompts]
             try:
-                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY])
+                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             except StoreUnavailable as e:
                 raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
             stored_default = stored.get(DEFAULT_KEY)
+            policy = "error" if missing_reference == "error" and sm.config.transform == "lsc" else sm.config.missing_reference
             for i in missing:
                 ref: Reference | None = stored.get(fps[i])
                 if ref is not None:
                     refs[i, j] = ref.value
+                    sources[i][m] = "stored"
                     if ref.revision and ref.revision != sm.info.revision:
                         msg = (f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
                                f"the model is now {sm.info.revision}")
                         if self.settings.references.revision_mismatch == "reject":
                             raise ApiError(422, "stale_reference", f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
                         warnings[i].append(msg)
-                elif stored_default is not None and sm.config.missing_reference == "default":
+                elif stored_default is not None and policy == "default":
                     refs[i, j] = stored_default.value
-                elif sm.config.missing_reference == "default" or sm.config.transform == "identity":
+                    sources[i][m] = "set_default"
+                elif policy == "default" or sm.config.transform == "identity":
                     refs[i, j] = sm.config.default_reference
+                    sources[i][m] = "config_default"
                 else:
+                    why = "the request's missing_reference is 'error'" if missing_reference == "error" \
+                        else "missing_reference policy is 'error'"
                     raise ApiError(
                         422, "missing_reference",
-                        f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} "
-                        f"(missing_reference policy is 'error'); pass items[{i}].reference or store one via POST /v1/references",
+                        f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} in reference set "
+                        f"{reference_set!r} ({why}); pass items[{i}].reference or store one via POST /v1/references",
                     )
-        return refs, warnings
+        return refs, sources, warnings
 
     # -- raw rewards ------------------------------------------------------------------------------
     async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str],
@@ -206,9 +218,10 @@ class Scorer:
 
     # -- the whole request ------------------------------------------------------------------------
     async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
-                    timing: dict[str, float] | None = None) -> dict:
+                    timing: dict[str, float] | None = None, reference_set: str = DEFAULT_SET,
+                    missing_reference: str | None = None) -> dict:
         """The response body of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
-        (see ``raw_rewards``)."""
+        (see ``raw_rewards``); stored references come from ``reference_set``."""
         names = self.resolve_models(models)
         agg = aggregate or AggregateSpec()
         weights = agg.weights or {}
@@ -220,10 +233,10 @@ class Scorer:
         # the reference lookup (a store round trip per model) runs while the items wait for and run
         # their forward; the first failure fails the request and the other task is cancelled (queued
         # items of a cancelled request are dropped before their forward)
-        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names)),
+        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names, reference_set, missing_reference)),
                  asyncio.ensure_future(self.raw_rewards([(p, it.response) for p, it in zip(prompts, items)], names, timing)))
         try:
-            (refs, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
+            (refs, sources, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()  # no-op once done
@@ -233,6 +246,12 @@ class Scorer:
         for j, t in enumerate(transforms):
             u[:, j] = lsc.transform(raw[:, j], refs[:, j], t)
         with_p = lsc.p_all_good_defined(agg.method, weights, transforms)
+        for j, m in enumerate(names):  # fallbacks of models whose transform uses the reference
+            if transforms[j] == "lsc":
+                for src in ("set_default", "config_default"):
+                    n = sum(1 for s in sources if s[m] == src)
+                    if n:
+                        self.metrics.reference_fallbacks.labels(m, src).inc(n)
         results = []
         for i, it in enumerate(items):
             r_i = dict(zip(names, raw[i].tolist()))
@@ -242,18 +261,21 @@ class Scorer:
                 "id": it.id,
                 "raw": r_i,
                 "reference": dict(zip(names, refs[i].tolist())),
+                "reference_source": {m: sources[i][m] for m in names},
                 "transformed": u_i,
                 "aggregate": value,
+                # a probability only against real references: inline or stored for this prompt
+                "p_all_good": lsc.p_all_good(value) if with_p and all(
+                    sources[i][m] in ("inline", "stored") for m in names) else None,
                 "truncated": dict(zip(names, trunc[i].tolist())),
             }
-            if with_p:
-                res["p_all_good"] = lsc.p_all_good(value)
             if warnings[i]:
                 res["warnings"] = warnings[i]
             results.append(res)
         return {
             "results": results,
             "aggregate_method": agg.method,
+            "reference_set": reference_set,
             "models": {m: {"revision": self.models[m].info.revision} for m in names},
             "usage": {"items": len(items), "tokens": tokens},
         }
