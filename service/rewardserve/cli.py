@@ -74,9 +74,37 @@ EXAMPLE_ITEMS = [
 ]
 
 
+DEMO_SET = "demo"
+
+
+def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
+    """Reference rewards for the example prompts (and a few from the prompt file) from base-policy
+    samples, into reference set ``demo``, so the example scores are LSC against real references.
+    Resumable: a second demo on the same store skips prompts already calibrated."""
+    import time
+
+    from .calibration import CalibrationConfig, calibrate
+    from .datasets import load_prompts
+
+    prompts = list({json.dumps(it["prompt"]): it["prompt"] for it in EXAMPLE_ITEMS}.values())
+    if Path(a.prompts).exists():
+        prompts += load_prompts(a.prompts, limit=2)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration-prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    print(f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
+          f"into reference set {DEMO_SET!r} ...", file=sys.stderr)
+    t0 = time.perf_counter()
+    report = calibrate(CalibrationConfig(prompts=str(out / "calibration-prompts.jsonl"), url=url, samples=a.calibration_samples,
+                                         max_new_tokens=64, reference_set=DEMO_SET, log=str(out / "calibration.jsonl")))
+    print(f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
+          f"each reference is the 0.85-quantile of its samples' rewards\n", file=sys.stderr)
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
-    """Start the service on the embedded default (or --config), score example pairs and print the
-    JSON, then run a short RLHF session against it and print where its report is."""
+    """Start the service on the embedded default (or --config), calibrate references for the example
+    prompts, score example pairs against them and print the JSON, then run a short RLHF session
+    against it and print where its report is."""
     import time
 
     from .service_process import ServiceProcess
@@ -85,10 +113,17 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     with ServiceProcess(config=a.config, port=a.port) as svc:
         import httpx
 
-        r = httpx.post(f"{svc.url}/v1/score", json={"items": EXAMPLE_ITEMS}, timeout=60)
+        body: dict = {"items": EXAMPLE_ITEMS}
+        if a.calibration_samples > 0:
+            _demo_calibrate(a, svc.url)
+            body["reference_set"] = DEMO_SET
+        r = httpx.post(f"{svc.url}/v1/score", json=body, timeout=60)
         r.raise_for_status()
         print(json.dumps(r.json(), indent=2))
-        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start)", file=sys.stderr)
+        sources = sorted({s for res in r.json()["results"] for s in res["reference_source"].values()})
+        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
+              f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
+              f"(reference_source: {', '.join(sources)})", file=sys.stderr)
         if a.rlhf_steps > 0:
             from rewardclient.trainer import RLHFConfig, run_rlhf
 
@@ -281,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
     d.add_argument("--config", help="YAML config (default: the embedded default)")
     d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    d.add_argument("--calibration-samples", type=int, default=4,
+                   help="base-policy samples per prompt for the example prompts' references (0: no calibration)")
     d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
     d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
     d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")

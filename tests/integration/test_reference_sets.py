@@ -127,3 +127,31 @@ def test_a_store_of_the_previous_version_reads_as_set_default(kind, tmp_path, re
             await s.close()
 
     run(go())
+
+
+def test_the_previous_version_still_reads_and_writes_set_default_of_a_new_file(tmp_path):
+    """A rollback keeps working: the previous version's own statements on a file this one wrote."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+
+    async def write():
+        s = open_store(url)
+        await s.put_many("m", [("fp1", Reference(1.0, "r", 0.85, 8, "p", 5.0))])
+        await s.put_many("m", [("fp1", Reference(-1.0))], reference_set="other")
+        await s.close()
+
+    run(write())
+    conn = sqlite3.connect(str(tmp_path / "new.db"), isolation_level=None)
+    conn.execute(_PREVIOUS_SQLITE_SCHEMA)
+    conn.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ("m", "fp2", 2.0, None, None, None, None, 6.0))
+    assert conn.execute("SELECT model, fingerprint, value FROM refs ORDER BY model, fingerprint").fetchall() == [
+        ("m", "fp1", 1.0), ("m", "fp2", 2.0)]
+    conn.close()
+
+    async def read():
+        s = open_store(url)
+        try:
+            return await s.sets(), (await s.get("m", "fp2")).value
+        finally:
+            await s.close()
+
+    assert run(read()) == ({"default": {"m": 2}, "other": {"m": 1}}, 2.0)
