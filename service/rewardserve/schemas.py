@@ -143,7 +143,7 @@ class ReferenceRow(_Wire):
     value: FiniteFloat
     revision: str | None = Field(None, max_length=1024)
     quantile: float | None = Field(None, ge=0.0, le=1.0)
-    n_samples: int | None = Field(None, ge=0)
+    n_samples: int | None = Field(None, ge=0, le=2**62)
     policy: str | None = Field(None, max_length=1024)
     updated_at: FiniteFloat = Field(0.0, ge=0.0, description="unix time; 0: the time of the import")
 

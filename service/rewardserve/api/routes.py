@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
