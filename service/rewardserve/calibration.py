@@ -91,6 +91,9 @@ def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str
 def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     from .policy import policy_id
 
+    from .references import check_set_name
+
+    check_set_name(cfg.reference_set)  # a clear error before any generation
     t0 = time.perf_counter()
     report = CalibrationReport()
     prompts = load_prompts(cfg.prompts, split=cfg.split, limit=cfg.limit)
