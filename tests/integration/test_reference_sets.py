@@ -120,7 +120,7 @@ def test_a_store_of_the_previous_version_reads_as_set_default(kind, tmp_path, re
             assert (await s.get("helpful", f"{3:064x}")).value == 3 / 7
         finally:
             await s.close()
-        s = open_store(url)  # a second open (the SQLite file is migrated already) reads the same
+        s = open_store(url)  # a second open reads the same
         try:
             assert await s.all_rows("default") == expected
         finally:
