@@ -213,26 +213,39 @@ class RewardClient:
 
     def put_references(self, model: str, values: Mapping[Any, float] | Iterable[tuple[Prompt, float]] | None = None, *,
                        samples: Iterable[tuple[Prompt, Sequence[str]]] | None = None, quantile: float | None = None,
-                       policy: str | None = None, default: float | None = None, n_samples: int | None = None) -> dict:
-        """Store references: ``values`` as (prompt, value) pairs, and/or ``samples`` as
-        (prompt, [responses]) for the server to score and reduce to their ``quantile``."""
-        return self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default, n_samples))
+                       policy: str | None = None, default: float | None = None, n_samples: int | None = None,
+                       reference_set: str | None = None) -> dict:
+        """Store references into ``reference_set`` (default: the service's ``default`` set):
+        ``values`` as (prompt, value) pairs, and/or ``samples`` as (prompt, [responses]) for the
+        server to score and reduce to their ``quantile``."""
+        return self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default,
+                                                                             n_samples, reference_set))
 
-    def get_reference(self, model: str, prompt: Prompt) -> dict | None:
+    def get_reference(self, model: str, prompt: Prompt, reference_set: str | None = None) -> dict | None:
         from .fingerprint import prompt_fingerprint
 
+        params = {"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)}
+        if reference_set is not None:
+            params["reference_set"] = reference_set
         try:
-            return self._request("GET", "/v1/references", params={"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)})
+            return self._request("GET", "/v1/references", params=params)
         except NotFoundError as e:
             if e.type == "reference_not_found":
                 return None
             raise
 
-    def lookup_references(self, model: str, fingerprints: Sequence[str]) -> dict:
-        return self._request("POST", "/v1/references/lookup", json={"model": model, "prompt_fingerprints": list(fingerprints)})
+    def lookup_references(self, model: str, fingerprints: Sequence[str], reference_set: str | None = None) -> dict:
+        return self._request("POST", "/v1/references/lookup", json=lookup_body(model, fingerprints, reference_set))
 
 
-def references_body(model, values, samples, quantile, policy, default, n_samples) -> dict:
+def lookup_body(model: str, fingerprints: Sequence[str], reference_set: str | None) -> dict:
+    body: dict[str, Any] = {"model": model, "prompt_fingerprints": list(fingerprints)}
+    if reference_set is not None:
+        body["reference_set"] = reference_set
+    return body
+
+
+def references_body(model, values, samples, quantile, policy, default, n_samples, reference_set=None) -> dict:
     entries = []
     for prompt, value in (values.items() if isinstance(values, Mapping) else values or []):
         e = {"prompt": _prompt(prompt), "value": float(value)}
@@ -248,6 +261,8 @@ def references_body(model, values, samples, quantile, policy, default, n_samples
         body["policy"] = policy
     if default is not None:
         body["default"] = {"value": float(default), **({"n_samples": n_samples} if n_samples else {})}
+    if reference_set is not None:
+        body["reference_set"] = reference_set
     return body
 
 
@@ -307,8 +322,9 @@ class AsyncRewardClient:
             return False
 
     async def put_references(self, model: str, values=None, *, samples=None, quantile=None, policy=None, default=None,
-                             n_samples=None) -> dict:
-        return await self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default, n_samples))
+                             n_samples=None, reference_set=None) -> dict:
+        return await self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default,
+                                                                                   n_samples, reference_set))
 
-    async def lookup_references(self, model: str, fingerprints: Sequence[str]) -> dict:
-        return await self._request("POST", "/v1/references/lookup", json={"model": model, "prompt_fingerprints": list(fingerprints)})
+    async def lookup_references(self, model: str, fingerprints: Sequence[str], reference_set: str | None = None) -> dict:
+        return await self._request("POST", "/v1/references/lookup", json=lookup_body(model, fingerprints, reference_set))

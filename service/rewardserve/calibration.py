@@ -11,6 +11,9 @@ skipped. Every sample's raw rewards are appended to a JSON Lines log, so the def
 covers the samples of earlier runs too.
 
 With ``reference_response`` instead of a policy: r_ref(x) = r(x, reference_response).
+
+Everything is stored into one reference set (``reference_set``, default ``default``): one set per
+base policy, so two calibrations into two sets do not touch each other.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class CalibrationConfig:
     log: str | None = None
     api_key: str | None = None
     device: str = "cpu"
+    reference_set: str = "default"
 
 
 @dataclass
@@ -74,7 +78,8 @@ class CalibrationReport:
 def _log_path(cfg: CalibrationConfig, policy: str) -> Path:
     if cfg.log:
         return Path(cfg.log).expanduser()
-    key = hashlib.sha256(f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}".encode()).hexdigest()[:16]
+    ident = f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}" + (f"|{cfg.reference_set}" if cfg.reference_set != "default" else "")
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return DEFAULT_LOG_DIR / f"{key}.jsonl"
 
 
@@ -86,6 +91,9 @@ def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str
 def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     from .policy import policy_id
 
+    from .references import check_set_name
+
+    check_set_name(cfg.reference_set)  # a clear error before any generation
     t0 = time.perf_counter()
     report = CalibrationReport()
     prompts = load_prompts(cfg.prompts, split=cfg.split, limit=cfg.limit)
@@ -109,7 +117,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         fps = [prompt_fingerprint(p) for p in prompts]
         todo = set()
         for m in models:
-            stored = rc.lookup_references(m, fps)["references"] if fps else {}
+            stored = rc.lookup_references(m, fps, reference_set=cfg.reference_set)["references"] if fps else {}
             todo |= {i for i, fp in enumerate(fps) if not _is_current(stored.get(fp), policy, k, q if k > 1 else None, revisions[m])}
         order = sorted(todo)
         report.skipped = len(prompts) - len(order)
@@ -150,7 +158,8 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
                     log.write(json.dumps({"fingerprint": fps[i], "policy": policy, "k": k, "quantile": q,
                                           "revisions": revisions, "raw": raws}) + "\n")
                 for m in models:
-                    rc.put_references(m, per_model[m], quantile=q if k > 1 else None, policy=policy, n_samples=k)
+                    rc.put_references(m, per_model[m], quantile=q if k > 1 else None, policy=policy, n_samples=k,
+                                      reference_set=cfg.reference_set)
                 log.flush()
                 report.samples += len(items)
                 report.calibrated += len(idx)
@@ -169,6 +178,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         for m in models:
             if pooled[m]:
                 report.defaults[m] = lsc.quantile(pooled[m], q)
-                rc.put_references(m, quantile=q, policy=policy, default=report.defaults[m], n_samples=len(pooled[m]))
+                rc.put_references(m, quantile=q, policy=policy, default=report.defaults[m], n_samples=len(pooled[m]),
+                                  reference_set=cfg.reference_set)
     report.wall_seconds = time.perf_counter() - t0
     return report

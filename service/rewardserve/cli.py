@@ -74,9 +74,37 @@ EXAMPLE_ITEMS = [
 ]
 
 
+DEMO_SET = "demo"
+
+
+def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
+    """Reference rewards for the example prompts (and a few from the prompt file) from base-policy
+    samples, into reference set ``demo``, so the example scores are LSC against real references.
+    Resumable: a second demo on the same store skips prompts already calibrated."""
+    import time
+
+    from .calibration import CalibrationConfig, calibrate
+    from .datasets import load_prompts
+
+    prompts = list({json.dumps(it["prompt"]): it["prompt"] for it in EXAMPLE_ITEMS}.values())
+    if Path(a.prompts).exists():
+        prompts += load_prompts(a.prompts, limit=2)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration-prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    print(f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
+          f"into reference set {DEMO_SET!r} ...", file=sys.stderr)
+    t0 = time.perf_counter()
+    report = calibrate(CalibrationConfig(prompts=str(out / "calibration-prompts.jsonl"), url=url, samples=a.calibration_samples,
+                                         max_new_tokens=64, reference_set=DEMO_SET, log=str(out / "calibration.jsonl")))
+    print(f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
+          f"each reference is the 0.85-quantile of its samples' rewards\n", file=sys.stderr)
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
-    """Start the service on the embedded default (or --config), score example pairs and print the
-    JSON, then run a short RLHF session against it and print where its report is."""
+    """Start the service on the embedded default (or --config), calibrate references for the example
+    prompts, score example pairs against them and print the JSON, then run a short RLHF session
+    against it and print where its report is."""
     import time
 
     from .service_process import ServiceProcess
@@ -85,10 +113,17 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     with ServiceProcess(config=a.config, port=a.port) as svc:
         import httpx
 
-        r = httpx.post(f"{svc.url}/v1/score", json={"items": EXAMPLE_ITEMS}, timeout=60)
+        body: dict = {"items": EXAMPLE_ITEMS}
+        if a.calibration_samples > 0:
+            _demo_calibrate(a, svc.url)
+            body["reference_set"] = DEMO_SET
+        r = httpx.post(f"{svc.url}/v1/score", json=body, timeout=60)
         r.raise_for_status()
         print(json.dumps(r.json(), indent=2))
-        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start)", file=sys.stderr)
+        sources = sorted({s for res in r.json()["results"] for s in res["reference_source"].values()})
+        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
+              f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
+              f"(reference_source: {', '.join(sources)})", file=sys.stderr)
         if a.rlhf_steps > 0:
             from rewardclient.trainer import RLHFConfig, run_rlhf
 
@@ -132,7 +167,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
         temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
         seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
-        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device,
+        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device, reference_set=a.reference_set,
     )
     print(json.dumps(calibrate(cfg).to_dict(), indent=2))
     return 0
@@ -147,43 +182,73 @@ def _store_url(a: argparse.Namespace) -> str:
 def _cmd_references(a: argparse.Namespace) -> int:
     import asyncio
 
-    from .references import Reference, open_store
+    from .references import DEFAULT_SET, Reference, check_set_name, open_store
+
+    if a.reference_set is not None:
+        check_set_name(a.reference_set)
+    if a.action in ("export", "import") and not a.file:
+        raise ValueError(f"references {a.action} needs a FILE ('-': stdout / stdin)")
+    if a.action == "delete" and a.reference_set is None:
+        raise ValueError("references delete needs --reference-set NAME")
 
     async def export() -> int:
         store = open_store(_store_url(a))
         try:
-            rows = await store.all_rows()
+            rows = await store.all_rows(a.reference_set)
         finally:
             await store.close()
         out = open(a.file, "w", encoding="utf-8") if a.file != "-" else sys.stdout
-        for model, fp, ref in rows:
-            out.write(json.dumps({"model": model, "fingerprint": fp, **ref.to_dict()}) + "\n")
+        for rset, model, fp, ref in rows:
+            out.write(json.dumps({"reference_set": rset, "model": model, "fingerprint": fp, **ref.to_dict()}) + "\n")
         if out is not sys.stdout:
             out.close()
         print(f"exported {len(rows)} references", file=sys.stderr)
         return 0
 
     async def import_() -> int:
-        by_model: dict[str, list] = {}
+        # rows without 'reference_set' (exports of earlier versions) go to set 'default';
+        # --reference-set puts every row into that set
+        groups: dict[tuple[str, str], list] = {}
         src = open(a.file, encoding="utf-8") if a.file != "-" else sys.stdin
         for lineno, line in enumerate(src, 1):
             if line.strip():
                 row = json.loads(line)
                 try:
+                    rset = check_set_name(a.reference_set or row.pop("reference_set", DEFAULT_SET))
+                    row.pop("reference_set", None)
                     model, fp = row.pop("model"), row.pop("fingerprint")
-                    by_model.setdefault(model, []).append((fp, Reference(**row)))
+                    groups.setdefault((rset, model), []).append((fp, Reference(**row)))
                 except (KeyError, TypeError) as e:
                     raise ValueError(f"{a.file}:{lineno}: not a reference row ({e})") from None
         store = open_store(_store_url(a))
         try:
-            for model, entries in by_model.items():
-                await store.put_many(model, entries)
+            for (rset, model), entries in groups.items():
+                await store.put_many(model, entries, reference_set=rset)
         finally:
             await store.close()
-        print(f"imported {sum(map(len, by_model.values()))} references", file=sys.stderr)
+        print(f"imported {sum(map(len, groups.values()))} references", file=sys.stderr)
         return 0
 
-    return asyncio.run(export() if a.action == "export" else import_())
+    async def list_() -> int:
+        store = open_store(_store_url(a))
+        try:
+            sets = await store.sets()
+        finally:
+            await store.close()
+        print(json.dumps({"reference_sets": [{"name": n, "models": m, "references": sum(m.values())} for n, m in sets.items()
+                                             if a.reference_set in (None, n)]}, indent=2))
+        return 0
+
+    async def delete() -> int:
+        store = open_store(_store_url(a))
+        try:
+            n = await store.delete_set(a.reference_set)
+        finally:
+            await store.close()
+        print(f"deleted {n} references of set {a.reference_set!r}", file=sys.stderr)
+        return 0
+
+    return asyncio.run({"export": export, "import": import_, "list": list_, "delete": delete}[a.action]())
 
 
 def _cmd_rlhf(a: argparse.Namespace) -> int:
@@ -251,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
     d.add_argument("--config", help="YAML config (default: the embedded default)")
     d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    d.add_argument("--calibration-samples", type=int, default=4,
+                   help="base-policy samples per prompt for the example prompts' references (0: no calibration)")
     d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
     d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
     d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
@@ -303,11 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
     c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
     c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
+    c.add_argument("--reference-set", default="default",
+                   help="the reference set to store into: one set per base policy (default: 'default')")
     c.set_defaults(func=_cmd_calibrate)
 
-    r = sub.add_parser("references", help="export or import every stored reference as JSON Lines")
-    r.add_argument("action", choices=["export", "import"])
-    r.add_argument("file", help="JSONL file ('-': stdout / stdin)")
+    r = sub.add_parser("references", help="export or import stored references as JSON Lines; list or delete reference sets")
+    r.add_argument("action", choices=["export", "import", "list", "delete"])
+    r.add_argument("file", nargs="?", help="export/import: JSONL file ('-': stdout / stdin)")
+    r.add_argument("--reference-set", help="export/list: only this set; import: into this set (default: each row's "
+                                           "'reference_set', else 'default'); delete: the set to delete")
     r.add_argument("--store", help="store URL (default: the config's references.store)")
     r.add_argument("--config", help="YAML config (default: the embedded default)")
     r.set_defaults(func=_cmd_references)

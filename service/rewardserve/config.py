@@ -8,6 +8,7 @@ the bundled MiniLM encoder, offline, on the CPU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .prompt_formats import check_format_name
 
 DEFAULT_CONFIG_NAME = "default.yaml"
+SCOPES = ("score", "admin")
 
 
 class ConfigError(ValueError):
@@ -139,6 +141,15 @@ class OpenRLHFConfig(_Strict):
     prompt_format: str | None = Field(
         None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")
 
+    reference_set: str = Field("default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it")
+
+    @field_validator("reference_set")
+    @classmethod
+    def _set_name(cls, v: str) -> str:
+        from .references.base import check_set_name
+
+        return check_set_name(v)
+
     _format = field_validator("prompt_format")(lambda v: v if v is None else check_format_name(v))
 
 
@@ -148,9 +159,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: SecretStr | None = Field(
-        None, description="comma-separated API keys; when set (or api_keys_file), every route but open_routes needs "
-                          "'Authorization: Bearer <key>'. Env: REWARDSERVE_API_KEYS")
-    api_keys_file: str | None = Field(None, description="a file with one API key per line (comments with #)")
+        None, description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
+                          "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "
+                          "Env: REWARDSERVE_API_KEYS")
+    api_keys_file: str | None = Field(
+        None, description="a file with one API key per line, 'KEY [scope=score|admin] [sets=A,B]' (comments with #); "
+                          "a plain KEY has scope admin and every set")
     open_routes: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
                                    description="routes that need no API key")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None: torch's default")
@@ -200,19 +214,57 @@ class Settings(BaseSettings):
         candidate = Path(self.base_dir) / path
         return str(candidate) if candidate.exists() or not _looks_like_hub_id(p) else p
 
-    def load_api_keys(self) -> list[str]:
-        keys = [k.strip() for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",") if k.strip()]
+    def load_api_keys(self) -> list[ApiKey]:
+        """Every configured key with its scope and sets (empty: no keys, the API is open)."""
+        keys = [parse_api_key(k, "api_keys") for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")
+                if k.strip()]
         if self.api_keys_file:
             path = Path(self.api_keys_file).expanduser()
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as e:
                 raise ConfigError(f"api_keys_file {path}: {e.strerror}") from None
-            keys += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+            keys += [parse_api_key(ln, f"api_keys_file {path} line {i}") for i, ln in enumerate(lines, 1)
+                     if ln.strip() and not ln.strip().startswith("#")]
         return keys
 
     def model_names(self) -> list[str]:
         return [m for b in self.backbones.values() for m in b.models]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key and what it may do: scope ``score`` (score, read models and references) or ``admin``
+    (also write and delete references and sets); ``sets``: the reference sets it may use (None: all)."""
+
+    key: str
+    scope: Literal["score", "admin"] = "admin"
+    sets: frozenset[str] | None = None
+
+    def __repr__(self) -> str:  # never show the key itself
+        return f"ApiKey(scope={self.scope!r}, sets={sorted(self.sets) if self.sets is not None else None})"
+
+
+def parse_api_key(entry: str, where: str) -> ApiKey:
+    """``KEY [scope=score|admin] [sets=A,B]`` (sets also separated by ``+``, for the comma-separated
+    ``api_keys``); a plain ``KEY`` keeps full (admin) access to every set. ``where`` names the
+    source in errors; the key itself never appears in them."""
+    from .references.base import InvalidSetName, check_set_name
+
+    key, *attrs = entry.split()
+    scope, sets = "admin", None
+    for attr in attrs:
+        name, eq, value = attr.partition("=")
+        if name == "scope" and eq and value in SCOPES:
+            scope = value
+        elif name == "sets" and eq and value:
+            try:
+                sets = frozenset(check_set_name(x) for x in value.replace("+", ",").split(",") if x)
+            except InvalidSetName as e:
+                raise ConfigError(f"{where}: {e}") from None
+        else:
+            raise ConfigError(f"{where}: unknown key attribute {name!r}: expected scope=score|admin or sets=A,B")
+    return ApiKey(key, scope, sets)  # type: ignore[arg-type]
 
 
 def _looks_like_hub_id(p: str) -> bool:

@@ -33,6 +33,9 @@ class Metrics:
         )
         self.queue_depth_tokens = Gauge("rewardserve_queue_tokens", "tokens waiting for a forward", ["backbone"], registry=r)
         self.queue_depth_items = Gauge("rewardserve_queue_items", "items waiting for a forward", ["backbone"], registry=r)
+        self.reference_fallbacks = Counter(
+            "rewardserve_reference_fallbacks", "items of LSC models scored without a reference of their own, by the "
+            "default used instead (set_default, config_default)", ["model", "source"], registry=r)
         self.items_scored = Counter("rewardserve_items_scored", "items scored", ["model"], registry=r)
         self.rejected = Counter("rewardserve_rejected_items", "items rejected because the queue was full", ["backbone"], registry=r)
         self.dropped = Counter(

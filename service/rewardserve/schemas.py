@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
 
 from .prompt_formats import check_format_name
+from .references.base import DEFAULT_SET, check_set_name
 
 
 class _Wire(BaseModel):
@@ -23,6 +24,10 @@ ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator(check_format_name), Field(
     description="how string prompts are read: 'auto' (detect a chat template), 'plain', a family (chatml, llama3, "
                 "llama2, gemma, phi3, zephyr) or 'tokenizer:<path or hub id>'; default: the service's prompt_format")]
+ReferenceSetName = Annotated[str, AfterValidator(check_set_name), Field(
+    description="a reference set (one base policy's calibration): 1-64 characters of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit", examples=[DEFAULT_SET])]
+ReferenceSource = Literal["inline", "stored", "set_default", "config_default"]
 
 
 class ScoreItem(_Wire):
@@ -44,15 +49,24 @@ class ScoreRequest(_Wire):
     models: list[ModelName] | None = Field(None, min_length=1, description="default: every configured model")
     aggregate: AggregateSpec | None = None
     prompt_format: PromptFormat | None = None
+    reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the reference set stored references come from")
+    missing_reference: Literal["error"] | None = Field(
+        None, description="'error': answer 422 missing_reference when an LSC model has no inline or stored reference "
+                          "for an item (no set or config default); default: each model's configured policy")
 
 
 class ScoreResult(BaseModel):
     id: str | None
     raw: dict[str, float]
     reference: dict[str, float]
+    reference_source: dict[str, ReferenceSource] = Field(
+        description="per model, where its reference came from: inline (the item), stored (the set's entry for the "
+                    "prompt), set_default (the set's calibrated default), config_default (the model's default_reference)")
     transformed: dict[str, float]
     aggregate: float
-    p_all_good: float | None = Field(None, description="exp(Σ u_m); present for unit-weight lsc_sum over LSC models")
+    p_all_good: float | None = Field(
+        None, description="exp(Σ u_m) for unit-weight lsc_sum over LSC models when every reference is inline or "
+                          "stored; null otherwise")
     truncated: dict[str, bool]
     warnings: list[str] | None = None
 
@@ -69,6 +83,7 @@ class Usage(BaseModel):
 class ScoreResponse(BaseModel):
     results: list[ScoreResult]
     aggregate_method: str
+    reference_set: str
     models: dict[str, ModelRevision]
     usage: Usage
 
@@ -95,21 +110,25 @@ class ReferencesUpload(_Wire):
     )
     quantile: float | None = Field(None, ge=0.0, le=1.0, description="quantile of sample rewards (default 0.85)")
     policy: str | None = Field(None, max_length=1024, description="id of the policy that made the samples")
+    reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the set to store into")
 
 
 class ReferencesLookup(_Wire):
     model: ModelName
     prompt_fingerprints: list[Annotated[str, StringConstraints(min_length=64, max_length=64)]] = Field(min_length=1)
+    reference_set: ReferenceSetName = DEFAULT_SET
 
 
 class ReferencesStored(BaseModel):
     model: str
+    reference_set: str
     stored: int
     fingerprints: list[str]
     values: list[float]
 
 
 class StoredReference(BaseModel):
+    reference_set: str
     model: str
     prompt_fingerprint: str
     value: float
@@ -118,6 +137,47 @@ class StoredReference(BaseModel):
     n_samples: int | None
     policy: str | None
     updated_at: float
+
+
+class ReferenceRow(_Wire):
+    """One stored entry of a set, as exported and imported (``prompt_fingerprint`` ``default``: the
+    model's default reference in the set)."""
+
+    model: ModelName
+    prompt_fingerprint: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64}|default)$")]
+    value: FiniteFloat
+    revision: str | None = Field(None, max_length=1024)
+    quantile: float | None = Field(None, ge=0.0, le=1.0)
+    n_samples: int | None = Field(None, ge=0, le=2**62)
+    policy: str | None = Field(None, max_length=1024)
+    updated_at: FiniteFloat = Field(0.0, ge=0.0, description="unix time; 0: the time of the import")
+
+
+class ReferenceSetContents(_Wire):
+    """A set's entries: the body of an export, and of an import (where the path names the target set)."""
+
+    reference_set: ReferenceSetName | None = Field(None, description="the set the entries were exported from")
+    references: list[ReferenceRow]
+
+
+class ReferenceSetInfo(BaseModel):
+    name: str
+    models: dict[str, int] = Field(description="entries per model (the default reference counts as one)")
+    references: int
+
+
+class ReferenceSetList(BaseModel):
+    reference_sets: list[ReferenceSetInfo]
+
+
+class ReferenceSetImported(BaseModel):
+    reference_set: str
+    imported: int
+
+
+class ReferenceSetDeleted(BaseModel):
+    reference_set: str
+    deleted: int
 
 
 class ErrorDetail(BaseModel):

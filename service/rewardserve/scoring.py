@@ -20,7 +20,7 @@ from .backends.base import Backend, ModelInfo
 from .batcher import Batcher, ForwardError, QueueFull
 from .config import ModelConfig, Settings
 from .metrics import Metrics
-from .references import Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
+from .references import DEFAULT_SET, Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
 from .schemas import AggregateSpec, ScoreItem
 
 Prompt = str | list[dict[str, str]]
@@ -135,10 +135,15 @@ class Scorer:
         return run()
 
     # -- references -------------------------------------------------------------------------------
-    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-        """r_ref per (item, model): inline → stored for the prompt → the model's stored default
-        (``DEFAULT_KEY``, written by calibration) → the configured default → policy ``error`` (422)."""
+    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str],
+                                 reference_set: str = DEFAULT_SET, missing_reference: str | None = None,
+                                 ) -> tuple[np.ndarray, list[dict[str, str]], list[list[str]]]:
+        """r_ref per (item, model) and where it came from: ``inline`` → ``stored`` (the set's entry
+        for the prompt) → ``set_default`` (the model's default in the set, ``DEFAULT_KEY``, written by
+        calibration) → ``config_default`` → 422 when the model's policy, or the request's
+        ``missing_reference``, is ``error`` (identity models never need a reference)."""
         refs = np.zeros((len(items), len(models)))
+        sources: list[dict[str, str]] = [{} for _ in items]
         warnings: list[list[str]] = [[] for _ in items]
         fps: list[str] | None = None
         for j, m in enumerate(models):
@@ -147,6 +152,7 @@ class Scorer:
             for i, it in enumerate(items):
                 if it.reference and m in it.reference:
                     refs[i, j] = it.reference[m]
+                    sources[i][m] = "inline"
                 else:
                     missing.append(i)
             if not missing:
@@ -154,38 +160,46 @@ class Scorer:
             if fps is None:
                 fps = [prompt_fingerprint(p) for p in prompts]
             try:
-                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY])
+                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             except StoreUnavailable as e:
                 raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
             stored_default = stored.get(DEFAULT_KEY)
+            policy = "error" if missing_reference == "error" and sm.config.transform == "lsc" else sm.config.missing_reference
             for i in missing:
                 ref: Reference | None = stored.get(fps[i])
                 if ref is not None:
                     refs[i, j] = ref.value
+                    sources[i][m] = "stored"
                     if ref.revision and ref.revision != sm.info.revision:
                         msg = (f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
                                f"the model is now {sm.info.revision}")
                         if self.settings.references.revision_mismatch == "reject":
                             raise ApiError(422, "stale_reference", f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
                         warnings[i].append(msg)
-                elif stored_default is not None and sm.config.missing_reference == "default":
+                elif stored_default is not None and policy == "default":
                     refs[i, j] = stored_default.value
-                elif sm.config.missing_reference == "default" or sm.config.transform == "identity":
+                    sources[i][m] = "set_default"
+                elif policy == "default" or sm.config.transform == "identity":
                     refs[i, j] = sm.config.default_reference
+                    sources[i][m] = "config_default"
                 else:
+                    why = "the request's missing_reference is 'error'" if missing_reference == "error" \
+                        else "missing_reference policy is 'error'"
                     raise ApiError(
                         422, "missing_reference",
-                        f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} "
-                        f"(missing_reference policy is 'error'); pass items[{i}].reference or store one via POST /v1/references",
+                        f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} in reference set "
+                        f"{reference_set!r} ({why}); pass items[{i}].reference or store one via POST /v1/references",
                     )
-        return refs, warnings
+        return refs, sources, warnings
 
     # -- raw rewards ------------------------------------------------------------------------------
     async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str],
                           timing: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """Raw rewards (n_items × n_models), truncation flags (same shape) and tokens used. ``timing``
-        (if given) gets seconds: ``encode`` (tokenization), ``queue`` (submit → first forward of the
-        request starts), ``forward`` (first forward start → last forward end)."""
+        (if given) gets seconds that partition the request's time in the scorer (they never overlap, so
+        their sum is at most the total): ``encode`` (first tokenization start → the last backbone's
+        items submitted), ``queue`` (→ the first forward of the request starts, 0 if one already
+        has), ``forward`` (→ the last forward ends)."""
         raw = np.zeros((len(pairs), len(models)))
         trunc = np.zeros((len(pairs), len(models)), dtype=bool)
         by_backbone: dict[str, list[int]] = {}
@@ -194,16 +208,14 @@ class Scorer:
         tokens = 0
         all_futures: list[asyncio.Future] = []
         jobs = []
-        encode_s, submitted, starts, ends = 0.0, [], [], []
+        enc_start, submitted, starts, ends = time.perf_counter(), [], [], []
         try:
             for bname, cols in by_backbone.items():
                 backend = self.backends[bname]
-                t0 = time.perf_counter()
                 if len(pairs) <= _INLINE_ENCODE_MAX:
                     encs = [backend.encode(p, r) for p, r in pairs]
                 else:
                     encs = await asyncio.to_thread(lambda b=backend: [b.encode(p, r) for p, r in pairs])
-                encode_s += time.perf_counter() - t0
                 tokens += sum(e.length for e in encs)
                 submitted.append(time.perf_counter())
                 futs = self.batchers[bname].submit(encs)
@@ -228,14 +240,18 @@ class Scorer:
         for m in models:
             self.metrics.items_scored.labels(m).inc(len(pairs))
         if timing is not None and starts:
-            timing.update(encode=encode_s, queue=max(0.0, min(starts) - min(submitted)), forward=max(ends) - min(starts))
+            enc_end = max(submitted)
+            fwd_start = max(min(starts), enc_end)  # a forward that ran during a later encode counts as encode
+            timing.update(encode=enc_end - enc_start, queue=max(0.0, min(starts) - enc_end),
+                          forward=max(0.0, max(ends) - fwd_start))
         return raw, trunc, tokens
 
     # -- the whole request ------------------------------------------------------------------------
     async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
-                    timing: dict[str, float] | None = None, prompt_format: str | None = None) -> dict:
+                    timing: dict[str, float] | None = None, prompt_format: str | None = None,
+                    reference_set: str = DEFAULT_SET, missing_reference: str | None = None) -> dict:
         """The response body of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
-        (see ``raw_rewards``)."""
+        (see ``raw_rewards``); stored references come from ``reference_set``."""
         names = self.resolve_models(models)
         agg = aggregate or AggregateSpec()
         weights = agg.weights or {}
@@ -248,10 +264,10 @@ class Scorer:
         # the reference lookup (a store round trip per model) runs while the items wait for and run
         # their forward; the first failure fails the request and the other task is cancelled (queued
         # items of a cancelled request are dropped before their forward)
-        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names)),
+        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names, reference_set, missing_reference)),
                  asyncio.ensure_future(self.raw_rewards([(n.prompt, n.response) for n in norm], names, timing)))
         try:
-            (refs, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
+            (refs, sources, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()  # no-op once done
@@ -261,6 +277,12 @@ class Scorer:
         for j, t in enumerate(transforms):
             u[:, j] = lsc.transform(raw[:, j], refs[:, j], t)
         with_p = lsc.p_all_good_defined(agg.method, weights, transforms)
+        for j, m in enumerate(names):  # fallbacks of models whose transform uses the reference
+            if transforms[j] == "lsc":
+                for src in ("set_default", "config_default"):
+                    n = sum(1 for s in sources if s[m] == src)
+                    if n:
+                        self.metrics.reference_fallbacks.labels(m, src).inc(n)
         results = []
         for i, it in enumerate(items):
             r_i = dict(zip(names, raw[i].tolist()))
@@ -270,12 +292,14 @@ class Scorer:
                 "id": it.id,
                 "raw": r_i,
                 "reference": dict(zip(names, refs[i].tolist())),
+                "reference_source": {m: sources[i][m] for m in names},
                 "transformed": u_i,
                 "aggregate": value,
+                # a probability only against real references: inline or stored for this prompt
+                "p_all_good": lsc.p_all_good(value) if with_p and all(
+                    sources[i][m] in ("inline", "stored") for m in names) else None,
                 "truncated": dict(zip(names, trunc[i].tolist())),
             }
-            if with_p:
-                res["p_all_good"] = lsc.p_all_good(value)
             item_warnings = ([norm[i].warning] if norm[i].warning else []) + warnings[i]
             if item_warnings:
                 res["warnings"] = item_warnings
@@ -283,6 +307,7 @@ class Scorer:
         return {
             "results": results,
             "aggregate_method": agg.method,
+            "reference_set": reference_set,
             "models": {m: {"revision": self.models[m].info.revision} for m in names},
             "usage": {"items": len(items), "tokens": tokens},
         }

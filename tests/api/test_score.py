@@ -54,7 +54,7 @@ def test_identity_transform_and_raw_sum(client):
     for res in body["results"]:
         assert res["transformed"]["cls"] == res["raw"]["cls"]  # identity
         assert res["aggregate"] == pytest.approx(2.0 * res["raw"]["cls"] + res["raw"]["b"], abs=1e-12)
-        assert "p_all_good" not in res
+        assert res["p_all_good"] is None
 
 
 def test_min_and_weighted_lsc_have_no_probability(client):
@@ -62,11 +62,11 @@ def test_min_and_weighted_lsc_have_no_probability(client):
     body = score(client, items=items, models=["a", "b"], aggregate={"method": "min"}).json()
     for res in body["results"]:
         assert res["aggregate"] == pytest.approx(min(res["transformed"].values()))
-        assert "p_all_good" not in res
+        assert res["p_all_good"] is None
     body = score(client, items=items, models=["a", "b"], aggregate={"method": "lsc_sum", "weights": {"a": 0.5}}).json()
     res = body["results"][0]
     assert res["aggregate"] == pytest.approx(0.5 * res["transformed"]["a"] + res["transformed"]["b"])
-    assert "p_all_good" not in res
+    assert res["p_all_good"] is None
 
 
 def test_score_alias(client):
@@ -237,10 +237,10 @@ def test_reference_lookup_runs_while_the_items_are_scored(client, server, monkey
     real = scorer.store.get_many
     events: dict[str, float] = {}
 
-    async def slow_get_many(model, fingerprints):
+    async def slow_get_many(model, fingerprints, *rest):
         await asyncio.sleep(0.3)
         events.setdefault("lookup_done", time.perf_counter())
-        return await real(model, fingerprints)
+        return await real(model, fingerprints, *rest)
 
     encoder = scorer.backends["enc"].encoder
     def on_forward(*_):

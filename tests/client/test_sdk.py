@@ -44,11 +44,19 @@ def test_async_client_matches_sync(server):
 def test_tuples_references_and_typed_errors(server):
     with RewardClient(server.url) as c:
         res = c.score([("hello", "hi")], models=["a"])
-        assert res[0].p_all_good is not None and res[0].id is None
+        assert res[0].p_all_good is None and res[0].id is None  # no real reference: no probability
+        res = c.score([{"prompt": "hello", "response": "hi", "reference": {"a": 0.0}}], models=["a"])
+        assert res[0].p_all_good is not None
         out = c.put_references("a", [("sdk prompt", 0.5)])
         assert out["fingerprints"] == [prompt_fingerprint("sdk prompt")]
         assert c.get_reference("a", "sdk prompt")["value"] == 0.5
         assert c.get_reference("a", "never stored") is None
+        # another reference set: its own entry, not visible in the default set
+        c.put_references("a", [("sdk prompt", -1.5)], reference_set="sdk-set")
+        assert c.get_reference("a", "sdk prompt", reference_set="sdk-set")["value"] == -1.5
+        assert c.get_reference("a", "sdk prompt")["value"] == 0.5
+        fp = prompt_fingerprint("sdk prompt")
+        assert c.lookup_references("a", [fp], reference_set="sdk-set")["references"][fp]["value"] == -1.5
         with pytest.raises(NotFoundError) as e:
             c.score(ITEMS, models=["nope"])
         assert e.value.status == 404 and e.value.type == "model_not_found"

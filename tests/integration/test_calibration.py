@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import pytest
@@ -76,3 +77,42 @@ def test_reference_response_mode(tiny, tmp_path):
         res = c.post("/v1/score", json={"items": [{"prompt": p, "response": refusal}], "models": ["a"]}).json()["results"][0]
         assert res["reference"]["a"] == pytest.approx(raw_refusal, abs=1e-5)
         assert res["transformed"]["a"] == pytest.approx(float(lsc.transform(0.0, 0.0)), abs=1e-4)  # log σ(0)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_two_calibrations_into_two_sets_do_not_touch_each_other(store, policy, tiny, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'r.db'}" if store == "sqlite" else request.getfixturevalue("fresh_redis_url")
+    settings = tiny_settings(tiny, tmp_path, references={"store": url})
+    with LiveServer(create_app(settings)) as srv:
+        c = httpx.Client(base_url=srv.url)
+        common = dict(prompts=str(PROMPTS), url=srv.url, models=["a"], limit=3, split="test")
+        ra = calibrate(CalibrationConfig(**common, policy=policy, samples=3, max_new_tokens=6, reference_set="base-a",
+                                         log=str(tmp_path / "a.jsonl")))
+        set_a = c.get("/v1/reference-sets/base-a/references").json()["references"]
+        rb = calibrate(CalibrationConfig(**common, reference_response="I can't help with that.", reference_set="base-b",
+                                         log=str(tmp_path / "b.jsonl")))
+        assert ra.calibrated == rb.calibrated == 3
+        assert c.get("/v1/reference-sets/base-a/references").json()["references"] == set_a  # b left a as it was
+        listed = {s["name"]: s for s in c.get("/v1/reference-sets").json()["reference_sets"]}
+        assert listed["base-a"]["models"] == listed["base-b"]["models"] == {"a": 4}  # 3 prompts + the set's default
+        assert "default" not in listed
+        rows_a = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
+        rows_b = [json.loads(line) for line in open(tmp_path / "b.jsonl")]
+        for p, row_a, row_b in zip(load_prompts(PROMPTS, split="test", limit=3), rows_a, rows_b):
+            ref_a, ref_b = lsc.quantile(row_a["raw"]["a"], 0.85), row_b["raw"]["a"][0]
+            assert ref_a != ref_b
+            for rset, expected in (("base-a", ref_a), ("base-b", ref_b)):
+                body = {"items": [{"prompt": p, "response": "x"}], "models": ["a"], "reference_set": rset}
+                out = c.post("/v1/score", json=body).json()
+                res = out["results"][0]
+                assert out["reference_set"] == rset
+                assert res["reference"]["a"] == pytest.approx(expected, abs=1e-12) and res["reference_source"] == {"a": "stored"}
+                assert res["p_all_good"] == pytest.approx(math.exp(res["aggregate"]))
+            res = c.post("/v1/score", json={"items": [{"prompt": p, "response": "x"}], "models": ["a"]}).json()["results"][0]
+            assert res["reference_source"] == {"a": "config_default"} and res["p_all_good"] is None
+        # a prompt never calibrated: each set's own default
+        for rset, report in (("base-a", ra), ("base-b", rb)):
+            body = {"items": [{"prompt": "never calibrated", "response": "x"}], "models": ["a"], "reference_set": rset}
+            res = c.post("/v1/score", json=body).json()["results"][0]
+            assert res["reference"]["a"] == pytest.approx(report.defaults["a"]) and res["reference_source"] == {"a": "set_default"}
+            assert res["p_all_good"] is None

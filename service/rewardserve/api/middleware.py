@@ -6,7 +6,10 @@ import hmac
 import json
 import time
 
+from ..config import ApiKey
 from ..metrics import Metrics
+
+API_KEY_SCOPE = "rewardserve.api_key"  # the ASGI scope entry that holds the request's ApiKey
 
 
 class BodyLimitMiddleware:
@@ -63,11 +66,12 @@ async def _send_413(send, limit: int) -> None:
 class ApiKeyMiddleware:
     """``Authorization: Bearer <key>`` on every route but ``open_routes``; keys compared in constant
     time (every key is compared, so timing does not tell which one nearly matched). Keys never
-    appear in answers or logs."""
+    appear in answers or logs. The matched key (its scope and sets) goes to the routes as
+    ``scope[API_KEY_SCOPE]``, where each route checks what the key may do."""
 
-    def __init__(self, app, keys: list[str], open_routes: list[str]):
+    def __init__(self, app, keys: list[ApiKey], open_routes: list[str]):
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.keys = [(k.key.encode(), k) for k in keys]
         self.open = set(open_routes)
 
     async def __call__(self, scope, receive, send):
@@ -79,10 +83,12 @@ class ApiKeyMiddleware:
                 scheme, _, rest = v.partition(b" ")
                 if scheme.lower() == b"bearer":
                     token = rest.strip()
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(token, key)
-        if ok:
+        matched = None
+        for raw, key in self.keys:
+            if hmac.compare_digest(token, raw) and matched is None:
+                matched = key
+        if matched is not None:
+            scope[API_KEY_SCOPE] = matched
             return await self.app(scope, receive, send)
         msg = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
         body = json.dumps({"error": {"type": "unauthorized", "message": msg}}).encode()

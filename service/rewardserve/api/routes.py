@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import lsc
 from ..prompt_formats import split_query
-from ..references import Reference, StoreUnavailable, prompt_fingerprint
+from ..references import DEFAULT_SET, Reference, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
     AggregateSpec,
     ErrorBody,
     OpenRLHFRequest,
     ReferencesLookup,
+    ReferenceSetContents,
+    ReferenceSetDeleted,
+    ReferenceSetImported,
+    ReferenceSetList,
+    ReferenceSetName,
     ReferencesStored,
     ReferencesUpload,
     ScoreItem,
@@ -26,10 +32,11 @@ from ..schemas import (
 )
 from ..scoring import DEFAULT_KEY, plain_prompt
 from .errors import ApiError
+from .middleware import API_KEY_SCOPE
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 429, 500, 503)}
+_ERRORS = {code: {"model": ErrorBody} for code in (403, 404, 413, 422, 429, 500, 503)}
 DEFAULT_SAMPLE_QUANTILE = 0.85
 
 
@@ -43,6 +50,27 @@ def _scorer(request: Request):
         detail = f": {st.load_error}" if st.load_error else " (models are loading)"
         raise ApiError(503, "not_ready", f"the service is not ready{detail}", {"Retry-After": "5"})
     return st.scorer
+
+
+def _authorize(request: Request, reference_set: str | None = None, admin: bool = False) -> None:
+    """403 unless the request's API key may do this: ``admin`` (write or delete references) needs
+    scope admin; ``reference_set`` must be among the key's sets when it has a list. Without keys
+    configured every request may do everything."""
+    key = request.scope.get(API_KEY_SCOPE)
+    if key is None:
+        return
+    if admin and key.scope != "admin":
+        raise ApiError(403, "forbidden", f"this API key has scope {key.scope!r}: writing or deleting references needs scope 'admin'")
+    if reference_set is not None and key.sets is not None and reference_set not in key.sets:
+        raise ApiError(403, "forbidden", f"this API key may not use reference set {reference_set!r}; "
+                                         f"it may use: {', '.join(sorted(key.sets)) or '(none)'}")
+
+
+async def _store_call(coro):
+    try:
+        return await coro
+    except StoreUnavailable as e:
+        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -72,9 +100,12 @@ async def _cancel_on_disconnect(request: Request, coro):
 async def score(body: ScoreRequest, request: Request):
     """Score (prompt, response) items with several reward models: raw, transformed, aggregate."""
     t0 = time.perf_counter()
+    _authorize(request, body.reference_set)
     scorer = _scorer(request)
     timing: dict[str, float] = {}
-    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate, timing, body.prompt_format))
+    result = await _cancel_on_disconnect(request, scorer.score(body.items, body.models, body.aggregate, timing,
+                                                               body.prompt_format, body.reference_set,
+                                                               body.missing_reference))
     response = JSONResponse(result)
     response.headers["Server-Timing"] = server_timing(timing, time.perf_counter() - t0)
     return response
@@ -95,14 +126,18 @@ router.add_api_route(
 
 
 @router.post("/get_reward", responses=_ERRORS, tags=["scoring"])
-async def get_reward(body: OpenRLHFRequest, request: Request):
+async def get_reward(body: OpenRLHFRequest, request: Request,
+                     x_reference_set: Annotated[ReferenceSetName | None, Header(description="the reference set; default: openrlhf.reference_set")] = None):
     """OpenRLHF ``--remote_rm_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
     "extra_logs"}``. Each response is its query minus the prompt prefix (``split_query``: whitespace that
     decoding added is allowed); a prompt rendered with the policy's chat template is parsed back into
     messages and the response's end-of-turn markup removed (``openrlhf.prompt_format``, default the
     service's ``prompt_format``: ``auto``); ``rewards`` is the aggregate configured under ``openrlhf``
-    (default ``lsc_sum`` over every model)."""
+    (default ``lsc_sum`` over every model), against the references of the ``X-Reference-Set`` header's
+    set (default: ``openrlhf.reference_set``)."""
     scorer = _scorer(request)
+    reference_set = x_reference_set or scorer.settings.openrlhf.reference_set
+    _authorize(request, reference_set)
     if len(body.prompts) != len(body.query):
         raise ApiError(422, "invalid_request", f"'query' has {len(body.query)} entries but 'prompts' has {len(body.prompts)}")
     items = []
@@ -113,7 +148,8 @@ async def get_reward(body: OpenRLHFRequest, request: Request):
         items.append(ScoreItem(prompt=p, response=response))
     cfg = scorer.settings.openrlhf
     agg = AggregateSpec(method=cfg.method, weights=cfg.weights)
-    out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg, prompt_format=cfg.prompt_format))
+    out = await _cancel_on_disconnect(request, scorer.score(items, cfg.models, agg, prompt_format=cfg.prompt_format,
+                                                            reference_set=reference_set))
     results = out["results"]
     rewards = [r["aggregate"] for r in results]
     extra = {"aggregate": rewards}
@@ -145,7 +181,8 @@ async def models(request: Request):
 @router.post("/v1/references", response_model=ReferencesStored, responses=_ERRORS, tags=["references"])
 async def put_references(body: ReferencesUpload, request: Request):
     """Store per-prompt reference rewards: given ``value``s, or ``samples`` that the service scores
-    and reduces to their ``quantile`` (default 0.85)."""
+    and reduces to their ``quantile`` (default 0.85), into ``reference_set``. Needs scope admin."""
+    _authorize(request, body.reference_set, admin=True)
     scorer = _scorer(request)
     lim = scorer.settings.limits.max_references_per_upload
     if len(body.entries) > lim:
@@ -191,28 +228,24 @@ async def put_references(body: ReferencesUpload, request: Request):
     entries = [(fp, ref(v, n, e.samples is not None)) for fp, v, n, e in zip(fps, values, n_samples, body.entries)]
     if body.default is not None:
         entries.append((DEFAULT_KEY, ref(body.default.value, body.default.n_samples, False)))
-    try:
-        await scorer.store.put_many(model, entries)
-    except StoreUnavailable as e:
-        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
-    return {"model": model, "stored": len(entries), "fingerprints": fps, "values": values}
+    await _store_call(scorer.store.put_many(model, entries, body.reference_set))
+    return {"model": model, "reference_set": body.reference_set, "stored": len(entries), "fingerprints": fps, "values": values}
 
 
 @router.post("/v1/references/lookup", responses=_ERRORS, tags=["references"])
 async def lookup_references(body: ReferencesLookup, request: Request):
-    """Stored references for many prompt fingerprints at once: ``{"references": {fp: entry | null}}``."""
+    """Stored references of one set for many prompt fingerprints at once: ``{"references": {fp: entry | null}}``."""
+    _authorize(request, body.reference_set)
     scorer = _scorer(request)
     (model,) = scorer.resolve_models([body.model])
     if len(body.prompt_fingerprints) > scorer.settings.limits.max_references_per_upload:
         raise ApiError(413, "too_many_references", f"at most {scorer.settings.limits.max_references_per_upload} fingerprints per lookup")
     fps = [f.lower() for f in body.prompt_fingerprints]
-    try:
-        found = await scorer.store.get_many(model, fps + [DEFAULT_KEY])
-    except StoreUnavailable as e:
-        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+    found = await _store_call(scorer.store.get_many(model, fps + [DEFAULT_KEY], body.reference_set))
     default = found.get(DEFAULT_KEY)
     return {
         "model": model,
+        "reference_set": body.reference_set,
         "revision": scorer.models[model].info.revision,
         "references": {fp: (found[fp].to_dict() if fp in found else None) for fp in fps},
         "default": default.to_dict() if default else None,
@@ -220,17 +253,65 @@ async def lookup_references(body: ReferencesLookup, request: Request):
 
 
 @router.get("/v1/references", response_model=StoredReference, responses=_ERRORS, tags=["references"])
-async def get_reference(request: Request, model: str = Query(...), prompt_fingerprint: str = Query(..., min_length=64, max_length=64)):
-    """The stored reference for one model and prompt fingerprint (sha256 hex, see docs)."""
+async def get_reference(request: Request, model: str = Query(...), prompt_fingerprint: str = Query(..., min_length=64, max_length=64),
+                        reference_set: Annotated[ReferenceSetName, Query()] = DEFAULT_SET):
+    """The stored reference for one model and prompt fingerprint (sha256 hex, see docs) in a set."""
+    _authorize(request, reference_set)
     scorer = _scorer(request)
     (model,) = scorer.resolve_models([model])
-    try:
-        ref = await scorer.store.get(model, prompt_fingerprint.lower())
-    except StoreUnavailable as e:
-        raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+    ref = await _store_call(scorer.store.get(model, prompt_fingerprint.lower(), reference_set))
     if ref is None:
-        raise ApiError(404, "reference_not_found", f"no stored reference for model {model!r} and prompt fingerprint {prompt_fingerprint}")
-    return {"model": model, "prompt_fingerprint": prompt_fingerprint.lower(), **ref.to_dict()}
+        raise ApiError(404, "reference_not_found", f"no stored reference for model {model!r} and prompt fingerprint "
+                                                   f"{prompt_fingerprint} in reference set {reference_set!r}")
+    return {"reference_set": reference_set, "model": model, "prompt_fingerprint": prompt_fingerprint.lower(), **ref.to_dict()}
+
+
+@router.get("/v1/reference-sets", response_model=ReferenceSetList, responses=_ERRORS, tags=["references"])
+async def list_reference_sets(request: Request):
+    """The reference sets that hold entries, with entries per model (a key limited to some sets sees those)."""
+    key = request.scope.get(API_KEY_SCOPE)
+    sets = await _store_call(_state(request).store.sets()) if _state(request).store else {}
+    return {"reference_sets": [{"name": n, "models": m, "references": sum(m.values())} for n, m in sets.items()
+                               if key is None or key.sets is None or n in key.sets]}
+
+
+@router.get("/v1/reference-sets/{name}/references", response_model=ReferenceSetContents, responses=_ERRORS, tags=["references"])
+async def export_reference_set(name: ReferenceSetName, request: Request):
+    """Every entry of a set (its export; POST it to another set's ``/references`` to import)."""
+    _authorize(request, name)
+    rows = await _store_call(_scorer(request).store.all_rows(name))
+    if not rows:
+        raise ApiError(404, "reference_set_not_found", f"reference set {name!r} holds no references")
+    return {"reference_set": name, "references": [{"model": m, "prompt_fingerprint": fp, **ref.to_dict()} for _, m, fp, ref in rows]}
+
+
+@router.post("/v1/reference-sets/{name}/references", response_model=ReferenceSetImported, responses=_ERRORS, tags=["references"])
+async def import_reference_set(name: ReferenceSetName, body: ReferenceSetContents, request: Request):
+    """Insert or replace entries of set ``name`` as given (e.g. another set's export); every model
+    must be served. Needs scope admin."""
+    _authorize(request, name, admin=True)
+    scorer = _scorer(request)
+    lim = scorer.settings.limits.max_references_per_upload
+    if len(body.references) > lim:
+        raise ApiError(413, "too_many_references", f"{len(body.references)} entries; the limit (max_references_per_upload) is {lim}")
+    by_model: dict[str, list[tuple[str, Reference]]] = {}
+    for row in body.references:
+        by_model.setdefault(row.model, []).append((row.prompt_fingerprint, Reference(
+            row.value, row.revision, row.quantile, row.n_samples, row.policy, row.updated_at)))
+    scorer.resolve_models(list(by_model))
+    for model, entries in by_model.items():
+        await _store_call(scorer.store.put_many(model, entries, name))
+    return {"reference_set": name, "imported": len(body.references)}
+
+
+@router.delete("/v1/reference-sets/{name}", response_model=ReferenceSetDeleted, responses=_ERRORS, tags=["references"])
+async def delete_reference_set(name: ReferenceSetName, request: Request):
+    """Delete every entry of a set (its references and defaults). Needs scope admin."""
+    _authorize(request, name, admin=True)
+    n = await _store_call(_scorer(request).store.delete_set(name))
+    if not n:
+        raise ApiError(404, "reference_set_not_found", f"reference set {name!r} holds no references")
+    return {"reference_set": name, "deleted": n}
 
 
 @router.get("/healthz", tags=["operations"])

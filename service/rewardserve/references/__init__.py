@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rewardclient.fingerprint import canonical_prompt, prompt_fingerprint
 
-from .base import Reference, ReferenceStore, StoreUnavailable
+from .base import DEFAULT_SET, InvalidSetName, Reference, ReferenceStore, StoreUnavailable, check_set_name
 
 
 def open_store(url: str) -> ReferenceStore:
@@ -20,4 +20,4 @@ def open_store(url: str) -> ReferenceStore:
     raise ValueError(f"unknown reference store URL {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")
 
 
-__all__ = ["Reference", "ReferenceStore", "StoreUnavailable", "canonical_prompt", "open_store", "prompt_fingerprint"]
+__all__ = ["DEFAULT_SET", "InvalidSetName", "Reference", "ReferenceStore", "StoreUnavailable", "canonical_prompt", "check_set_name", "open_store", "prompt_fingerprint"]

@@ -1,13 +1,38 @@
-"""The reference store interface: per (model, prompt fingerprint) reference rewards."""
+"""The reference store interface: per (reference set, model, prompt fingerprint) reference rewards.
+
+A reference set is one calibration (one base policy): its references and, per model, its default
+reference (stored under the fingerprint ``DEFAULT_KEY``). ``DEFAULT_SET`` is the set used when a
+request names none; stores written before sets existed read as that set.
+"""
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+
+DEFAULT_SET = "default"
+SET_NAME_MAX = 64
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached right now (the request may be retried)."""
+
+
+class InvalidSetName(ValueError):
+    """A reference set name outside the allowed length or characters."""
+
+
+def check_set_name(name: str) -> str:
+    """``name`` if it is a valid reference set name (1–64 characters of ``A-Z a-z 0-9 . _ -``,
+    starting with a letter or digit), else ``InvalidSetName``."""
+    if not isinstance(name, str) or not 1 <= len(name) <= SET_NAME_MAX or not _SET_NAME.fullmatch(name):
+        shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}…"
+        raise InvalidSetName(
+            f"invalid reference set name {shown!r}: use 1-{SET_NAME_MAX} characters from A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit")
+    return name
 
 
 @dataclass(frozen=True)
@@ -27,19 +52,27 @@ class ReferenceStore(ABC):
     url: str
 
     @abstractmethod
-    async def get_many(self, model: str, fingerprints: list[str]) -> dict[str, Reference]:
-        """Stored references for the given fingerprints (missing ones are absent)."""
+    async def get_many(self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET) -> dict[str, Reference]:
+        """Stored references of one set for the given fingerprints (missing ones are absent)."""
 
     @abstractmethod
-    async def put_many(self, model: str, entries: list[tuple[str, Reference]]) -> None:
-        """Insert or replace references (all or nothing)."""
+    async def put_many(self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET) -> None:
+        """Insert or replace references in one set (all or nothing)."""
 
     @abstractmethod
-    async def all_rows(self) -> list[tuple[str, str, Reference]]:
-        """Every stored (model, fingerprint, reference), sorted (for export)."""
+    async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
+        """Every stored (set, model, fingerprint, reference) — of one set, or of all — sorted (for export)."""
 
-    async def get(self, model: str, fingerprint: str) -> Reference | None:
-        return (await self.get_many(model, [fingerprint])).get(fingerprint)
+    @abstractmethod
+    async def sets(self) -> dict[str, dict[str, int]]:
+        """Every set that holds references: {set: {model: number of entries}}, sorted by set."""
+
+    @abstractmethod
+    async def delete_set(self, reference_set: str) -> int:
+        """Delete every entry of a set; returns how many there were."""
+
+    async def get(self, model: str, fingerprint: str, reference_set: str = DEFAULT_SET) -> Reference | None:
+        return (await self.get_many(model, [fingerprint], reference_set)).get(fingerprint)
 
     @abstractmethod
     async def close(self) -> None: ...
