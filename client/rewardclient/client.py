@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -83,12 +83,14 @@ class ScoreResult:
     truncated: dict[str, bool]
     p_all_good: float | None = None
     warnings: tuple[str, ...] = ()
+    # per model: "inline" | "stored" | "set_default" | "config_default" (empty from servers before 0.2)
+    reference_source: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScoreResult:
         return cls(id=d.get("id"), raw=d["raw"], reference=d["reference"], transformed=d["transformed"],
                    aggregate=d["aggregate"], truncated=d["truncated"], p_all_good=d.get("p_all_good"),
-                   warnings=tuple(d.get("warnings") or ()))
+                   warnings=tuple(d.get("warnings") or ()), reference_source=dict(d.get("reference_source") or {}))
 
 
 def make_item(item: Mapping[str, Any] | tuple) -> dict[str, Any]:

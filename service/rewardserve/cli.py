@@ -134,7 +134,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                 Path(prompts).write_text("".join(json.dumps(it["prompt"]) + "\n" for it in EXAMPLE_ITEMS[::2]))
 
             print(f"\nRLHF: {a.rlhf_steps} GRPO steps of SmolLM2-135M-Instruct against {svc.url} ...", file=sys.stderr)
-            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir))
+            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir,
+                                          reference_set=body.get("reference_set")))
             last = summary["last"]
             print(json.dumps({"rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
                               "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"}}, indent=2))

@@ -93,3 +93,25 @@ def test_prompt_from_extra_info_shapes():
     assert prompt_from_extra_info({"prompt": np.array(msgs, dtype=object)}) == msgs
     assert prompt_from_extra_info({"question": msgs[0]}) == msgs
     assert prompt_from_extra_info({"prompt": None, "question": "q"}) == "q"
+
+
+def test_reference_set_through_verl_trl_and_the_sdk_live(keyed):
+    """Two sets hold different references for one prompt: each adapter scores against the set it names,
+    and says where the reference came from."""
+    p, r = PROMPTS[1], RESPONSES[1]
+    with RewardClient(keyed.url, api_key=KEY) as c:
+        c.put_references("a", [(p, -3.0)], reference_set="policy-v1")
+        c.put_references("a", [(p, 2.0)], reference_set="policy-v2")
+        v1 = c.score([(p, r)], models=["a"], reference_set="policy-v1")[0]
+        v2 = c.score([(p, r)], models=["a"], reference_set="policy-v2")[0]
+        fallback = c.score([(p, r)], models=["a"], reference_set="no-such-set")[0]
+    assert (v1.reference["a"], v2.reference["a"]) == (-3.0, 2.0)
+    assert v1.reference_source == v2.reference_source == {"a": "stored"} and v1.p_all_good is not None
+    assert fallback.reference_source == {"a": "config_default"} and fallback.p_all_good is None
+    for rset, want in (("policy-v1", v1), ("policy-v2", v2)):
+        naive = compute_score("s", r, None, {"prompt": p}, url=keyed.url, api_key=KEY, models=["a"], reference_set=rset)
+        batch = compute_score_batch(["s"], [r], [None], [{"prompt": p}], url=keyed.url, api_key=KEY, models=["a"],
+                                    reference_set=rset)[0]
+        trl = RewardServeReward(keyed.url, api_key=KEY, models=["a"], reference_set=rset)
+        assert naive["score"] == pytest.approx(want.aggregate, abs=1e-6) == pytest.approx(batch["score"], abs=1e-6)
+        assert trl(prompts=[p], completions=[r])[0] == pytest.approx(want.aggregate, abs=1e-6)

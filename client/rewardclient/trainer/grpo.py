@@ -47,6 +47,7 @@ class RLHFConfig:
     seed: int = 0
     out_dir: str = "runs/rlhf"
     api_key: str | None = None
+    reference_set: str | None = None          # the service's reference set (one base policy's calibration); None: "default"
     sample_prompts: int = 3                   # prompts whose final completions go into report.md
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,7 +80,8 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
-    reward = RewardServeReward(cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key)
+    reward = RewardServeReward(cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key,
+                               reference_set=cfg.reference_set)
     policy_path = resolve_policy_path(cfg.policy)
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
