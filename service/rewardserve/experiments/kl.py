@@ -97,3 +97,54 @@ def interpolate(kl: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     out = np.interp(grid, kl, y)
     out[(grid < kl[0]) | (grid > kl[-1])] = np.nan
     return out
+
+
+# -- the curves ------------------------------------------------------------------------------------
+DEFAULT_KL_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
+DEFAULT_BEST_OF = (1, 2, 4, 8, 16, 32)
+
+
+def per_prompt_point(w: np.ndarray, proxy: np.ndarray, gold: np.ndarray, gold_ref: np.ndarray,
+                     lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-prompt expected metrics of a selection ``w`` (prompts × N weights) over the pool.
+
+    ``proxy`` and ``gold`` are raw rewards (prompts × N × models, the same models in the same order:
+    proxy m is judged by gold m), ``gold_ref`` the gold references (prompts × models). Returns arrays
+    over prompts: ``gold_win_rate`` and ``proxy_win_rate`` (prompts × models; against a base sample),
+    ``overoptimisation`` = proxy win rate − gold win rate (what the proxy believes it gained beyond
+    what the gold model confirms, in the same scale-free unit), ``gold_gain`` (E_w[gold] − pool mean,
+    prompts × models), ``gold_good_on_all`` (P(every gold reward above its gold reference)),
+    ``length`` and ``kl``.
+    """
+    M = gold.shape[2]
+    gwin = np.stack([win_rate(w, gold[:, :, m]) for m in range(M)], axis=1)
+    pwin = np.stack([win_rate(w, proxy[:, :, m]) for m in range(M)], axis=1)
+    gain = np.stack([expect(w, gold[:, :, m]) - gold[:, :, m].mean(axis=1) for m in range(M)], axis=1)
+    good = np.all(gold > gold_ref[:, None, :], axis=2).astype(float)
+    return {"gold_win_rate": gwin, "proxy_win_rate": pwin, "overoptimisation": pwin - gwin, "gold_gain": gain,
+            "gold_good_on_all": expect(w, good), "length": expect(w, lengths), "kl": kl_to_uniform(w)}
+
+
+def worst_decile_prompts(gold: np.ndarray, gold_ref: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Per model, the prompts (mask, prompts × models) whose mean base sample is furthest below the
+    gold reference: where the base policy does worst, by the judge."""
+    quality = gold.mean(axis=1) - gold_ref
+    k = max(1, int(np.ceil(fraction * quality.shape[0])))
+    mask = np.zeros_like(quality, dtype=bool)
+    for m in range(quality.shape[1]):
+        mask[np.argsort(quality[:, m], kind="stable")[:k], m] = True
+    return mask
+
+
+def selections(u: np.ndarray, kl_targets=DEFAULT_KL_TARGETS, best_of=DEFAULT_BEST_OF) -> list[dict]:
+    """The points of one utility's curve: the tilted optimum at each target mean KL (β found by
+    bisection, so every utility is evaluated at the same KLs) and best-of-n for each n."""
+    pts = []
+    for target in kl_targets:
+        if target >= np.log(u.shape[1]):
+            continue  # beyond the pool's reach (all mass on one sample)
+        beta = beta_for_kl(u, target)
+        pts.append({"beta": beta, "n": None, "target_kl": target, "weights": tilted(u, beta)})
+    for n in best_of:
+        pts.append({"beta": None, "n": n, "target_kl": best_of_n_kl(n), "weights": best_of_n_weights(u, n)})
+    return pts

@@ -126,3 +126,95 @@ def generate_pool(cfg: KLCurvesConfig, max_seconds: float | None = None) -> tupl
     bar.close()
     rows = [done[p["index"]] for p in prompts if p["index"] in done]
     return path, rows, len(rows) == len(prompts)
+
+
+# -- analysis (pure: arrays in, JSON-ready dict out) --------------------------------------------------
+def _ci(values, n_boot: int, seed: int) -> list[float] | None:
+    from .stats import bootstrap_ci
+
+    c = bootstrap_ci(values, n_boot, seed)
+    return None if c["mean"] is None else [c["lo"], c["mean"], c["hi"]]
+
+
+def utilities(proxy, proxy_ref, models: list[str]) -> dict:
+    """The utilities selection optimises, from the proxies' raw rewards (prompts × N × models) and
+    references (prompts × models): raw_sum, lsc_sum, and each model alone raw and LSC-transformed."""
+    from .. import lsc
+
+    u_lsc = lsc.transform(proxy, proxy_ref[:, None, :], "lsc")
+    out = {"raw_sum": proxy.sum(axis=2), "lsc_sum": u_lsc.sum(axis=2)}
+    for i, m in enumerate(models):
+        out[f"raw:{m}"] = proxy[:, :, i]
+        out[f"lsc:{m}"] = u_lsc[:, :, i]
+    return out
+
+
+def pool_agreement(proxy, gold) -> float:
+    """Share of the pool's pairs (same prompt, two different samples, no tie in either) that proxy
+    and gold order the same way."""
+    import numpy as np
+
+    dp = np.sign(proxy[:, :, None] - proxy[:, None, :])
+    dg = np.sign(gold[:, :, None] - gold[:, None, :])
+    valid = (dp != 0) & (dg != 0)
+    return float((dp == dg)[valid].mean()) if valid.any() else float("nan")
+
+
+PAIRS = {"lsc_sum": "raw_sum"}  # paired differences at matched KL: lsc − raw (single models added per run)
+
+
+def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: list[str], quantile: float = 0.85,
+            kl_targets=None, best_of=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Every curve point with bootstrap intervals over prompts, and the paired lsc − raw differences
+    at matched KL. Arrays: ``proxy``/``gold`` prompts × N × models (candidates' raw rewards),
+    ``*_ref_samples`` prompts × K × models (the reference samples' raw rewards), ``lengths`` prompts × N."""
+    import numpy as np
+
+    from . import kl as K
+    from .stats import references
+
+    kl_targets = K.DEFAULT_KL_TARGETS if kl_targets is None else kl_targets
+    best_of = tuple(n for n in (K.DEFAULT_BEST_OF if best_of is None else best_of) if n <= 4 * proxy.shape[1])
+    proxy_ref, gold_ref = references(proxy_ref_samples, quantile), references(gold_ref_samples, quantile)
+    worst = K.worst_decile_prompts(gold, gold_ref)
+    us = utilities(proxy, proxy_ref, models)
+    per: dict[str, list[dict]] = {}
+    curves: dict[str, list[dict]] = {}
+    for name, u in us.items():
+        per[name], curves[name] = [], []
+        for pt in K.selections(u, kl_targets, best_of):
+            v = K.per_prompt_point(pt["weights"], proxy, gold, gold_ref, lengths)
+            per[name].append(v)
+            curves[name].append({
+                "beta": pt["beta"], "n": pt["n"], "kl": float(v["kl"].mean()) if pt["n"] is None else pt["target_kl"],
+                "kl_pool": float(v["kl"].mean()),
+                "kl_spread": [float(np.quantile(v["kl"], 0.1)), float(np.quantile(v["kl"], 0.9))],
+                "gold_good_on_all": _ci(v["gold_good_on_all"], n_boot, seed),
+                "gold_win_rate": {m: _ci(v["gold_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
+                "proxy_win_rate": {m: _ci(v["proxy_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
+                "overoptimisation": {m: _ci(v["overoptimisation"][:, i], n_boot, seed) for i, m in enumerate(models)},
+                "worst_decile_gold_gain": {m: _ci(v["gold_gain"][worst[:, i], i], n_boot, seed)
+                                           for i, m in enumerate(models)},
+                "mean_length": float(v["length"].mean()),
+            })
+    pairs = dict(PAIRS, **{f"lsc:{m}": f"raw:{m}" for m in models})
+    paired: dict[str, list[dict]] = {}
+    for a, b in pairs.items():
+        paired[f"{a} - {b}"] = []
+        for pa, pb, ca in zip(per[a], per[b], curves[a]):
+            paired[f"{a} - {b}"].append({
+                "beta": None, "n": ca["n"], "kl": ca["kl"],
+                "gold_good_on_all": _ci(pa["gold_good_on_all"] - pb["gold_good_on_all"], n_boot, seed),
+                "gold_win_rate": {m: _ci(pa["gold_win_rate"][:, i] - pb["gold_win_rate"][:, i], n_boot, seed)
+                                  for i, m in enumerate(models)},
+                "overoptimisation": {m: _ci(pa["overoptimisation"][:, i] - pb["overoptimisation"][:, i], n_boot, seed)
+                                     for i, m in enumerate(models)},
+                "worst_decile_gold_gain": {m: _ci(pa["gold_gain"][worst[:, i], i] - pb["gold_gain"][worst[:, i], i],
+                                                  n_boot, seed) for i, m in enumerate(models)},
+            })
+    base_good = np.all(gold > gold_ref[:, None, :], axis=2).mean(axis=1)
+    return {"models": models, "n_prompts": int(proxy.shape[0]), "n_samples": int(proxy.shape[1]),
+            "reference_samples": int(proxy_ref_samples.shape[1]), "quantile": quantile, "bootstrap": n_boot,
+            "base_gold_good_on_all": _ci(base_good, n_boot, seed),
+            "pool_pair_agreement": {m: pool_agreement(proxy[:, :, i], gold[:, :, i]) for i, m in enumerate(models)},
+            "curves": curves, "paired": paired}
