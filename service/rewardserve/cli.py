@@ -274,6 +274,17 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
 
     names = {f.name for f in dataclasses.fields(a.config_cls)}
     cfg = a.config_cls(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    if a.experiment == "kl-curves":
+        from .experiments.kl_curves import run_kl_curves
+
+        result = run_kl_curves(cfg, a.max_generation_seconds)
+        if not result["complete"]:
+            print(f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
+                  "run the same command again to continue", file=sys.stderr)
+            return 3
+        print((Path(cfg.out_dir) / "kl_curves.md").read_text(encoding="utf-8"))
+        print(f"results: {cfg.out_dir}/kl_curves.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
+        return 0
     result = run_best_of_k(cfg) if a.experiment == "best-of-k" else run_rlhf_experiment(cfg)
     print((Path(cfg.out_dir) / "results.md").read_text(encoding="utf-8"))
     print(f"results: {cfg.out_dir}/results.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
@@ -401,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     xr = xs.add_parser("rlhf", help="GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
     _add_dataclass_args(xr, RLHFExperimentConfig)
     xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
+    from .experiments.kl_curves import KLCurvesConfig
+
+    xk = xs.add_parser("kl-curves", help="proxy-optimised selection along the KL axis, judged by gold reward models "
+                                         "(resumable; docs/experiments.md)")
+    _add_dataclass_args(xk, KLCurvesConfig)
+    xk.add_argument("--max-generation-seconds", type=float, default=None,
+                    help="stop generating after this long (exit 3); the same command continues the pool")
+    xk.set_defaults(func=_cmd_experiment, config_cls=KLCurvesConfig)
     return p
 
 
