@@ -1,0 +1,175 @@
+"""Prompt-prefix sharing for decoder reward models: a group's prompt runs once, its responses on top.
+
+A decoder reads causally, so the hidden states and key/value cache of a prompt's tokens are the same
+for every response to it. Items of a batch whose first ``prefix_len`` tokens are identical form a
+group; one forward runs each group's prefix (one row per group), the cache is expanded to one row
+per item, and a second forward runs every item's remaining tokens (its suffix) on top of its
+group's prefix, with position ids continuing the prefix and a 4D mask that hides the other groups'
+padding. The reward is read where the plain forward reads it (the item's rightmost non-pad token),
+so the result is the plain forward's up to float rounding.
+
+The planning (which items group, and whether sharing computes fewer tokens than a plain batch) is
+pure and works on token counts; ``shared_forward`` runs the plan.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .base import Encoded, padded_width
+
+
+def prefix_key(enc: Encoded) -> tuple[int, ...] | None:
+    """The tokens an item may share with others (None when it shares nothing)."""
+    return tuple(enc.input_ids[:enc.prefix_len]) if enc.prefix_len > 0 else None
+
+
+def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[int, int, bool]:
+    """(computed, needed, shared) for a batch of items given as (group key, prefix length, length).
+
+    Plain: every item padded to the longest, ``n × max length``. Shared: one row per group padded
+    to the longest prefix, plus one row per keyed item padded to the longest suffix, plus a plain
+    forward of the items without a key. ``needed`` is the tokens of the chosen plan before padding
+    (each prefix once). Sharing is chosen only when it computes fewer tokens, so a batch without a
+    group of two or more never shares.
+    """
+    if not items:
+        return 0, 0, False
+    n = len(items)
+    plain = n * max(length for _, _, length in items)
+    prefixes: dict = {}
+    keyed = suffix_w = suffix_sum = rest_n = rest_w = rest_sum = 0
+    for key, p, length in items:
+        if key is None:
+            rest_n, rest_w, rest_sum = rest_n + 1, max(rest_w, length), rest_sum + length
+            continue
+        prefixes[key] = p
+        keyed += 1
+        suffix_w = max(suffix_w, length - p)
+        suffix_sum += length - p
+    if len(prefixes) < keyed:
+        shared = len(prefixes) * max(prefixes.values()) + keyed * suffix_w + rest_n * rest_w
+        if shared < plain:
+            return shared, sum(prefixes.values()) + suffix_sum + rest_sum, True
+    return plain, sum(length for _, _, length in items), False
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    groups: list[list[int]]  # item indices of each group, groups in order of first appearance
+    prefix_lens: list[int]  # tokens each group's items share
+    rest: list[int]  # items without a prefix to share (a 1-token input): a plain forward of their own
+
+
+def plan(batch: Sequence[Encoded]) -> PrefixPlan | None:
+    """Group the items by their shared prefix; None when a plain forward computes no more tokens."""
+    keys = [prefix_key(e) for e in batch]
+    _, _, shared = computed_tokens([(k, e.prefix_len, e.length) for k, e in zip(keys, batch)])
+    if not shared:
+        return None
+    index: dict[tuple[int, ...], int] = {}
+    groups: list[list[int]] = []
+    lens: list[int] = []
+    rest: list[int] = []
+    for i, k in enumerate(keys):
+        if k is None:
+            rest.append(i)
+            continue
+        g = index.setdefault(k, len(groups))
+        if g == len(groups):
+            groups.append([])
+            lens.append(batch[i].prefix_len)
+        groups[g].append(i)
+    return PrefixPlan(groups, lens, rest)
+
+
+def pool_index(ids: Sequence[int], pad_id: int | None) -> int:
+    """Where a sequence classifier reads the reward: the rightmost token that is not the pad token
+    (Hugging Face's rule for right- and left-padded batches; 0 when every token is pad)."""
+    if pad_id is None:
+        return len(ids) - 1
+    for i in range(len(ids) - 1, -1, -1):
+        if ids[i] != pad_id:
+            return i
+    return 0
+
+
+def supports_sharing(model) -> str | None:
+    """None when ``model`` (a decoder ``…ForSequenceClassification``) can run a shared forward,
+    else the reason it cannot: it needs a ``score`` head over a base model that takes a cache,
+    position ids and a 4D mask, and full (not sliding-window) attention in every layer."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if base is None or not isinstance(getattr(model, "score", None), torch.nn.Module):
+        return "no base model + score head"
+    params = inspect.signature(base.forward).parameters
+    if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
+        return "the base model takes no cache or position ids"
+    cfg = model.config
+    if getattr(cfg, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return f"attention implementation {cfg._attn_implementation!r} takes no 4D mask"
+    types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in types) or (
+            getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)):
+        return "sliding-window attention"
+    return None
+
+
+def _cache_kwarg(base) -> str:
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, device: torch.device,
+                   multiple: int = 1, max_length: int | None = None) -> tuple[list[int], torch.Tensor]:
+    """(items, their rewards) of a decoder sequence classifier over the items of ``p.groups``, each
+    group's prefix run once (``p.rest`` is left to a plain forward)."""
+    base = getattr(model, model.base_model_prefix)
+    kw = _cache_kwarg(base)
+    items = [i for members in p.groups for i in members]
+    group_of = [g for g, members in enumerate(p.groups) for _ in members]
+    n, k = len(items), len(p.groups)
+    # 1. prefixes, one row per group, right-padded
+    pw = padded_width(p.prefix_lens, multiple, max_length)
+    pre_ids = torch.full((k, pw), pad_id, dtype=torch.long)
+    pre_mask = torch.zeros((k, pw), dtype=torch.long)
+    for g, members in enumerate(p.groups):
+        P = p.prefix_lens[g]
+        pre_ids[g, :P] = torch.tensor(batch[members[0]].input_ids[:P], dtype=torch.long)
+        pre_mask[g, :P] = 1
+    out = base(input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device), use_cache=True)
+    cache = getattr(out, kw, None)
+    if cache is None:
+        cache = out.past_key_values
+    pre_hidden = out.last_hidden_state
+    # 2. one cache row per item
+    cache.batch_select_indices(torch.tensor(group_of, dtype=torch.long, device=device))
+    # 3. suffixes on top: position ids continue each item's prefix; a 4D additive mask lets token j of
+    # item i see its group's real prefix tokens and its own suffix tokens up to j
+    suffix = [batch[i].input_ids[p.prefix_lens[g]:] for i, g in zip(items, group_of)]
+    sw = padded_width([len(s) for s in suffix], multiple, max_length)
+    ids = torch.full((n, sw), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, sw), dtype=torch.long)
+    allowed = torch.zeros((n, sw, pw + sw), dtype=torch.bool)
+    causal = torch.ones((sw, sw), dtype=torch.bool).tril()
+    limit = max_length or (1 << 30)
+    for r, (s, g) in enumerate(zip(suffix, group_of)):
+        P = p.prefix_lens[g]
+        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        pos[r] = (torch.arange(sw) + P).clamp(max=max(limit - 1, P))
+        allowed[r, :, :P] = True  # the group's real prefix tokens
+        allowed[r, :, pw:pw + len(s)] = causal[:, :len(s)]  # its own real suffix tokens, causally
+    dtype = pre_hidden.dtype
+    mask = torch.zeros((n, 1, sw, pw + sw), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    out = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+               use_cache=True, **{kw: cache})
+    hidden = out.last_hidden_state
+    # 4. the reward at each item's pooling position, from the prefix or the suffix hidden states
+    rows = []
+    for r, (i, g) in enumerate(zip(items, group_of)):
+        at, P = pool_index(batch[i].input_ids, pad_id), p.prefix_lens[g]
+        rows.append(hidden[r, at - P] if at >= P else pre_hidden[g, at])
+    return items, model.score(torch.stack(rows)).reshape(n)
