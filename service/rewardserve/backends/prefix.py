@@ -28,34 +28,69 @@ def prefix_key(enc: Encoded) -> tuple[int, ...] | None:
     return tuple(enc.input_ids[:enc.prefix_len]) if enc.prefix_len > 0 else None
 
 
-def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[int, int, bool]:
-    """(computed, needed, shared) for a batch of items given as (group key, prefix length, length).
+class TokenCount:
+    """Tokens a batch computes, kept as items join (the batcher's budget; O(1) per item).
 
     Plain: every item padded to the longest, ``n × max length``. Shared: one row per group padded
-    to the longest prefix, plus one row per keyed item padded to the longest suffix, plus a plain
-    forward of the items without a key. ``needed`` is the tokens of the chosen plan before padding
-    (each prefix once). Sharing is chosen only when it computes fewer tokens, so a batch without a
-    group of two or more never shares.
+    to the longest prefix, one row per keyed item padded to the longest suffix, and a plain forward
+    of the items without a key. Sharing is chosen only when it computes fewer tokens, so a batch
+    without a group of two or more never shares. ``needed`` is the chosen plan's tokens before
+    padding (each prefix once).
     """
-    if not items:
-        return 0, 0, False
-    n = len(items)
-    plain = n * max(length for _, _, length in items)
-    prefixes: dict = {}
-    keyed = suffix_w = suffix_sum = rest_n = rest_w = rest_sum = 0
-    for key, p, length in items:
+
+    __slots__ = ("prefixes", "max_p", "prefix_sum", "keyed", "suffix_w", "suffix_sum", "rest_n", "rest_w", "rest_sum",
+                 "n", "max_len", "total")
+
+    def __init__(self) -> None:
+        self.prefixes: set = set()
+        self.max_p = self.prefix_sum = self.keyed = self.suffix_w = self.suffix_sum = 0
+        self.rest_n = self.rest_w = self.rest_sum = self.n = self.max_len = self.total = 0
+
+    def add(self, key: Hashable | None, p: int, length: int) -> None:
+        self.n, self.max_len, self.total = self.n + 1, max(self.max_len, length), self.total + length
         if key is None:
-            rest_n, rest_w, rest_sum = rest_n + 1, max(rest_w, length), rest_sum + length
-            continue
-        prefixes[key] = p
-        keyed += 1
-        suffix_w = max(suffix_w, length - p)
-        suffix_sum += length - p
-    if len(prefixes) < keyed:
-        shared = len(prefixes) * max(prefixes.values()) + keyed * suffix_w + rest_n * rest_w
-        if shared < plain:
-            return shared, sum(prefixes.values()) + suffix_sum + rest_sum, True
-    return plain, sum(length for _, _, length in items), False
+            self.rest_n, self.rest_w, self.rest_sum = self.rest_n + 1, max(self.rest_w, length), self.rest_sum + length
+            return
+        self.keyed += 1
+        self.suffix_w, self.suffix_sum = max(self.suffix_w, length - p), self.suffix_sum + length - p
+        if key not in self.prefixes:
+            self.prefixes.add(key)
+            self.max_p, self.prefix_sum = max(self.max_p, p), self.prefix_sum + p
+
+    def result(self) -> tuple[int, int, bool]:
+        """(computed, needed, shared)."""
+        return self._result(len(self.prefixes), self.max_p, self.prefix_sum, self.keyed, self.suffix_w, self.suffix_sum,
+                            self.rest_n, self.rest_w, self.rest_sum, self.n, self.max_len, self.total)
+
+    def with_item(self, key: Hashable | None, p: int, length: int) -> tuple[int, int, bool]:
+        """``result()`` as if the item had joined (the count itself does not change)."""
+        n, max_len, total = self.n + 1, max(self.max_len, length), self.total + length
+        if key is None:
+            return self._result(len(self.prefixes), self.max_p, self.prefix_sum, self.keyed, self.suffix_w,
+                                self.suffix_sum, self.rest_n + 1, max(self.rest_w, length), self.rest_sum + length,
+                                n, max_len, total)
+        new = key not in self.prefixes
+        return self._result(len(self.prefixes) + new, max(self.max_p, p) if new else self.max_p,
+                            self.prefix_sum + p * new, self.keyed + 1, max(self.suffix_w, length - p),
+                            self.suffix_sum + length - p, self.rest_n, self.rest_w, self.rest_sum, n, max_len, total)
+
+    @staticmethod
+    def _result(groups, max_p, prefix_sum, keyed, suffix_w, suffix_sum, rest_n, rest_w, rest_sum, n, max_len, total):
+        plain = n * max_len
+        if groups < keyed:
+            shared = groups * max_p + keyed * suffix_w + rest_n * rest_w
+            if shared < plain:
+                return shared, prefix_sum + suffix_sum + rest_sum, True
+        return plain, total, False
+
+
+def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[int, int, bool]:
+    """(computed, needed, shared) of a batch of items given as (group key, prefix length, length);
+    see ``TokenCount``."""
+    c = TokenCount()
+    for key, p, length in items:
+        c.add(key, p, length)
+    return c.result()
 
 
 @dataclass(frozen=True)
