@@ -168,6 +168,7 @@ class Batcher:
             raise ValueError(f"forward_workers must be >= 1, got {forward_workers}")
         self.backend = backend
         self.name = backend.name
+        self.shares_prefix = getattr(backend, "shares_prefix", False)
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_tokens = max_queued_tokens
@@ -230,7 +231,7 @@ class Batcher:
         futures = []
         for e in encoded:
             fut = loop.create_future()
-            key = prefix_key(e) if self.backend.shares_prefix else None
+            key = prefix_key(e) if self.shares_prefix else None
             self._pending.append(_Pending(e, fut, now, None if key is None else hash(key)))
             futures.append(fut)
         self._queued_tokens += tokens
@@ -284,7 +285,7 @@ class Batcher:
                     continue
             free = self.forward_workers - len(self._running)
             batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio,
-                               max_items=-(-len(self._pending) // free), shared=self.backend.shares_prefix)
+                               max_items=-(-len(self._pending) // free), shared=self.shares_prefix)
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)
