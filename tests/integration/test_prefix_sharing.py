@@ -86,7 +86,7 @@ def test_same_reward_with_and_without_sharing_on_mixed_groups_with_truncation(pa
     for order in (encs, encs[::-1], encs[1::2] + encs[::2]):
         with Calls(share) as calls:
             got = share.forward(order)
-        assert calls.suffix_runs == 1 and calls.shapes[0][0] < len(order)  # prefixes ran once per group
+        assert calls.suffix_runs >= 1 and calls.shapes[0][0] < len(order)  # prefixes ran once per group
         want = np.concatenate([plain.forward([e]) for e in order])
         assert np.max(np.abs(got - want)) <= TOL
         assert np.max(np.abs(plain.forward(order) - want)) <= TOL
@@ -111,16 +111,23 @@ def test_one_token_prompts_groups_of_one_and_one_group(pair):
         assert share.encode("hi", "ok world").prefix_len == 1
 
 
-def test_padding_multiples_and_lone_items(pair):
+def test_suffix_chunks_padding_multiples_and_lone_items(pair):
     share, plain = pair
+    assert share.max_padding_ratio == 0.2  # the CPU padding cap
     encs = [share.encode(PROMPTS[1], r) for r in RESPONSES[:4]] + [share.encode(PROMPTS[2], r) for r in RESPONSES[:2]]
     want = np.concatenate([plain.forward([e]) for e in encs])
-    for multiple in (1, 8, 16):
-        share.pad_multiple = multiple
-        try:
-            assert np.max(np.abs(share.forward(encs) - want)) <= TOL
-        finally:
-            share.pad_multiple = 8
+    runs = {}
+    for cap in (1.0, 0.2, 0.0):
+        for multiple in (1, 8, 16):
+            share.pad_multiple, share.max_padding_ratio = multiple, cap
+            try:
+                with Calls(share) as calls:
+                    got = share.forward(encs)
+            finally:
+                share.pad_multiple, share.max_padding_ratio = 8, 0.2
+            assert np.max(np.abs(got - want)) <= TOL, (cap, multiple)
+            runs[cap] = calls.suffix_runs
+    assert runs[1.0] == 1 < runs[0.2] <= runs[0.0]  # no cap: one suffix forward; a cap: chunks of similar length
     assert np.max(np.abs(share.forward(encs[:1]) - want[:1])) <= TOL
 
 

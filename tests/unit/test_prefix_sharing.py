@@ -5,7 +5,7 @@ import asyncio
 import random
 
 from rewardserve.backends.base import Encoded
-from rewardserve.backends.prefix import TokenCount, computed_tokens, plan, pool_index, prefix_key
+from rewardserve.backends.prefix import TokenCount, computed_tokens, plan, pool_index, prefix_key, suffix_chunks
 from rewardserve.batcher import _Pending, pick_batch
 
 
@@ -28,18 +28,36 @@ def _count(batch) -> tuple[int, int, bool]:
 
 
 def test_computed_tokens_counts_each_prompt_once_and_shares_only_when_cheaper():
-    # one group of 3: prefix 10 once + 3 suffixes padded to 20
-    assert computed_tokens([("a", 10, 30), ("a", 10, 20), ("a", 10, 15)]) == (10 + 3 * 20, 10 + 20 + 10 + 5, True)
+    # one group of 3: prefix 10 once + the suffixes' tokens (20 + 10 + 5)
+    assert computed_tokens([("a", 10, 30), ("a", 10, 20), ("a", 10, 15)]) == (10 + 35, 10 + 35, True)
     # no two items share a prompt: plain, whatever the prefixes
     assert computed_tokens([("a", 10, 30), ("b", 10, 20)]) == (60, 50, False)
     assert computed_tokens([("a", 10, 30)]) == (30, 30, False)
     # items without a key run in a plain forward of their own
-    assert computed_tokens([("a", 10, 30), ("a", 10, 20), (None, 0, 50)]) == (10 + 2 * 20 + 50, 10 + 30 + 50, True)
-    # two groups: rows padded to the longest prefix and the longest suffix
-    assert computed_tokens([("a", 5, 10), ("a", 5, 8), ("b", 40, 42), ("b", 40, 41)]) == (2 * 40 + 4 * 5, 5 + 40 + 5 + 3 + 2 + 1, True)
+    assert computed_tokens([("a", 10, 30), ("a", 10, 20), (None, 0, 50), (None, 0, 40)]) == (
+        10 + 30 + 2 * 50, 10 + 30 + 90, True)
+    # two groups: prefix rows padded to the longest prefix
+    assert computed_tokens([("a", 5, 10), ("a", 5, 8), ("b", 40, 42), ("b", 40, 41)]) == (
+        2 * 40 + 5 + 3 + 2 + 1, 5 + 40 + 5 + 3 + 2 + 1, True)
     # sharing that would pad more than it saves is not chosen
-    assert computed_tokens([("a", 1, 50), ("a", 1, 50), ("b", 100, 101)]) == (303, 201, False)
+    assert computed_tokens([("a", 1, 100), ("a", 1, 100), ("b", 1, 2), ("c", 99, 100)]) == (400, 302, False)
     assert computed_tokens([]) == (0, 0, False)
+
+
+def test_suffix_chunks_keep_each_chunks_padding_under_the_cap():
+    assert suffix_chunks([5, 50, 48, 6, 45], 1.0) == [[1, 2, 4, 3, 0]]  # no cap: one chunk, longest first
+    assert suffix_chunks([5, 50, 48, 6, 45], 0.2) == [[1, 2, 4], [3, 0]]
+    assert suffix_chunks([7, 7, 7], 0.0) == [[0, 1, 2]]
+    assert suffix_chunks([], 0.2) == []
+    rng = random.Random(1)
+    for _ in range(200):
+        lengths = [rng.randint(1, 200) for _ in range(rng.randint(1, 20))]
+        cap = rng.choice([0.0, 0.1, 0.2, 0.5])
+        chunks = suffix_chunks(lengths, cap)
+        assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+        for c in chunks:
+            padded = len(c) * max(lengths[i] for i in c)
+            assert padded - sum(lengths[i] for i in c) <= cap * padded + 1e-9
 
 
 def test_token_count_with_item_equals_adding_it():

@@ -14,6 +14,7 @@ pure and works on token counts; ``shared_forward`` runs the plan.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -32,10 +33,11 @@ class TokenCount:
     """Tokens a batch computes, kept as items join (the batcher's budget; O(1) per item).
 
     Plain: every item padded to the longest, ``n × max length``. Shared: one row per group padded
-    to the longest prefix, one row per keyed item padded to the longest suffix, and a plain forward
-    of the items without a key. Sharing is chosen only when it computes fewer tokens, so a batch
-    without a group of two or more never shares. ``needed`` is the chosen plan's tokens before
-    padding (each prefix once).
+    to the longest prefix, every keyed item's suffix tokens (``shared_forward`` runs the suffixes in
+    length-sorted chunks whose padding stays within the batcher's cap, so their padding is not
+    counted), and a plain forward of the items without a key. Sharing is chosen only when it
+    computes fewer tokens, so a batch without a group of two or more never shares. ``needed`` is
+    the chosen plan's tokens before padding (each prefix once).
     """
 
     __slots__ = ("prefixes", "max_p", "prefix_sum", "keyed", "suffix_w", "suffix_sum", "rest_n", "rest_w", "rest_sum",
@@ -78,7 +80,7 @@ class TokenCount:
     def _result(groups, max_p, prefix_sum, keyed, suffix_w, suffix_sum, rest_n, rest_w, rest_sum, n, max_len, total):
         plain = n * max_len
         if groups < keyed:
-            shared = groups * max_p + keyed * suffix_w + rest_n * rest_w
+            shared = groups * max_p + suffix_sum + rest_n * rest_w
             if shared < plain:
                 return shared, prefix_sum + suffix_sum + rest_sum, True
         return plain, total, False
@@ -91,6 +93,23 @@ def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[
     for key, p, length in items:
         c.add(key, p, length)
     return c.result()
+
+
+def suffix_chunks(lengths: Sequence[int], max_padding: float = 1.0) -> list[list[int]]:
+    """Split items (their suffix lengths) into forwards of similar length: longest first, an item
+    joins the current chunk while its pad tokens stay ≤ ``max_padding`` × its padded tokens (1.0:
+    one chunk)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[list[int]] = []
+    width = real = 0
+    for i in order:
+        if chunks and (len(chunks[-1]) + 1) * width - (real + lengths[i]) <= max_padding * (len(chunks[-1]) + 1) * width:
+            chunks[-1].append(i)
+            real += lengths[i]
+        else:
+            chunks.append([i])
+            width = real = lengths[i]
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -158,14 +177,16 @@ def _cache_kwarg(base) -> str:
 
 
 def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, device: torch.device,
-                   multiple: int = 1, max_length: int | None = None) -> tuple[list[int], torch.Tensor]:
+                   multiple: int = 1, max_length: int | None = None,
+                   max_padding: float = 1.0) -> tuple[list[int], torch.Tensor]:
     """(items, their rewards) of a decoder sequence classifier over the items of ``p.groups``, each
-    group's prefix run once (``p.rest`` is left to a plain forward)."""
+    group's prefix run once (``p.rest`` is left to a plain forward). The suffixes run on the prefix
+    cache in chunks of similar length (``suffix_chunks`` with ``max_padding``)."""
     base = getattr(model, model.base_model_prefix)
     kw = _cache_kwarg(base)
     items = [i for members in p.groups for i in members]
     group_of = [g for g, members in enumerate(p.groups) for _ in members]
-    n, k = len(items), len(p.groups)
+    k = len(p.groups)
     # 1. prefixes, one row per group, right-padded
     pw = padded_width(p.prefix_lens, multiple, max_length)
     pre_ids = torch.full((k, pw), pad_id, dtype=torch.long)
@@ -175,36 +196,41 @@ def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, 
         pre_ids[g, :P] = torch.tensor(batch[members[0]].input_ids[:P], dtype=torch.long)
         pre_mask[g, :P] = 1
     out = base(input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device), use_cache=True)
-    cache = getattr(out, kw, None)
-    if cache is None:
-        cache = out.past_key_values
+    prefix_cache = getattr(out, kw, None)
+    if prefix_cache is None:
+        prefix_cache = out.past_key_values
     pre_hidden = out.last_hidden_state
-    # 2. one cache row per item
-    cache.batch_select_indices(torch.tensor(group_of, dtype=torch.long, device=device))
-    # 3. suffixes on top: position ids continue each item's prefix; a 4D additive mask lets token j of
-    # item i see its group's real prefix tokens and its own suffix tokens up to j
-    suffix = [batch[i].input_ids[p.prefix_lens[g]:] for i, g in zip(items, group_of)]
-    sw = padded_width([len(s) for s in suffix], multiple, max_length)
-    ids = torch.full((n, sw), pad_id, dtype=torch.long)
-    pos = torch.zeros((n, sw), dtype=torch.long)
-    allowed = torch.zeros((n, sw, pw + sw), dtype=torch.bool)
-    causal = torch.ones((sw, sw), dtype=torch.bool).tril()
-    limit = max_length or (1 << 30)
-    for r, (s, g) in enumerate(zip(suffix, group_of)):
-        P = p.prefix_lens[g]
-        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
-        pos[r] = (torch.arange(sw) + P).clamp(max=max(limit - 1, P))
-        allowed[r, :, :P] = True  # the group's real prefix tokens
-        allowed[r, :, pw:pw + len(s)] = causal[:, :len(s)]  # its own real suffix tokens, causally
     dtype = pre_hidden.dtype
-    mask = torch.zeros((n, 1, sw, pw + sw), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    out = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-               use_cache=True, **{kw: cache})
-    hidden = out.last_hidden_state
-    # 4. the reward at each item's pooling position, from the prefix or the suffix hidden states
-    rows = []
-    for r, (i, g) in enumerate(zip(items, group_of)):
-        at, P = pool_index(batch[i].input_ids, pad_id), p.prefix_lens[g]
-        rows.append(hidden[r, at - P] if at >= P else pre_hidden[g, at])
-    return items, model.score(torch.stack(rows)).reshape(n)
+    suffix = [batch[i].input_ids[p.prefix_lens[g]:] for i, g in zip(items, group_of)]
+    chunks = suffix_chunks([len(s) for s in suffix], max_padding)
+    rewards = torch.empty(len(items), dtype=dtype, device=device)
+    limit = max_length or (1 << 30)
+    for c, rows_of in enumerate(chunks):
+        # 2. one cache row per item of the chunk (the last chunk may consume the prefix cache)
+        cache = prefix_cache if c == len(chunks) - 1 else copy.deepcopy(prefix_cache)
+        cache.batch_select_indices(torch.tensor([group_of[r] for r in rows_of], dtype=torch.long, device=device))
+        # 3. suffixes on top: position ids continue each item's prefix; a 4D additive mask lets token j
+        # of an item see its group's real prefix tokens and its own suffix tokens up to j
+        n = len(rows_of)
+        sw = padded_width([len(suffix[r]) for r in rows_of], multiple, max_length)
+        ids = torch.full((n, sw), pad_id, dtype=torch.long)
+        pos = torch.zeros((n, sw), dtype=torch.long)
+        allowed = torch.zeros((n, sw, pw + sw), dtype=torch.bool)
+        causal = torch.ones((sw, sw), dtype=torch.bool).tril()
+        for row, r in enumerate(rows_of):
+            s, P = suffix[r], p.prefix_lens[group_of[r]]
+            ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+            pos[row] = (torch.arange(sw) + P).clamp(max=max(limit - 1, P))
+            allowed[row, :, :P] = True  # the group's real prefix tokens
+            allowed[row, :, pw:pw + len(s)] = causal[:, :len(s)]  # its own real suffix tokens, causally
+        mask = torch.zeros((n, 1, sw, pw + sw), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                      use_cache=True, **{kw: cache}).last_hidden_state
+        # 4. the reward at each item's pooling position, from the prefix or the suffix hidden states
+        picked = []
+        for row, r in enumerate(rows_of):
+            at, P = pool_index(batch[items[r]].input_ids, pad_id), p.prefix_lens[group_of[r]]
+            picked.append(hidden[row, at - P] if at >= P else pre_hidden[group_of[r], at])
+        rewards[rows_of] = model.score(torch.stack(picked)).reshape(n)
+    return items, rewards

@@ -37,6 +37,7 @@ class SequenceClassifierBackend(Backend):
         trust_remote_code: bool = False,
         pad_to_multiple_of: int = 8,
         share_prompt_prefix: bool | None = None,
+        max_padding_ratio: float = 1.0,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -68,6 +69,7 @@ class SequenceClassifierBackend(Backend):
         if share_prompt_prefix and why_not:
             raise ValueError(f"{path}: share_prompt_prefix is not possible with this model: {why_not}")
         self.shares_prefix = why_not is None if share_prompt_prefix is None else share_prompt_prefix
+        self.max_padding_ratio = max_padding_ratio  # shared batches: padding cap of each suffix chunk
 
     @property
     def model_names(self) -> list[str]:
@@ -104,7 +106,7 @@ class SequenceClassifierBackend(Backend):
             out = np.empty((len(batch), 1))
             with torch.inference_mode():
                 shared, rewards = prefix.shared_forward(self.model, batch, p, self.pad_id, self.device,
-                                                        self.pad_multiple, self.max_length)
+                                                        self.pad_multiple, self.max_length, self.max_padding_ratio)
             out[shared, 0] = rewards.float().cpu().double().numpy()
             if p.rest:
                 out[p.rest] = self._plain([batch[i] for i in p.rest])
