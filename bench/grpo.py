@@ -63,6 +63,16 @@ def smollm2_reward_model(cache: str | Path | None = None, seed: int = 0) -> Path
     return out
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def write_configs(model: str | Path, work: Path, device: str = "cpu", dtype: str = "float32",
                   max_length: int = 1024) -> dict[str, Path]:
     """Config files of the contenders: sharing by default (decoder), and sharing off."""
@@ -103,25 +113,31 @@ def compute_ratios(cells: dict[str, dict[str, list[dict]]], groups: tuple[int, .
 
 def format_table(res: dict) -> str:
     m = res["meta"]
-    lines = [f"rewardserve bench grpo — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
-             f"torch threads {m['threads']}, load avg at start {m['loadavg_start']}",
-             f"{m['concurrency']} clients, one request = one prompt's G responses; {m['seconds']:g} s cells after "
-             f"{m['warmup']:g} s warm-up; pool {m['pool']} items, seed {m['seed']}",
+    lines = [(f"rewardserve bench grpo — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
+              f"torch threads {m['threads']}, load avg at start {m['loadavg_start']}"),
+             (f"{m['concurrency']} clients, one request = one prompt's G responses; {m['seconds']:g} s cells after "
+              f"{m['warmup']:g} s warm-up; pool {m['pool']} items, seed {m['seed']}"),
              "",
-             f"  {'G':>3s} {'tok/item':>8s} {'prompt %':>8s} | {'share':>8s} {'noshare':>8s} {'naive':>8s} items/s | "
-             f"{'share/noshare':>13s} {'share/naive':>11s} | {'p50 share':>9s} {'noshare':>8s} ms"]
+             (f"  {'G':>3s} {'tok/item':>8s} {'prompt %':>8s} | {'share':>8s} {'noshare':>8s} {'naive':>8s} items/s | "
+              f"{'share/noshare':>13s} {'share/naive':>11s} | {'p50 share':>9s} {'noshare':>8s} ms | "
+              f"CPU cores used: {'share':>5s} {'noshare':>7s} {'naive':>5s}")]
     for g in m["groups"]:
         r = res["ratios"][str(g)]
         tok = m["tokens"].get(str(g), {})
 
-        def p50(name: str) -> str:
+        def p50(name: str, g: int = g) -> str:
             xs = res["cells"].get(name, {}).get(f"grpo{g}", [])
             return _f(xs[0]["latency_ms"]["p50"], 0) if xs else "-"
+
+        def cores(name: str, g: int = g) -> str:
+            xs = res["cells"].get(name, {}).get(f"grpo{g}", [])
+            return _f(xs[0].get("server_cpu_cores"), 2) if xs else "-"
 
         lines.append(f"  {g:>3d} {_f(tok.get('mean_tokens')):>8s} {_f(100 * tok['prompt_share'] if tok else None, 0):>8s} | "
                      f"{_f(r['share_items_per_s'], 2):>8s} {_f(r['noshare_items_per_s'], 2):>8s} "
                      f"{_f(r['naive_items_per_s'], 2):>8s}         | {_f(r['share_over_noshare'], 2):>13s} "
-                     f"{_f(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}")
+                     f"{_f(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}    | "
+                     f"                {cores('share'):>5s} {cores('noshare'):>7s} {cores('naive'):>5s}")
     lines.append("")
     for t in res["targets"]:
         ok = "skip" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
@@ -183,12 +199,16 @@ def run_grpo(model: str | Path | None = None, groups: tuple[int, ...] = (1, 4, 8
         env = _env(o, tmp, "load")
         for k, g in enumerate(groups):
             og = dataclasses.replace(o, sizes=(g,))
-            later = frozenset(servers) if k + 1 < len(groups) else frozenset()
-            here = {n: (s, 0) for n, s in servers.items()}
-            if k % 2:  # alternate which contender goes first
-                here = dict(reversed(list(here.items())))
-            for n, xs in run_cells(here, f"grpo{g}", og, env, used_later=later).items():
-                cells.setdefault(n, {})[f"grpo{g}"] = xs
+            names = list(servers) if k % 2 == 0 else list(servers)[::-1]  # alternate which goes first
+            for n in names:
+                later = frozenset(servers)  # always wait for the server to go idle: the next cell is another's
+                cpu0, t_0 = cpu_seconds(servers[n].pid), time.monotonic()
+                (x,) = run_cells({n: (servers[n], 0)}, f"grpo{g}", og, env, used_later=later)[n]
+                cpu1, t_1 = cpu_seconds(servers[n].pid), time.monotonic()
+                # CPU the server process used during the cell (warm-up and drain included), in cores: on a
+                # shared machine a process with more threads gets more of it
+                x["server_cpu_cores"] = (cpu1 - cpu0) / (t_1 - t_0) if cpu0 is not None and cpu1 is not None else None
+                cells.setdefault(n, {})[f"grpo{g}"] = [x]
         res["cells"] = cells
         res["meta"]["restarts"] = {n: s.restarts for n, s in servers.items()}
     finally:
