@@ -15,7 +15,15 @@ def run_benchmark(*args, **kwargs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line of ``python -m bench`` (what ``rewardserve bench`` delegates to)."""
+    """The command line of ``python -m bench`` (what ``rewardserve bench`` delegates to);
+    ``python -m bench grpo …`` runs the GRPO benchmark (``bench/grpo.py``)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["grpo"]:
+        from .grpo import main as _grpo
+
+        return _grpo(args[1:])
     from .runner import main as _main
 
     return _main(argv)

@@ -7,6 +7,9 @@
 #   bench/gpu.sh                      # full GPU run -> bench/results/gpu.json
 #   bench/gpu.sh --quick              # any `python -m bench` option is passed on
 #   OUT=/tmp/gpu.json bench/gpu.sh
+# Then the GRPO benchmark (`python -m bench grpo`: prompt-prefix sharing on SmolLM2-135M as a reward
+# model, in $DTYPE on $DEVICE; 8 clients, 5 s cells) -> bench/results/gpu-grpo.json (GRPO_OUT);
+# BENCH_GRPO=0 skips it, BENCH_GRPO=only runs it alone.
 # Overrides (for trying the script elsewhere): BENCH_DEVICE (cuda:0), BENCH_DTYPE (bfloat16),
 # BENCH_HIDDEN (768), BENCH_LAYERS (12), BENCH_HEADS (12), BENCH_MAX_LENGTH (512), PYTHON.
 set -euo pipefail
@@ -60,4 +63,10 @@ config = {
 print(f"bench/gpu.sh: model {model} ({n_params / 1e6:.0f}M parameters), config {work}/config.yaml", file=sys.stderr)
 PYEOF
 
-"$PY" -m bench --config "$WORK/config.yaml" --out "$OUT" --seconds 2 --warmup 0.5 --limit-seconds 1 "$@"
+if [[ ${BENCH_GRPO:-1} != only ]]; then
+  "$PY" -m bench --config "$WORK/config.yaml" --out "$OUT" --seconds 2 --warmup 0.5 --limit-seconds 1 "$@"
+fi
+if [[ ${BENCH_GRPO:-1} != 0 ]]; then
+  "$PY" -m bench grpo --device "$DEVICE" --dtype "$DTYPE" --concurrency "${BENCH_GRPO_CONCURRENCY:-8}" \
+    --seconds 5 --warmup 1 --out "${GRPO_OUT:-bench/results/gpu-grpo.json}"
+fi

@@ -124,13 +124,13 @@ def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 class Load:
     def __init__(self, url: str, items: list[dict], size: int, concurrency: int, models: list[str] | None,
-                 path: str = "/v1/score"):
+                 path: str = "/v1/score", align: int = 1):
         u = urlsplit(url)
         if u.scheme != "http":
             raise ValueError(f"only http:// URLs are supported, got {url!r}")
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.items, self.size, self.concurrency, self.models = items, size, concurrency, models
-        self.path = path
+        self.path, self.align = path, align  # clients start at a multiple of ``align`` (a whole prompt group)
         self._bodies: dict[int, bytes] = {}
         # (completed at, latency, status, items, tokens, server's encode + forward ms or None)
         self.records: list[tuple[float, float, int, int, int | None, float | None]] = []
@@ -157,6 +157,7 @@ class Load:
         conn = HttpConnection(self.host, self.port)
         n = len(self.items)
         pos = (k * n // self.concurrency) % n
+        pos -= pos % self.align
         try:
             while time.perf_counter() < deadline:
                 if max_requests is not None:
@@ -253,7 +254,7 @@ class Load:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="base URL of the server, e.g. http://127.0.0.1:8000")
-    p.add_argument("--workload", default="mixed", help="mixed | uniform | short (see bench/workload.py)")
+    p.add_argument("--workload", default="mixed", help="mixed | uniform | short | grpo1/4/8/16 (see bench/workload.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool", type=int, default=1024, help="distinct items in the workload pool")
     p.add_argument("--concurrency", type=int, default=1)
@@ -273,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _amain(a: argparse.Namespace) -> dict:
     items = generate(spec(a.workload), a.pool, a.seed)
     models = [m for m in a.models.split(",") if m] if a.models else None
-    load = Load(a.url, items, a.size, a.concurrency, models, a.path)
+    load = Load(a.url, items, a.size, a.concurrency, models, a.path, align=spec(a.workload).group)
     if a.requests is not None:
         res = await load.run_requests(a.requests, a.timeout)
     else:

@@ -41,6 +41,7 @@ class WorkloadSpec:
     prompt_words: tuple[int, int]
     response_words: tuple[int, int]
     description: str = ""
+    group: int = 1  # consecutive items that share one prompt (GRPO's G responses per prompt)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +52,10 @@ for _spec in (
     WorkloadSpec("uniform", (30, 30), (80, 80), "every prompt 30 words, every response 80 words"),
     # short single-item requests for the memory phase (many requests, little compute per request)
     WorkloadSpec("short", (1, 4), (1, 8), "prompt 1-4 words, response 1-8 words (memory phase)"),
+    # group-based RL (``python -m bench grpo``): G responses per prompt, about 50-400 prompt tokens and
+    # 20-200 response tokens with SmolLM2's tokenizer and chat template
+    *(WorkloadSpec(f"grpo{g}", (40, 340), (17, 175), f"G={g} responses per prompt: prompt 40-340 words, "
+                   "response 17-175 words", group=g) for g in (1, 4, 8, 16)),
 ):
     WORKLOADS[_spec.name] = _spec
 
@@ -73,6 +78,11 @@ def generate(workload: WorkloadSpec | str, n: int, seed: int = 0) -> list[dict[s
     # a per-workload stream (crc32, not hash(): str hashes are salted per process)
     rng = random.Random(seed * 1_000_003 + zlib.crc32(ws.name.encode()))
     items = []
+    if ws.group > 1:  # groups of consecutive items with one prompt
+        while len(items) < n:
+            prompt = _text(rng, rng.randint(*ws.prompt_words))
+            items += [{"prompt": prompt, "response": _text(rng, rng.randint(*ws.response_words))} for _ in range(ws.group)]
+        return items[:n]
     for _ in range(n):
         np_ = rng.randint(*ws.prompt_words)
         nr = rng.randint(*ws.response_words)

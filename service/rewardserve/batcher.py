@@ -9,6 +9,11 @@ each at most one forward at a time), so the event loop keeps accepting requests 
 next batch forms while forwards run. Items whose request was cancelled (client gone) are dropped
 before their forward.
 
+Decoder backbones that share prompt prefixes (``backend.shares_prefix``) count a batch's tokens
+as computed (each group's prompt once, then the suffixes; ``backends/prefix.py``) and keep the
+items of one prompt together where the budget allows: a batch starts with the oldest item's
+group, whether its items came in one request or in many, then fills with other groups.
+
 CPU threads (``cpu_threads`` = the process's torch intra-op threads, T; W workers): a lone item —
 no forward running, nothing else queued — is one forward with all T threads (lowest latency for
 it); anything more is spread over the free workers (the queued items split evenly, up to the token
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend, Encoded, intraop_threads
+from .backends.prefix import TokenCount, prefix_key
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -60,10 +66,11 @@ class _Pending:
     enc: Encoded
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
+    group: int | None = None  # hash of the prompt prefix this item shares (None: shares nothing)
 
 
 def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0,
-               max_items: int | None = None) -> list[_Pending]:
+               max_items: int | None = None, shared: bool = False) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
     Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
@@ -71,8 +78,13 @@ def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_pad
     Either way an item joins only while pad tokens stay ≤ ``max_padding`` × padded tokens (on a CPU
     a padded batch costs more than its items one by one; the rest waits for the next forward), and
     while the batch has fewer than ``max_items`` items.
+
+    ``shared`` (a backbone that shares prompt prefixes): when the oldest item has company of its
+    own prompt waiting, the batch is grouped instead (``pick_grouped``).
     """
     cap = max_items or len(items)
+    if shared and items[0].group is not None and any(p.group == items[0].group for p in items[1:]):
+        return pick_grouped(items, budget, sort_by_length, max_padding, cap)
 
     def fits(n: int, width: int, real: int) -> bool:
         return n <= cap and n * width <= budget and n * width - real <= max_padding * n * width
@@ -110,6 +122,35 @@ def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_pad
     return order[lo:hi + 1]
 
 
+def pick_grouped(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int) -> list[_Pending]:
+    """A batch that keeps prompts together: the oldest item, then the rest of its group, then other
+    groups in order of arrival (items of a group closest in length to the oldest first when sorting,
+    else in arrival order). An item joins while the batch's computed tokens (``TokenCount``: each
+    prompt once, then the suffixes) stay within ``budget`` and its pad tokens within ``max_padding``
+    of them; one that does not fit is passed over, not the end. ``cap`` (the batcher's split of the
+    queue over free workers) limits the other groups' items, not the oldest's group: splitting a
+    prompt's items over two forwards computes the prompt twice."""
+    first = items[0]
+    groups: dict[int | None, list[_Pending]] = {}
+    for p in items[1:]:
+        groups.setdefault(p.group if p.group is not None else id(p), []).append(p)
+    if sort_by_length:
+        for members in groups.values():
+            members.sort(key=lambda p: abs(p.enc.length - first.enc.length))
+    order = groups.pop(first.group, []) + [p for members in groups.values() for p in members]
+    count = TokenCount()
+    count.add(first.group, first.enc.prefix_len, first.enc.length)
+    batch = [first]
+    for p in order:
+        if len(batch) >= cap and p.group != first.group:  # the worker split never splits the oldest's prompt
+            break
+        computed, needed, _ = count.with_item(p.group, p.enc.prefix_len, p.enc.length)
+        if computed <= budget and computed - needed <= max_padding * computed:
+            count.add(p.group, p.enc.prefix_len, p.enc.length)
+            batch.append(p)
+    return batch
+
+
 class Batcher:
     def __init__(
         self,
@@ -127,6 +168,7 @@ class Batcher:
             raise ValueError(f"forward_workers must be >= 1, got {forward_workers}")
         self.backend = backend
         self.name = backend.name
+        self.shares_prefix = getattr(backend, "shares_prefix", False)
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_tokens = max_queued_tokens
@@ -189,7 +231,8 @@ class Batcher:
         futures = []
         for e in encoded:
             fut = loop.create_future()
-            self._pending.append(_Pending(e, fut, now))
+            key = prefix_key(e) if self.shares_prefix else None
+            self._pending.append(_Pending(e, fut, now, None if key is None else hash(key)))
             futures.append(fut)
         self._queued_tokens += tokens
         self._update_depth()
@@ -242,7 +285,7 @@ class Batcher:
                     continue
             free = self.forward_workers - len(self._running)
             batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio,
-                               max_items=-(-len(self._pending) // free))
+                               max_items=-(-len(self._pending) // free), shared=self.shares_prefix)
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)

@@ -91,6 +91,10 @@ class BackboneConfig(_Strict):
         8, gt=0, description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
                              "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
                              "GPU tensor cores; 1 pads to the longest item only")
+    share_prompt_prefix: bool | None = Field(
+        None, description="sequence_classifier, decoder models: items of a batch with the same prompt run the prompt "
+                          "once and their responses on its key/value cache (exact); None: on where the model supports "
+                          "it (decoders with full attention), off for encoders; true on an encoder is an error")
     batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
     models: dict[str, ModelConfig]
 

@@ -109,12 +109,13 @@ def test_batches_are_padded_to_a_multiple_of_8_without_changing_rewards(backends
     widths: list[int] = []
     hook = net.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
     encs = [be.encode(p, r) for p in PROMPTS for r in RESPONSES]
+    sharing, be.shares_prefix = be.shares_prefix, False  # plain batches here (shared ones: test_prefix_sharing.py)
     try:
         aligned = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
         be.pad_multiple = 1
         tight = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
     finally:
-        be.pad_multiple = 8
+        be.pad_multiple, be.shares_prefix = 8, sharing
         hook.remove()
     groups = [encs[i:i + 3] for i in range(0, len(encs), 3)]
     longest = [max(e.length for e in g) for g in groups]

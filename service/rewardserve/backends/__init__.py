@@ -20,7 +20,10 @@ def build_backend(name: str, cfg: BackboneConfig, settings: Settings) -> Backend
         from .sequence_classifier import SequenceClassifierBackend
 
         (model_name,) = cfg.models
-        return SequenceClassifierBackend(name, model_name=model_name, path=path, **common)  # type: ignore[arg-type]
+        return SequenceClassifierBackend(name, model_name=model_name, path=path,  # type: ignore[arg-type]
+                                         share_prompt_prefix=cfg.share_prompt_prefix,
+                                         max_padding_ratio=(cfg.batching or settings.batching).padding_ratio_for(cfg.device),
+                                         **common)
     raise ValueError(f"unknown backbone kind {cfg.kind!r}")
 
 

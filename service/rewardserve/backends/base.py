@@ -23,6 +23,8 @@ class Encoded:
     # per token: 0 prompt, 1 response, -1 special token (used by pooling heads)
     segments: list[int] | None = None
     truncated: bool = False
+    # leading tokens that items of the same prompt share (a decoder's prompt, < length); 0: none
+    prefix_len: int = 0
 
     @property
     def length(self) -> int:
@@ -121,6 +123,8 @@ class Backend(ABC):
     max_length: int
     # batches are padded to a multiple of this many tokens (fewer distinct tensor shapes)
     pad_multiple: int = 1
+    # items with the same prompt prefix run it once (``Encoded.prefix_len``; decoder models)
+    shares_prefix: bool = False
 
     def batch_width(self, batch: list[Encoded]) -> int:
         """The width this backend pads ``batch`` to (see ``padded_width``)."""

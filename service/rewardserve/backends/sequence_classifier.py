@@ -5,6 +5,11 @@ classifiers) read one sequence: the chat template when the tokenizer has one (pr
 the response as the last assistant turn), else the plain format of ``formatting.py``. Batches are
 right-padded and the model pools the reward at the last non-pad token, so an item scores the same
 alone and in a batch; a tokenizer without a pad token pads with EOS.
+
+``share_prompt_prefix`` (decoder models; default on where the model supports it, ``prefix.py``):
+items of a batch with the same prompt run the prompt once and their responses on its key/value
+cache, when that computes fewer tokens than a plain batch. Encoders never share (their prompt
+tokens attend to the response).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import prefix
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, resolve_device, weights_digest
 from .formatting import encode_chat, encode_pair, encode_single
 
@@ -30,6 +36,8 @@ class SequenceClassifierBackend(Backend):
         revision: str | None = None,
         trust_remote_code: bool = False,
         pad_to_multiple_of: int = 8,
+        share_prompt_prefix: bool | None = None,
+        max_padding_ratio: float = 1.0,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -56,6 +64,12 @@ class SequenceClassifierBackend(Backend):
         self.uses_chat_template = self.is_decoder and bool(getattr(self.tokenizer, "chat_template", None))
         self.revision = weights_digest(path) if Path(path).is_dir() else (revision or "main")
         self.input_names = set(self.tokenizer.model_input_names)
+        why_not = "an encoder reads the prompt together with the response" if not self.is_decoder else (
+            prefix.supports_sharing(self.model))
+        if share_prompt_prefix and why_not:
+            raise ValueError(f"{path}: share_prompt_prefix is not possible with this model: {why_not}")
+        self.shares_prefix = why_not is None if share_prompt_prefix is None else share_prompt_prefix
+        self.max_padding_ratio = max_padding_ratio  # shared batches: padding cap of each suffix chunk
 
     @property
     def model_names(self) -> list[str]:
@@ -69,7 +83,8 @@ class SequenceClassifierBackend(Backend):
                 kind="sequence_classifier",
                 source=self.source,
                 revision=self.revision,
-                extra={"architecture": type(self.model).__name__, "input_format": fmt},
+                extra={"architecture": type(self.model).__name__, "input_format": fmt,
+                       "share_prompt_prefix": self.shares_prefix},
             )
         }
 
@@ -77,10 +92,28 @@ class SequenceClassifierBackend(Backend):
         if not self.is_decoder:
             return encode_pair(self.tokenizer, prompt, response, self.max_length)
         if self.uses_chat_template:
-            return encode_chat(self.tokenizer, prompt, response, self.max_length)
-        return encode_single(self.tokenizer, prompt, response, self.max_length)
+            e = encode_chat(self.tokenizer, prompt, response, self.max_length)
+        else:
+            e = encode_single(self.tokenizer, prompt, response, self.max_length)
+        if self.shares_prefix and e.segments is not None:
+            # the prompt's tokens (kept whole at its boundary by the formatter), at least one token left
+            e.prefix_len = min(e.segments.count(0), e.length - 1)
+        return e
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
+        p = prefix.plan(batch) if self.shares_prefix and len(batch) > 1 else None
+        if p is not None:
+            out = np.empty((len(batch), 1))
+            with torch.inference_mode():
+                shared, rewards = prefix.shared_forward(self.model, batch, p, self.pad_id, self.device,
+                                                        self.pad_multiple, self.max_length, self.max_padding_ratio)
+            out[shared, 0] = rewards.float().cpu().double().numpy()
+            if p.rest:
+                out[p.rest] = self._plain([batch[i] for i in p.rest])
+            return out
+        return self._plain(batch)
+
+    def _plain(self, batch: list[Encoded]) -> np.ndarray:
         t = collate(batch, self.pad_id, self.device, self.batch_width(batch))
         t.pop("segments", None)
         if "token_type_ids" not in self.input_names:
