@@ -22,6 +22,7 @@ from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddle
 from .api.routes import router
 from .backends import Backend, build_backend
 from .config import BackboneConfig, Settings, load_settings
+from .health import ForwardHealth
 from .metrics import Metrics
 from .references import ReferenceStore, open_store
 from .scoring import Scorer
@@ -40,10 +41,11 @@ class AppState:
     loaded: bool = False  # every model loaded and warmed up: scoring works
     draining: bool = False  # shutting down: /readyz says 503, in-flight and new requests are still served
     load_error: str | None = None
+    health: ForwardHealth | None = None  # forward failures / hung forwards (health.py)
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining
+        return self.loaded and not self.draining and not (self.health and self.health.not_ready())
 
 
 def create_app(
@@ -57,12 +59,14 @@ def create_app(
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    state = AppState(settings=settings, metrics=Metrics())
+    state = AppState(settings=settings, metrics=Metrics(), health=ForwardHealth.from_config(settings.health))
 
     async def load_models() -> None:
         try:
             for name in settings.backbones:
                 backend = await state.scorer.load_backbone(name, backend_factory)  # type: ignore[union-attr]
+                state.scorer.batchers[name].health = state.health  # type: ignore[union-attr]
+                state.metrics.backbone_loaded(name, backend.model_names)  # every series has a sample from now on
                 log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
             state.loaded = True
             log.info("ready: %d models", len(state.scorer.models))  # type: ignore[union-attr]

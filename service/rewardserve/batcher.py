@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend, Encoded, intraop_threads
+from .health import ForwardHealth
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -143,6 +144,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
+        self.health = ForwardHealth()  # the app puts its own here: /readyz and /healthz read it
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -267,8 +269,9 @@ class Batcher:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
-            rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._forward, encs, threads)
+            with self.health.watch(self.name):
+                rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._forward, encs, threads)
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import lsc
-from ..references import Reference, StoreUnavailable, prompt_fingerprint
+from ..references import Reference, StoreFull, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
     AggregateSpec,
     ErrorBody,
@@ -188,6 +188,8 @@ async def put_references(body: ReferencesUpload, request: Request):
         entries.append((DEFAULT_KEY, ref(body.default.value, body.default.n_samples, False)))
     try:
         await scorer.store.put_many(model, entries)
+    except StoreFull as e:
+        raise ApiError(503, "reference_store_full", f"reference store full: {e}", {"Retry-After": "30"}) from None
     except StoreUnavailable as e:
         raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
     return {"model": model, "stored": len(entries), "fingerprints": fps, "values": values}
@@ -228,19 +230,26 @@ async def get_reference(request: Request, model: str = Query(...), prompt_finger
     return {"model": model, "prompt_fingerprint": prompt_fingerprint.lower(), **ref.to_dict()}
 
 
-@router.get("/healthz", tags=["operations"])
-async def healthz():
-    """Alive (the process answers)."""
+@router.get("/healthz", tags=["operations"], responses={503: {"model": ErrorBody}})
+async def healthz(request: Request):
+    """Alive: 200 while the process answers and its forwards work; 503 once forwards have kept
+    failing, or one has hung, for longer than the readiness threshold plus ``health.liveness_grace_seconds``."""
+    health = _state(request).health
+    problem = health.not_live() if health else None
+    if problem:
+        return JSONResponse({"error": {"type": "not_live", "message": problem}}, status_code=503)
     return {"status": "ok"}
 
 
 @router.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
 async def readyz(request: Request):
-    """200 once every model is loaded and warmed up; 503 before, on a load failure and while draining."""
+    """200 once every model is loaded and warmed up; 503 before, on a load failure, while draining,
+    and while forwards keep failing or one has hung (``health``)."""
     st = _state(request)
     if st.ready:
         return {"status": "ready", "models": list(st.scorer.models)}
-    reason = st.load_error or ("draining" if st.draining else "loading models")
+    unhealthy = st.health.not_ready() if st.health and st.loaded else None
+    reason = st.load_error or ("draining" if st.draining else unhealthy or "loading models")
     return JSONResponse({"error": {"type": "not_ready", "message": reason}}, status_code=503, headers={"Retry-After": "5"})
 
 

@@ -10,6 +10,10 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached right now (the request may be retried)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refuses writes because it is full (Redis ``maxmemory`` with ``noeviction``)."""
+
+
 @dataclass(frozen=True)
 class Reference:
     value: float
