@@ -18,8 +18,8 @@ def open_store(url: str) -> ReferenceStore:
 
         return RedisStore(url)
     scheme = url.split("://", 1)[0] + "://" if "://" in url else "(no scheme)"  # never echo a password
-    raise ValueError(f"unknown reference store URL scheme {scheme}: expected sqlite:///PATH, redis://HOST:PORT/DB "
-                     "or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]")
+    raise ValueError(f"unknown reference store URL scheme {scheme}: expected sqlite:///PATH or redis://HOST:PORT/DB "
+                     "(or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB])")
 
 
 __all__ = ["Reference", "ReferenceStore", "StoreFull", "StoreUnavailable", "canonical_prompt", "open_store", "prompt_fingerprint"]
