@@ -323,6 +323,10 @@ def test_secret_refs_exist_and_api_keys_come_from_a_secret(overlay):
                     refs += 1
     (api_keys,) = [e for e in container(docs)["env"] if e["name"] == "REWARDSERVE_API_KEYS"]
     assert "secretKeyRef" in api_keys["valueFrom"]
+    # secure by default: the server must find keys (it refuses 0.0.0.0 without them), nothing opts out
+    c = container(docs)
+    assert "--allow-unauthenticated" not in c.get("command", []) + c.get("args", [])
+    assert "REWARDSERVE_ALLOW_UNAUTHENTICATED" not in {e["name"] for e in c["env"]}
     assert refs >= 1
 
 
