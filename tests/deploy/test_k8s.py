@@ -566,3 +566,28 @@ def test_docs_job_example_is_valid():
 
         ns = build_parser().parse_args(c["command"][1:] + c["args"])
         assert ns.command == "calibrate"
+
+
+def test_files_and_defaults_named_in_comments_and_docs_are_real():
+    """Comments and docs go stale: every repository path they name exists, and the CPU/CUDA batch
+    budgets they quote are the config's defaults."""
+    from rewardserve.config import BatchingConfig
+
+    files = [*K8S.rglob("*.yaml"), *K8S.rglob("*.json"), *K8S.rglob("*.sh"), *(REPO / "docker").glob("Dockerfile*"),
+             REPO / "docker" / "config.yaml", REPO / "docs" / "deploy.md", REPO / "docs" / "operations.md"]
+    budgets = {"cpu": BatchingConfig().batch_tokens_for("cpu"), "cuda": BatchingConfig().batch_tokens_for("cuda")}
+    named = 0
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        for path in re.findall(r"\b((?:k8s|docker|docs|tests|service|client)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt))\b", text):
+            if "/overlays/prod/" in path:  # the private overlay of the docs' example, deliberately not committed
+                continue
+            assert (REPO / path).exists(), f"{f.relative_to(REPO)} names {path}, which does not exist"
+            named += 1
+        for line in text.splitlines():
+            if "max_batch_tokens" in line:
+                quoted = re.findall(r"\b(cpu|cuda)(?: default max_batch_tokens)?[ :=]+(\d{3,6})\b", line, re.I)
+                quoted += [(d, n) for n, d in re.findall(r"\b(\d{3,6}) (cpu|cuda)\b", line, re.I)]
+                for dev, n in quoted:
+                    assert int(n) == budgets[dev.lower()], f"{f.relative_to(REPO)}: {line.strip()!r} (default {budgets[dev.lower()]})"
+    assert named > 5
