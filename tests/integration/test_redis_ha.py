@@ -25,7 +25,7 @@ from rewardserve.service_process import ServiceProcess, free_port
 from ..conftest import LiveServer, tiny_settings
 
 PASSWORD = "s3cret-Pw-do-not-log"
-SENTINEL = shutil.which("redis-sentinel")
+SENTINEL = shutil.which("redis-sentinel")  # Debian's redis-sentinel; else `redis-server CONF --sentinel`
 
 
 def need(binary: str | None, name: str) -> None:
@@ -51,7 +51,7 @@ class Proc:
                 f"sentinel monitor rs 127.0.0.1 {sentinel_of} 2\nsentinel auth-pass rs {PASSWORD}\n"
                 f"sentinel down-after-milliseconds rs {down_after_ms}\nsentinel failover-timeout rs 5000\n"
                 "sentinel parallel-syncs rs 1\n")
-            self.cmd = [SENTINEL, str(conf)]
+            self.cmd = [SENTINEL, str(conf)] if SENTINEL else ["redis-server", str(conf), "--sentinel"]
         else:
             self.cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                         "--save", "", "--appendonly", "no", "--requirepass", PASSWORD, "--masterauth", PASSWORD,
@@ -183,7 +183,6 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
     promoted replica without a restart, and the outage window seen by a client without retries is
     measured."""
     need(shutil.which("redis-server"), "redis-server")
-    need(SENTINEL, "redis-sentinel")
     t_setup = time.monotonic()
     master = Proc(tmp_path / "r")
     replica = Proc(tmp_path / "r", replica_of=master.port)
