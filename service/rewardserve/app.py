@@ -76,17 +76,35 @@ def create_app(
             if exit_on_load_failure:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+    async def recheck_failing_backbones() -> None:
+        """An unready pod gets no traffic: retry one small forward of each failing backbone (the
+        warm-up item), so that a fault that cleared shows without waiting for a restart."""
+        while True:
+            await asyncio.sleep(settings.health.recheck_seconds)
+            for name in state.health.failing_backbones():  # type: ignore[union-attr]
+                backend = state.scorer.backends.get(name) if state.scorer else None
+                if backend is None:
+                    continue
+                try:
+                    with state.health.watch(name):  # type: ignore[union-attr]
+                        await asyncio.to_thread(backend.warmup)
+                    log.warning("backbone %s: a check forward succeeded; ready again", name)
+                except Exception as e:
+                    log.warning("backbone %s: the check forward failed too: %s: %s", name, type(e).__name__, e)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.store = open_store(settings.references.store)
         state.scorer = Scorer(settings, state.store, state.metrics)
         loader = asyncio.create_task(load_models(), name="load-models")
+        rechecker = asyncio.create_task(recheck_failing_backbones(), name="recheck-backbones")
         try:
             yield
         finally:
             state.draining = True
             loader.cancel()
-            await asyncio.gather(loader, return_exceptions=True)
+            rechecker.cancel()
+            await asyncio.gather(loader, rechecker, return_exceptions=True)
             await state.scorer.stop()
             await state.store.close()
 

@@ -137,6 +137,9 @@ class HealthConfig(_Strict):
         60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns")
     liveness_grace_seconds: float = Field(
         60.0, ge=0, description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)")
+    recheck_seconds: float = Field(
+        10.0, gt=0, description="while failures keep a backbone unready, try one small forward of it this often "
+                                "(no traffic comes to an unready pod to show that it works again)")
 
 
 class OpenRLHFConfig(_Strict):

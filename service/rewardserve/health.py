@@ -12,7 +12,9 @@ From that:
   running.
 
 One forward that returns ends a failure streak, and a hung forward that finally returns is no
-longer counted: both probes answer 200 again. The thresholds are config ``health:``
+longer counted: both probes answer 200 again. Once the pod is unready no traffic comes to show that
+a failing backbone works again, so the app retries one small forward of it every
+``recheck_seconds`` (``failing_backbones``; app.py). The thresholds are config ``health:``
 (docs/configuration.md).
 """
 
@@ -94,6 +96,12 @@ class ForwardHealth:
                     out.append(f"backbone {name!r}: a forward pass has been running for {now - start:.1f} s "
                                f"(limit max_forward_seconds={self.max_forward:g})")
         return out
+
+    def failing_backbones(self) -> list[str]:
+        """Backbones whose failure streak makes the process unready and that have no forward running."""
+        with self._lock:
+            busy = {name for name, _ in self._running.values()}
+            return sorted(n for n, s in self._streaks.items() if s.unready_since is not None and n not in busy)
 
     def not_ready(self) -> str | None:
         """Why this process should get no traffic now, or None."""

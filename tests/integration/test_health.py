@@ -17,7 +17,7 @@ from rewardserve.backends import build_backend
 
 from ..conftest import LiveServer, tiny_settings
 
-HEALTH = {"max_consecutive_failures": 3, "max_forward_seconds": 0.5, "liveness_grace_seconds": 1.0}
+HEALTH = {"max_consecutive_failures": 3, "max_forward_seconds": 0.5, "liveness_grace_seconds": 1.0, "recheck_seconds": 0.3}
 BODY = {"items": [{"prompt": "p", "response": "r"}], "models": ["cls"]}
 
 
@@ -78,8 +78,14 @@ def test_failing_forwards_flip_readiness_then_liveness_and_recover(tiny, tmp_pat
         assert waited >= HEALTH["liveness_grace_seconds"] * 0.5
         r = httpx.get(f"{srv.url}/healthz")
         assert r.json()["error"]["type"] == "not_live" and "liveness_grace_seconds" in r.json()["error"]["message"]
-        # the fault clears: one good forward and both probes answer 200 again
+        # the check forwards the pod runs by itself (no traffic reaches an unready pod) keep failing...
+        errors = srv.state.metrics.forward_errors.labels("clsbb")._value.get()
+        time.sleep(4 * HEALTH["recheck_seconds"])
+        assert probes(srv.url) == (503, 503)
+        assert srv.state.metrics.forward_errors.labels("clsbb")._value.get() == errors  # checks are not batches
+        # ...until the fault clears: without a single request, both probes answer 200 again
         mode["fail"] = False
+        wait_for(srv.url, (200, 200), timeout=15)
         assert httpx.post(f"{srv.url}/v1/score", json=BODY).status_code == 200
         assert probes(srv.url) == (200, 200)
 
