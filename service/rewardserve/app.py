@@ -25,6 +25,7 @@ from .config import BackboneConfig, Settings, load_settings
 from .health import ForwardHealth
 from .metrics import Metrics
 from .references import ReferenceStore, open_store
+from .references.redis_client import redact
 from .scoring import Scorer
 
 log = logging.getLogger("rewardserve")
@@ -95,6 +96,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.store = open_store(settings.references.store)
+        log.info("reference store: %s", redact(settings.references.store))  # never the password
         state.scorer = Scorer(settings, state.store, state.metrics)
         loader = asyncio.create_task(load_models(), name="load-models")
         rechecker = asyncio.create_task(recheck_failing_backbones(), name="recheck-backbones")

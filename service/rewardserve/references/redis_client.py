@@ -15,10 +15,11 @@ Passwords never appear in messages or logs: use ``redact`` wherever a URL is sho
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+if TYPE_CHECKING:  # redis is an optional dependency (extra `redis`); redact() works without it
+    import redis.asyncio as aioredis
 
 SENTINEL_SCHEME = "redis+sentinel://"
 SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
@@ -52,6 +53,9 @@ def parse_sentinel_url(url: str) -> dict:
 
 def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
     """An asyncio Redis client (string replies) for ``url``; connects lazily, on first use."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel
+
     common = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
     if url.startswith(SENTINEL_SCHEME):
         p = parse_sentinel_url(url)
