@@ -25,14 +25,15 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
     from .config import check_exposure, load_settings
 
     settings = load_settings(a.config, host=a.host, port=a.port)
     if not a.allow_unauthenticated:
-        check_exposure(settings)
+        check_exposure(settings)  # before anything heavy is imported: a refusal is immediate
+    import uvicorn
+
+    from .app import create_app
+
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,

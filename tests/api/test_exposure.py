@@ -36,7 +36,7 @@ def test_serve_on_a_public_address_without_keys_exits_with_a_clear_message(confi
     t0 = time.monotonic()
     r = serve(config_file, "--host", host)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert time.monotonic() - t0 < 30  # refused before loading any model
+    assert time.monotonic() - t0 < 10  # refused at once, before torch or any model is loaded
     msg = r.stderr
     assert f"refusing to listen on {host}" in msg
     for hint in ("REWARDSERVE_API_KEYS", "api_keys_file", "127.0.0.1", "--allow-unauthenticated"):
