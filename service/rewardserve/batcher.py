@@ -23,12 +23,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .backends.base import Backend, Encoded, intraop_threads
-from .health import ForwardHealth
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
@@ -144,7 +144,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
-        self.health = ForwardHealth()  # the app puts its own here: /readyz and /healthz read it
+        self.health = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -269,7 +269,7 @@ class Batcher:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
-            with self.health.watch(self.name):
+            with self.health.watch(self.name) if self.health else nullcontext():
                 rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._forward, encs, threads)
         except Exception as e:  # a broken forward fails its batch, not the batcher
