@@ -17,7 +17,7 @@ from rewardserve.backends import build_backend
 
 from ..conftest import LiveServer, tiny_settings
 
-HEALTH = {"max_consecutive_failures": 3, "max_forward_seconds": 0.5, "liveness_grace_seconds": 1.0, "recheck_seconds": 0.3}
+HEALTH = {"max_consecutive_failures": 3, "max_forward_seconds": 0.5, "liveness_grace_seconds": 1.5, "recheck_seconds": 0.3}
 BODY = {"items": [{"prompt": "p", "response": "r"}], "models": ["cls"]}
 
 
@@ -64,18 +64,21 @@ def test_failing_forwards_flip_readiness_then_liveness_and_recover(tiny, tmp_pat
         mode["fail"] = True
         for i in range(HEALTH["max_consecutive_failures"]):
             assert probes(srv.url) == (200, 200), f"unready after only {i} failures"
+            t_last = time.monotonic()  # the streak cannot start before this request
             r = httpx.post(f"{srv.url}/v1/score", json=BODY)
             assert r.status_code == 500 and r.json()["error"]["type"] == "model_error"
         r = httpx.get(f"{srv.url}/readyz")
         assert r.status_code == 503
         msg = r.json()["error"]["message"]
-        assert "'clsbb'" in msg and "3 forward passes failed" in msg and "illegal memory access" in msg
+        assert "'clsbb'" in msg and "illegal memory access" in msg
+        failed = int(re.search(r"the last (\d+) forward passes failed", msg).group(1))
+        assert failed >= 3  # 3 batches, plus any check forward the pod has run by itself since
         assert httpx.get(f"{srv.url}/healthz").status_code == 200  # readiness first: traffic moves away
         # the other backbone is fine, but the pod as a whole leaves the Service
         assert httpx.post(f"{srv.url}/v1/score", json={**BODY, "models": ["a"]}).status_code == 200
         assert probes(srv.url)[0] == 503
-        waited = wait_for(srv.url, (503, 503))  # then liveness, after the grace period
-        assert waited >= HEALTH["liveness_grace_seconds"] * 0.5
+        wait_for(srv.url, (503, 503))  # then liveness, after the grace period
+        assert time.monotonic() - t_last >= HEALTH["liveness_grace_seconds"]
         r = httpx.get(f"{srv.url}/healthz")
         assert r.json()["error"]["type"] == "not_live" and "liveness_grace_seconds" in r.json()["error"]["message"]
         # the check forwards the pod runs by itself (no traffic reaches an unready pod) keep failing...
