@@ -16,7 +16,7 @@ from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Reference, ReferenceStore, StoreFull, StoreUnavailable
-from .redis_client import connect, redact
+from .redis_client import close, connect, redact
 
 KEY_PREFIX = "rewardserve:refs:"
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -68,4 +68,4 @@ class RedisStore(ReferenceStore):
         return redact(self.url)  # never echo a password
 
     async def close(self) -> None:
-        await self._r.aclose()
+        await close(self._r)

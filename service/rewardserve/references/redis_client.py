@@ -62,3 +62,11 @@ def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
         sentinel = Sentinel(p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
         return sentinel.master_for(p["service"], db=p["db"], username=p["username"], password=p["password"], **common)
     return aioredis.from_url(url, **common)
+
+
+async def close(client: aioredis.Redis) -> None:
+    """Close ``client`` and, for a Sentinel client, its connections to the sentinels."""
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
