@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -185,6 +186,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
+        self.health = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -310,8 +312,9 @@ class Batcher:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
-            rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._forward, encs, threads)
+            with self.health.watch(self.name) if self.health else nullcontext():
+                rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._forward, encs, threads)
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:

@@ -25,12 +25,15 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
+    from .config import check_exposure, load_settings
+
+    settings = load_settings(a.config, host=a.host, port=a.port)
+    if not a.allow_unauthenticated:
+        check_exposure(settings)  # before anything heavy is imported: a refusal is immediate
     import uvicorn
 
     from .app import create_app
-    from .config import load_settings
 
-    settings = load_settings(a.config, host=a.host, port=a.port)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,
@@ -323,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
     s.add_argument("--drain-seconds", type=float, default=1.0,
                    help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve on a non-loopback host without API keys (refused otherwise; config allow_unauthenticated)")
     s.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")

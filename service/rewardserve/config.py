@@ -136,6 +136,20 @@ class ReferencesConfig(_Strict):
     )
 
 
+class HealthConfig(_Strict):
+    """When forward failures or a hung forward turn ``/readyz``, then ``/healthz``, to 503 (health.py)."""
+
+    max_consecutive_failures: int = Field(
+        3, gt=0, description="this many failed forwards in a row on one backbone: /readyz answers 503 until one succeeds")
+    max_forward_seconds: float = Field(
+        60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns")
+    liveness_grace_seconds: float = Field(
+        60.0, ge=0, description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)")
+    recheck_seconds: float = Field(
+        10.0, gt=0, description="while failures keep a backbone unready, try one small forward of it this often "
+                                "(no traffic comes to an unready pod to show that it works again)")
+
+
 class OpenRLHFConfig(_Strict):
     """What ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url`` protocol) returns as ``rewards``."""
 
@@ -180,6 +194,10 @@ class Settings(BaseSettings):
         "auto", description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
                             "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
                             "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it")
+    health: HealthConfig = HealthConfig()
+    allow_unauthenticated: bool = Field(
+        False, description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
+                           "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED")
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
@@ -304,3 +322,27 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as e:
         raise ConfigError(f"config file {cfg_path}: {_format_errors(e)}") from None
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve without API keys on a non-loopback address unless ``allow_unauthenticated``
+    says so: whoever reaches the port could score and overwrite the references every trainer uses."""
+    if is_loopback_host(settings.host) or settings.allow_unauthenticated or settings.load_api_keys():
+        return
+    raise ConfigError(
+        f"refusing to listen on {settings.host}:{settings.port} without API keys: anyone who reaches this port could "
+        "score and overwrite stored references. Set REWARDSERVE_API_KEYS (comma-separated) or api_keys_file, listen on "
+        "127.0.0.1, or pass --allow-unauthenticated (config allow_unauthenticated: true, env "
+        "REWARDSERVE_ALLOW_UNAUTHENTICATED=true) if something else guards the port.")

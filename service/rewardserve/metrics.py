@@ -42,3 +42,14 @@ class Metrics:
             "rewardserve_dropped_items", "items dropped before their forward (client gone)", ["backbone"], registry=r
         )
         self.forward_errors = Counter("rewardserve_forward_errors", "forward passes that raised", ["backbone"], registry=r)
+
+    def backbone_loaded(self, backbone: str, models: list[str]) -> None:
+        """Give every per-backbone and per-model series a sample (0) as soon as the backbone is
+        loaded: the HPA skips scale-down while a metric it reads is missing, and dashboards show gaps."""
+        for gauge in (self.queue_depth_tokens, self.queue_depth_items):
+            gauge.labels(backbone).set(0)
+        for metric in (self.batch_items, self.batch_tokens, self.queue_wait, self.forward_seconds, self.padding_ratio,
+                       self.rejected, self.dropped, self.forward_errors):
+            metric.labels(backbone)
+        for m in models:
+            self.items_scored.labels(m)

@@ -223,12 +223,30 @@ def test_exposed_port_is_the_default_port(dockerfile):
     assert expose and expose[-1].split("/")[0] == str(Settings.model_fields["port"].default)
 
 
-def test_gpu_image_uses_a_pinned_cuda_runtime_base():
+def test_gpu_image_uses_a_pinned_cuda_base_without_duplicate_libraries():
+    """The torch CUDA wheel brings its CUDA libraries (nvidia-cublas-cu12, nvidia-cudnn-cu12, …): the
+    `base` flavour (libcudart + container settings) is enough, `runtime`/`cudnn-runtime` would ship
+    cuBLAS, cuFFT, NPP, NCCL (and cuDNN) a second time."""
     df = parse(DOCKERFILES["cuda"])
     final_from = [x for x in df.instrs if x.cmd == "FROM"][-1].rest.split()[0]
-    assert final_from.startswith("nvidia/cuda:") and "-runtime-" in final_from, final_from
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-base-ubuntu\d+\.\d+", final_from), final_from
+    cuda = re.match(r"nvidia/cuda:(\d+)\.(\d+)", final_from)
+    index = arg_defaults(df)["TORCH_INDEX_URL"]
+    assert index.endswith(f"/cu{cuda.group(1)}{cuda.group(2)}"), (index, final_from)  # the wheel's CUDA = the base's
     cpu_from = [x for x in parse(DOCKERFILES["cpu"]).instrs if x.cmd == "FROM"][-1].rest.split()[0]
     assert "cuda" not in cpu_from
+
+
+def test_images_compile_bytecode_at_build_time(dockerfile):
+    """A read-only root filesystem cannot cache .pyc files: without them every pod start compiles
+    torch & co. again. uv needs UV_COMPILE_BYTECODE=1; pip compiles by default (no --no-compile)."""
+    path, df = dockerfile
+    builder = [x for x in df.instrs if x.stage < len(df.stage_names) - 1]
+    text = " ".join(x.rest for x in builder)
+    if "uv pip install" in text:
+        envs = " ".join(x.rest for x in builder if x.cmd == "ENV")
+        assert re.search(r"\bUV_COMPILE_BYTECODE=1\b", envs), f"{path.name}: uv installs without UV_COMPILE_BYTECODE=1"
+    assert "--no-compile" not in text and "UV_COMPILE_BYTECODE=0" not in text
 
 
 def test_baked_config_parses():
@@ -239,6 +257,21 @@ def test_baked_config_parses():
     for b in s.backbones.values():
         for m in b.models.values():
             assert m.head and m.head.startswith("/opt/rewardserve/"), m.head
+
+
+def test_baked_config_needs_api_keys_to_serve(monkeypatch):
+    """The image listens on 0.0.0.0: without REWARDSERVE_API_KEYS (or --allow-unauthenticated) it
+    refuses to start, it does not serve open to the network."""
+    import pytest
+
+    from rewardserve.config import ConfigError, check_exposure, load_settings
+
+    for var in ("REWARDSERVE_API_KEYS", "REWARDSERVE_API_KEYS_FILE", "REWARDSERVE_ALLOW_UNAUTHENTICATED", "REWARDSERVE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
+        check_exposure(load_settings(REPO / "docker" / "config.yaml"))
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "k1")
+    check_exposure(load_settings(REPO / "docker" / "config.yaml"))
 
 
 def test_constraints_pin_every_line():

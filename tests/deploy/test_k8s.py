@@ -144,9 +144,20 @@ def test_services_select_pods_and_ports_exist(overlay):
 
 def test_pdb_selects_the_server_pods(overlay):
     _, docs = overlay
-    pdb = one(docs, "PodDisruptionBudget")
+    pdb = one(docs, "PodDisruptionBudget", SERVER)
     assert matches(pdb["spec"]["selector"]["matchLabels"], server(docs)["spec"]["template"]["metadata"]["labels"])
     assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
+
+
+def test_every_workload_has_a_pdb_that_keeps_it_serving(overlay):
+    _, docs = overlay
+    for w in workloads(docs):
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        (pdb,) = [p for p in objs(docs, "PodDisruptionBudget") if matches(p["spec"]["selector"]["matchLabels"], labels)]
+        if "minAvailable" in pdb["spec"]:
+            assert 0 < pdb["spec"]["minAvailable"] < w["spec"].get("replicas", 2), w["metadata"]["name"]
+        else:
+            assert pdb["spec"]["maxUnavailable"] == 1, w["metadata"]["name"]
 
 
 def test_hpa_targets_the_deployment_on_queue_depth_with_cpu_fallback(overlay):
@@ -280,13 +291,14 @@ def test_config_map_is_mounted_and_parses_as_rewardserve_settings(overlay, tmp_p
     assert settings.host == "0.0.0.0"
     devices = {b.device.split(":")[0] for b in settings.backbones.values()}
     assert devices == ({"cuda"} if name == "gpu" else {"cpu"})
-    # the references store is the in-cluster Redis Service
-    m = re.fullmatch(r"redis://([^:/@]+):(\d+)/(\d+)", settings.references.store)
-    assert m, settings.references.store
-    svc = one(docs, "Service", m.group(1))
-    assert int(m.group(2)) in [p["port"] for p in svc["spec"]["ports"]]
-    assert one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"] == {
-        **one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"], **svc["spec"]["selector"]}
+    # the references store is the in-cluster Redis through its Sentinels; the container's env sets
+    # the same URL with the password from the Secret, and wins over the file
+    env = {e["name"]: e for e in c["env"]}
+    store = env["REWARDSERVE_REFERENCES__STORE"]["value"]
+    assert store == settings.references.store.replace("redis+sentinel://", "redis+sentinel://:$(REDIS_PASSWORD)@")
+    names = [e["name"] for e in c["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("REWARDSERVE_REFERENCES__STORE")  # $(VAR) needs it defined first
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
 
 
 def test_settings_do_not_require_head_files_to_exist(tmp_path):
@@ -311,6 +323,10 @@ def test_secret_refs_exist_and_api_keys_come_from_a_secret(overlay):
                     refs += 1
     (api_keys,) = [e for e in container(docs)["env"] if e["name"] == "REWARDSERVE_API_KEYS"]
     assert "secretKeyRef" in api_keys["valueFrom"]
+    # secure by default: the server must find keys (it refuses 0.0.0.0 without them), nothing opts out
+    c = container(docs)
+    assert "--allow-unauthenticated" not in c.get("command", []) + c.get("args", [])
+    assert "REWARDSERVE_ALLOW_UNAUTHENTICATED" not in {e["name"] for e in c["env"]}
     assert refs >= 1
 
 
@@ -355,18 +371,142 @@ def test_gpu_overlay_asks_for_one_gpu_on_gpu_nodes(overlay):
         assert "cpu" in image
 
 
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def script_of(docs, c: dict) -> str:
+    """The start script a Redis/Sentinel container runs (from the scripts ConfigMap)."""
+    assert c["command"][0] == "sh"
+    path = c["command"][1]
+    (mount,) = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    pod = [w for w in workloads(docs) if c in w["spec"]["template"]["spec"]["containers"]][0]["spec"]["template"]["spec"]
+    vol = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    return one(docs, "ConfigMap", vol["configMap"]["name"])["data"][Path(path).name]
+
+
+def redis_parts(docs):
+    sts = one(docs, "StatefulSet", "rewardserve-redis")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    return sts, c, script_of(docs, c)
+
+
 def test_redis_statefulset_persists_with_aof(overlay):
     _, docs = overlay
-    sts = one(docs, "StatefulSet")
+    sts, c, script = redis_parts(docs)
     headless = one(docs, "Service", sts["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
-    (c,) = sts["spec"]["template"]["spec"]["containers"]
-    argv = c.get("command", []) + c.get("args", [])
-    assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
-    data_dir = argv[argv.index("--dir") + 1]
+    assert 'echo "appendonly yes"' in script and 'echo "dir $DATA_DIR"' in script
+    data_dir = env_of(c)["DATA_DIR"]["value"]
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert any(m["name"] == claim["metadata"]["name"] and m["mountPath"] == data_dir for m in c["volumeMounts"])
     assert ":" in c["image"] and not c["image"].endswith(":latest")
+
+
+def _bytes(q: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+    m = re.fullmatch(r"(\d+)([A-Za-z]*)", q)
+    return int(m.group(1)) * units.get(m.group(2), 1)
+
+
+def test_redis_is_password_protected_and_refuses_writes_when_full(overlay):
+    _, docs = overlay
+    _, c, script = redis_parts(docs)
+    env = env_of(c)
+    secrets = {s["metadata"]["name"]: s.get("data", {}) for s in objs(docs, "Secret")}
+    for var in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # the server's password and the probes' redis-cli
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]
+    server_pw = env_of(container(docs))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert server_pw == env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]  # the same Secret on both ends
+    for line in ('echo "requirepass $REDIS_PASSWORD"', 'echo "masterauth $REDIS_PASSWORD"',
+                 'echo "maxmemory $MAXMEMORY"', 'echo "maxmemory-policy noeviction"'):
+        assert line in script, line
+    assert ': "${REDIS_PASSWORD:?' in script  # an empty password stops the pod, it does not run open
+    assert "--requirepass" not in " ".join(c.get("command", []) + c.get("args", []))  # not on the command line
+    limit = _bytes(c["resources"]["limits"]["memory"])
+    assert 0.5 * limit <= _bytes(env["MAXMEMORY"]["value"]) <= 0.8 * limit  # headroom for the AOF rewrite fork
+
+
+def test_redis_has_a_replica_and_a_sentinel_quorum_the_servers_use(overlay):
+    _, docs = overlay
+    sts, c, _ = redis_parts(docs)
+    sen = one(docs, "StatefulSet", "rewardserve-sentinel")
+    (sc,) = sen["spec"]["template"]["spec"]["containers"]
+    senv = {k: v.get("value") for k, v in env_of(sc).items()}
+    assert sts["spec"]["replicas"] >= 2 and sen["spec"]["replicas"] >= 3
+    assert sen["spec"]["replicas"] // 2 < int(senv["QUORUM"]) <= sen["spec"]["replicas"]
+    pods = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}:6379" for i in range(sts["spec"]["replicas"])]
+    assert senv["REDIS_NODES"].split() == pods
+    peers = [f"{sen['metadata']['name']}-{i}.{sen['spec']['serviceName']}:{senv['SELF_PORT']}" for i in range(sen["spec"]["replicas"])]
+    assert senv["PEERS"].split() == peers
+    renv = {k: v.get("value") for k, v in env_of(c).items()}
+    assert f"{renv['SEED_MASTER_HOST']}:{renv['SEED_MASTER_PORT']}" == pods[0]
+    assert renv["SELF_HOST"] == f"$(POD_NAME).{sts['spec']['serviceName']}"
+    for w in (sts, sen):
+        assert one(docs, "Service", w["spec"]["serviceName"])["spec"].get("publishNotReadyAddresses") is True
+    # the servers' URL: the Sentinels' Service and port, the master name the Sentinels monitor
+    store = env_of(container(docs))["REWARDSERVE_REFERENCES__STORE"]["value"]
+    from rewardserve.references.redis_client import parse_sentinel_url
+
+    url = parse_sentinel_url(store)
+    assert url["service"] == senv["MASTER_NAME"] == renv["MASTER_NAME"]
+    assert url["password"] == "$(REDIS_PASSWORD)"
+    for host, port in url["sentinels"]:
+        svc = one(docs, "Service", host)
+        assert port in [p["port"] for p in svc["spec"]["ports"]]
+        assert matches(svc["spec"]["selector"], sen["spec"]["template"]["metadata"]["labels"])
+    assert renv["SENTINEL_HOST"] == url["sentinels"][0][0]
+
+
+def test_priority_classes_keep_the_training_path_from_being_preempted(overlay):
+    _, docs = overlay
+    classes = {p["metadata"]["name"]: p for p in objs(docs, "PriorityClass")}
+    assert classes
+    for w in workloads(docs):
+        name = w["spec"]["template"]["spec"].get("priorityClassName")
+        assert name in classes, f"{w['kind']}/{w['metadata']['name']}: priorityClassName {name!r}"
+    for pc in classes.values():
+        assert pc["globalDefault"] is False and "namespace" not in pc["metadata"]
+        assert pc["value"] < 1_000_000_000  # user-defined classes stay below the system ones
+    srv = classes[server(docs)["spec"]["template"]["spec"]["priorityClassName"]]
+    for n in ("rewardserve-redis", "rewardserve-sentinel"):  # every server depends on the store: it ranks higher
+        store = classes[one(docs, "StatefulSet", n)["spec"]["template"]["spec"]["priorityClassName"]]
+        assert store["value"] > srv["value"]
+
+
+def test_network_policies_admit_only_trainers_and_prometheus_to_the_servers_and_only_servers_to_redis(overlay):
+    _, docs = overlay
+    policies = objs(docs, "NetworkPolicy")
+
+    def policies_for(w):
+        return [np for np in policies if matches(np["spec"]["podSelector"].get("matchLabels", {}), w["spec"]["template"]["metadata"]["labels"])]
+
+    for w in workloads(docs):  # nothing in the namespace is open to the whole cluster
+        nps = policies_for(w)
+        assert nps, f"{w['kind']}/{w['metadata']['name']} has no NetworkPolicy"
+        for np in nps:
+            assert "Ingress" in np["spec"]["policyTypes"]
+            for rule in np["spec"]["ingress"]:
+                assert rule.get("from"), f"{np['metadata']['name']}: a rule without 'from' admits everyone"
+                assert rule.get("ports"), f"{np['metadata']['name']}: a rule without 'ports' opens every port"
+    (srv_np,) = policies_for(server(docs))
+    peers = [f for rule in srv_np["spec"]["ingress"] for f in rule["from"]]
+    assert all("ipBlock" not in f for f in peers)
+    trainer_ns = [f for f in peers if "namespaceSelector" in f and "podSelector" not in f]
+    assert trainer_ns and all(f["namespaceSelector"]["matchLabels"] for f in trainer_ns)  # labelled namespaces only
+    prom = [f for f in peers if "namespaceSelector" in f and "podSelector" in f]
+    assert prom and any("prometheus" in json.dumps(f["podSelector"]) for f in prom)
+    ports = {p["port"] for rule in srv_np["spec"]["ingress"] for p in rule["ports"]}
+    assert {container_port(container(docs), p) for p in ports} == {8000}
+    server_labels = server(docs)["spec"]["template"]["metadata"]["labels"]
+    for name in ("rewardserve-redis", "rewardserve-sentinel"):
+        (np,) = policies_for(one(docs, "StatefulSet", name))
+        for rule in np["spec"]["ingress"]:
+            for f in rule["from"]:
+                assert set(f) == {"podSelector"}, f"{name}: only pods of this namespace, got {f}"
+                sel = f["podSelector"]["matchLabels"]
+                assert matches(sel, server_labels) or sel.get("app.kubernetes.io/name") == "rewardserve-redis", sel
 
 
 def test_network_policy_lets_the_servers_reach_redis(overlay):
@@ -383,7 +523,7 @@ def test_every_object_lands_in_one_namespace(overlay):
     _, docs = overlay
     (ns,) = objs(docs, "Namespace")
     for d in docs:
-        if d["kind"] != "Namespace":
+        if d["kind"] not in ("Namespace", "PriorityClass"):  # cluster-scoped
             assert d["metadata"].get("namespace") == ns["metadata"]["name"], f"{d['kind']}/{d['metadata']['name']}"
 
 
@@ -426,3 +566,28 @@ def test_docs_job_example_is_valid():
 
         ns = build_parser().parse_args(c["command"][1:] + c["args"])
         assert ns.command == "calibrate"
+
+
+def test_files_and_defaults_named_in_comments_and_docs_are_real():
+    """Comments and docs go stale: every repository path they name exists, and the CPU/CUDA batch
+    budgets they quote are the config's defaults."""
+    from rewardserve.config import BatchingConfig
+
+    files = [*K8S.rglob("*.yaml"), *K8S.rglob("*.json"), *K8S.rglob("*.sh"), *(REPO / "docker").glob("Dockerfile*"),
+             REPO / "docker" / "config.yaml", REPO / "docs" / "deploy.md", REPO / "docs" / "operations.md"]
+    budgets = {"cpu": BatchingConfig().batch_tokens_for("cpu"), "cuda": BatchingConfig().batch_tokens_for("cuda")}
+    named = 0
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        for path in re.findall(r"\b((?:k8s|docker|docs|tests|service|client)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt))\b", text):
+            if "/overlays/prod/" in path:  # the private overlay of the docs' example, deliberately not committed
+                continue
+            assert (REPO / path).exists(), f"{f.relative_to(REPO)} names {path}, which does not exist"
+            named += 1
+        for line in text.splitlines():
+            if "max_batch_tokens" in line:
+                quoted = re.findall(r"\b(cpu|cuda)(?: default max_batch_tokens)?[ :=]+(\d{3,6})\b", line, re.I)
+                quoted += [(d, n) for n, d in re.findall(r"\b(\d{3,6}) (cpu|cuda)\b", line, re.I)]
+                for dev, n in quoted:
+                    assert int(n) == budgets[dev.lower()], f"{f.relative_to(REPO)}: {line.strip()!r} (default {budgets[dev.lower()]})"
+    assert named > 5

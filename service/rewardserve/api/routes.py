@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import lsc
 from ..prompt_formats import split_query
-from ..references import DEFAULT_SET, Reference, StoreUnavailable, prompt_fingerprint
+from ..references import DEFAULT_SET, Reference, StoreFull, StoreUnavailable, prompt_fingerprint
 from ..schemas import (
     AggregateSpec,
     ErrorBody,
@@ -69,6 +69,8 @@ def _authorize(request: Request, reference_set: str | None = None, admin: bool =
 async def _store_call(coro):
     try:
         return await coro
+    except StoreFull as e:  # a subclass of StoreUnavailable: a write refused, nothing evicted
+        raise ApiError(503, "reference_store_full", f"reference store full: {e}", {"Retry-After": "30"}) from None
     except StoreUnavailable as e:
         raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
 
@@ -314,19 +316,26 @@ async def delete_reference_set(name: ReferenceSetName, request: Request):
     return {"reference_set": name, "deleted": n}
 
 
-@router.get("/healthz", tags=["operations"])
-async def healthz():
-    """Alive (the process answers)."""
+@router.get("/healthz", tags=["operations"], responses={503: {"model": ErrorBody}})
+async def healthz(request: Request):
+    """Alive: 200 while the process answers and its forwards work; 503 once forwards have kept
+    failing, or one has hung, for longer than the readiness threshold plus ``health.liveness_grace_seconds``."""
+    health = _state(request).health
+    problem = health.not_live() if health else None
+    if problem:
+        return JSONResponse({"error": {"type": "not_live", "message": problem}}, status_code=503)
     return {"status": "ok"}
 
 
 @router.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}})
 async def readyz(request: Request):
-    """200 once every model is loaded and warmed up; 503 before, on a load failure and while draining."""
+    """200 once every model is loaded and warmed up; 503 before, on a load failure, while draining,
+    and while forwards keep failing or one has hung (``health``)."""
     st = _state(request)
     if st.ready:
         return {"status": "ready", "models": list(st.scorer.models)}
-    reason = st.load_error or ("draining" if st.draining else "loading models")
+    unhealthy = st.health.not_ready() if st.health and st.loaded else None
+    reason = st.load_error or ("draining" if st.draining else unhealthy or "loading models")
     return JSONResponse({"error": {"type": "not_ready", "message": reason}}, status_code=503, headers={"Retry-After": "5"})
 
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from rewardclient.fingerprint import canonical_prompt, prompt_fingerprint
 
-from .base import DEFAULT_SET, InvalidSetName, Reference, ReferenceStore, StoreUnavailable, check_set_name
+from .base import DEFAULT_SET, InvalidSetName, Reference, ReferenceStore, StoreFull, StoreUnavailable, check_set_name
 
 
 def open_store(url: str) -> ReferenceStore:
-    """``sqlite:///PATH`` (embedded default) or ``redis://HOST:PORT/DB``."""
+    """``sqlite:///PATH`` (embedded default), ``redis://HOST:PORT/DB`` or ``redis+sentinel://…`` (redis_client.py)."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url[len("sqlite:///"):])
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         from .redis import RedisStore
 
         return RedisStore(url)
-    raise ValueError(f"unknown reference store URL {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")
+    scheme = url.split("://", 1)[0] + "://" if "://" in url else "(no scheme)"  # never echo a password
+    raise ValueError(f"unknown reference store URL scheme {scheme}: expected sqlite:///PATH or redis://HOST:PORT/DB "
+                     "(or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB])")
 
 
-__all__ = ["DEFAULT_SET", "InvalidSetName", "Reference", "ReferenceStore", "StoreUnavailable", "canonical_prompt", "check_set_name", "open_store", "prompt_fingerprint"]
+__all__ = ["DEFAULT_SET", "InvalidSetName", "Reference", "ReferenceStore", "StoreFull", "StoreUnavailable", "canonical_prompt",
+           "check_set_name", "open_store", "prompt_fingerprint"]

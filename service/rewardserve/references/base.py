@@ -33,6 +33,8 @@ def check_set_name(name: str) -> str:
             f"invalid reference set name {shown!r}: use 1-{SET_NAME_MAX} characters from A-Z a-z 0-9 . _ - "
             "starting with a letter or digit")
     return name
+class StoreFull(StoreUnavailable):
+    """The store refuses writes because it is full (Redis ``maxmemory`` with ``noeviction``)."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import time
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import DEFAULT_SET, Reference, ReferenceStore, StoreUnavailable
+from .base import DEFAULT_SET, Reference, ReferenceStore, StoreFull, StoreUnavailable
+from .redis_client import close, connect, redact
 
 KEY_PREFIX = "rewardserve:refs:"  # set "default": rewardserve:refs:<model>
 SET_KEY_PREFIX = "rewardserve:refset:"  # any other set: rewardserve:refset:<set>:<model>
@@ -31,7 +32,7 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 class RedisStore(ReferenceStore):
     def __init__(self, url: str, timeout: float = 2.0):
         self.url = url
-        self._r = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True)
+        self._r = connect(url, timeout)  # one server or Sentinel (redis_client.py)
 
     @staticmethod
     def _key(model: str, reference_set: str = DEFAULT_SET) -> str:
@@ -78,6 +79,9 @@ class RedisStore(ReferenceStore):
             await self._r.hset(self._key(model, reference_set), mapping=mapping)
         except _DOWN as e:
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
+        except OutOfMemoryError:  # maxmemory reached with maxmemory-policy noeviction: nothing stored, nothing evicted
+            raise StoreFull(f"redis at {self._safe_url()} is full (maxmemory reached): nothing was stored; "
+                            "raise its maxmemory or remove unused references") from None
 
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
         rows = []
@@ -114,11 +118,7 @@ class RedisStore(ReferenceStore):
         return deleted
 
     def _safe_url(self) -> str:
-        # never echo a password
-        if "@" in self.url:
-            scheme, rest = self.url.split("://", 1)
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return self.url
+        return redact(self.url)  # never echo a password
 
     async def close(self) -> None:
-        await self._r.aclose()
+        await close(self._r)

@@ -1,0 +1,72 @@
+"""How the reference store's Redis client is created from its URL (and how a URL is shown safely).
+
+- ``redis://[[USER]:PASSWORD@]HOST:PORT/DB`` (``rediss://`` with TLS, ``unix://PATH?db=N``): one
+  Redis server (redis-py's ``from_url``).
+- ``redis+sentinel://[[USER]:PASSWORD@]HOST1:PORT1[,HOST2:PORT2,...]/MASTER_NAME[/DB]``: Redis
+  Sentinel. The sentinels are asked for the current master of ``MASTER_NAME`` on every new
+  connection; after a failover the old master's connections fail (the request answers 503, the SDK
+  retries) and the next connection goes to the promoted replica, with no service restart. The
+  password is the one of the Redis servers (``requirepass``/``masterauth``); the sentinels
+  themselves are reached without one (keep them behind a NetworkPolicy, as k8s/base does).
+
+Passwords never appear in messages or logs: use ``redact`` wherever a URL is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+if TYPE_CHECKING:  # redis is an optional dependency (extra `redis`); redact() works without it
+    import redis.asyncio as aioredis
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+
+
+def redact(url: str) -> str:
+    """``url`` with any user info replaced by ``***`` (``redis://:pw@h:1/0`` -> ``redis://***@h:1/0``)."""
+    return re.sub(r"^([a-z+]+://)[^@/]*@", r"\1***@", url)
+
+
+def parse_sentinel_url(url: str) -> dict:
+    """``redis+sentinel://[[user]:password@]h1:p1,h2:p2/master[/db]`` -> its parts."""
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ValueError(f"not a {SENTINEL_SCHEME} URL: {redact(url)}")
+    rest = url[len(SENTINEL_SCHEME):]
+    userinfo, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"bad sentinel URL {redact(url)}: expected {SENTINEL_SCHEME}[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]")
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bad sentinel address {h!r} in {redact(url)}: expected HOST:PORT")
+        sentinels.append((host.strip("[]"), int(port)))
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    return {"sentinels": sentinels, "service": parts[0], "db": int(parts[1]) if len(parts) == 2 else 0,
+            "username": unquote(username) or None, "password": unquote(password) or None}
+
+
+def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
+    """An asyncio Redis client (string replies) for ``url``; connects lazily, on first use."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel
+
+    common = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
+    if url.startswith(SENTINEL_SCHEME):
+        p = parse_sentinel_url(url)
+        sentinel = Sentinel(p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
+        return sentinel.master_for(p["service"], db=p["db"], username=p["username"], password=p["password"], **common)
+    return aioredis.from_url(url, **common)
+
+
+async def close(client: aioredis.Redis) -> None:
+    """Close ``client`` and, for a Sentinel client, its connections to the sentinels."""
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
