@@ -133,8 +133,7 @@ def test_enough_contrast_pairs():
 NOT_YET = pytest.mark.xfail(strict=False, reason="today's frozen-encoder default is below the 0.8 target (docs/models.md)")
 
 
-@NOT_YET
-@pytest.mark.parametrize("model,pairs", [("helpful", HELPFUL), ("harmless", HARMLESS)])
+@pytest.mark.parametrize("model,pairs", [pytest.param("helpful", HELPFUL, marks=NOT_YET), ("harmless", HARMLESS)])
 def test_default_model_gets_contrast_pairs_right(default_backend, model, pairs):
     right = _right(default_backend, model, pairs)
     wrong = [pairs[i][0] for i in np.flatnonzero(~right)]
