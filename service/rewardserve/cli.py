@@ -154,7 +154,7 @@ def _cmd_eval_rm(a: argparse.Namespace) -> int:
     from .evaluation import eval_rm, update_card
 
     settings = load_settings(a.config)
-    result = asyncio.run(eval_rm(settings, a.model, a.data, a.limit))
+    result = asyncio.run(eval_rm(settings, a.model, a.data, a.limit, a.bootstrap, a.scores_out))
     print(json.dumps(result, indent=2))
     if a.update_card:
         print(f"card updated: {update_card(settings, a.model, result, a.update_card)}", file=sys.stderr)
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="use only the first N pairs")
     e.add_argument("--out", help="also write the result as JSON here")
     e.add_argument("--update-card", metavar="KEY", help="store the result in the model's card under evaluation.KEY")
+    e.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    e.add_argument("--scores-out", help="also save the per-pair rewards here (.npz)")
     e.set_defaults(func=_cmd_eval_rm)
 
     c = sub.add_parser("calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service")

@@ -67,16 +67,72 @@ def pairwise_metrics(chosen: np.ndarray, rejected: np.ndarray, len_chosen: np.nd
     }
 
 
-async def eval_rm(settings: Settings, model: str, data: str, limit: int | None = None) -> dict:
+CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def reliability(margin: np.ndarray, bins: tuple[float, ...] = CALIBRATION_BINS) -> dict:
+    """Calibration of the Bradley–Terry probability σ(r_chosen − r_rejected). Each pair is read from
+    the side the model favours: confidence q = σ(|margin|) ∈ [0.5, 1], and the pair counts as right
+    when the favoured reply is the chosen one. Per confidence bin: pairs, mean q, empirical rate;
+    ECE = Σ (n_bin / n) · |rate − mean q|."""
+    q = 1.0 / (1.0 + np.exp(-np.abs(margin)))
+    right = margin > 0
+    rows, ece = [], 0.0
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (q >= lo) & ((q < hi) if hi < bins[-1] else (q <= hi))
+        n = int(sel.sum())
+        row = {"bin": [lo, hi], "pairs": n, "mean_probability": float(q[sel].mean()) if n else None,
+               "empirical_rate": float(right[sel].mean()) if n else None}
+        if n:
+            ece += n / len(margin) * abs(row["empirical_rate"] - row["mean_probability"])
+        rows.append(row)
+    return {"bins": rows, "ece": float(ece), "mean_bt_probability_of_chosen": float(np.mean(1.0 / (1.0 + np.exp(-margin))))}
+
+
+def bootstrap_intervals(chosen: np.ndarray, rejected: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals (pairs resampled with replacement, seeded) for the headline
+    metrics and the per-bin calibration rates."""
+    rng = np.random.default_rng(seed)
+    n = len(chosen)
+    keys = ("accuracy", "length_balanced_accuracy", "reward_length_correlation", "mean_margin")
+    draws: dict[str, list[float]] = {k: [] for k in (*keys, "ece")}
+    bin_rates: list[list[float]] = [[] for _ in CALIBRATION_BINS[:-1]]
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        m = pairwise_metrics(chosen[i], rejected[i], len_chosen[i], len_rejected[i])
+        for k in keys:
+            if m[k] is not None:
+                draws[k].append(m[k])
+        rel = reliability(chosen[i] - rejected[i])
+        draws["ece"].append(rel["ece"])
+        for b, row in enumerate(rel["bins"]):
+            if row["empirical_rate"] is not None:
+                bin_rates[b].append(row["empirical_rate"])
+    a = (1 - level) / 2 * 100
+
+    def ci(v: list[float]) -> list[float] | None:
+        return [float(np.percentile(v, a)), float(np.percentile(v, 100 - a))] if v else None
+
+    return {"level": level, "resamples": n_boot, "seed": seed, **{k: ci(v) for k, v in draws.items()},
+            "calibration_empirical_rate": [ci(v) for v in bin_rates]}
+
+
+async def eval_rm(settings: Settings, model: str, data: str, limit: int | None = None, bootstrap: int = 1000,
+                  scores_out: str | None = None) -> dict:
     pairs = load_pairs(data, limit)
     texts = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     async with local_scorer(settings, [model]) as scorer:
         scores = await _score_pairs(scorer, model, texts)
         revision = scorer.models[model].info.revision
     n = len(pairs)
-    result = pairwise_metrics(
-        scores[:n], scores[n:], np.array([len(p.chosen) for p in pairs]), np.array([len(p.rejected) for p in pairs])
-    )
+    lc, lr = np.array([len(p.chosen) for p in pairs]), np.array([len(p.rejected) for p in pairs])
+    result = pairwise_metrics(scores[:n], scores[n:], lc, lr)
+    result["calibration"] = reliability(scores[:n] - scores[n:])
+    if bootstrap:
+        result["intervals"] = bootstrap_intervals(scores[:n], scores[n:], lc, lr, bootstrap)
+    if scores_out:
+        np.savez_compressed(scores_out, chosen=scores[:n], rejected=scores[n:], len_chosen=lc, len_rejected=lr)
     path = Path(data).expanduser()
     return {"model": model, "revision": revision, "data": str(data),
             "data_sha256": file_sha256(path) if path.exists() else None, **result}

@@ -8,6 +8,12 @@ response tokens; features = [p, r, p ⊙ r] (3 × hidden size).
 A head is a safetensors file holding a linear layer or a one-hidden-layer MLP; its metadata says
 which (``arch``), its input size and the feature version. A JSON card with the same stem (how it
 was trained, its accuracy) is shown in ``GET /v1/models`` when present.
+
+A head trained with a fine-tuned encoder names an encoder delta in its metadata
+(``encoder_delta``: a safetensors file beside the head holding the encoder weights that fine-tuning
+changed, e.g. the top layers, and the revision of the base they apply to). The backend loads the
+base encoder, then the delta over it; all heads of one backbone must name the same delta (one
+encoder, one forward). The delta's digest is part of the encoder revision.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .formatting import encode_pair
 
 FEATURES = "pair-mean-v1"
 HEAD_FORMAT = "rewardserve-head/1"
+DELTA_FORMAT = "rewardserve-encoder-delta/1"
 
 
 def default_encoder_path() -> str:
@@ -92,6 +99,27 @@ def load_head(path: str | Path) -> tuple[RewardHead, dict[str, str]]:
     return head, meta
 
 
+def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str) -> None:
+    """Load an encoder delta (weights fine-tuning changed) over ``encoder``, checking it was trained
+    on this base revision and that every tensor names an existing weight of the same shape."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{path}: not a rewardserve encoder delta (metadata format={meta.get('format')!r})")
+    if meta.get("base_revision") != base_revision:
+        raise ValueError(f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}")
+    delta = load_file(str(path))
+    own = encoder.state_dict()
+    bad = [k for k, v in delta.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path}: tensors that do not fit the encoder: {bad[:5]}")
+    with torch.no_grad():
+        for k, v in delta.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+
 def load_card(head_path: str | Path) -> dict[str, Any] | None:
     card = Path(head_path).with_suffix(".json")
     if card.exists():
@@ -132,8 +160,19 @@ class EncoderHeadBackend(Backend):
         self._heads: list[RewardHead] = []
         self._info: dict[str, ModelInfo] = {}
         hidden = self.encoder.config.hidden_size
+        loaded = {mname: load_head(hpath) for mname, hpath in heads.items()}
+        deltas = {(Path(hpath).parent / loaded[m][1]["encoder_delta"]).resolve() if loaded[m][1].get("encoder_delta") else None
+                  for m, hpath in heads.items()}
+        if len(deltas) > 1:
+            raise ValueError(f"heads of backbone {name!r} need different encoders (deltas {sorted(map(str, deltas))}); "
+                             "one backbone is one encoder: put them on separate backbones")
+        delta = deltas.pop() if deltas else None
+        if delta is not None:
+            apply_encoder_delta(self.encoder, delta, self.encoder_revision)
+            self.encoder_revision = f"{self.encoder_revision}+{file_digest(delta)}"
+        self.encoder_delta = str(delta) if delta else None
         for mname, hpath in heads.items():
-            head, meta = load_head(hpath)
+            head, meta = loaded[mname]
             if head.in_features != 3 * hidden:
                 raise ValueError(f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}")
             self._heads.append(head.to(self.device, self.dtype))
@@ -142,7 +181,8 @@ class EncoderHeadBackend(Backend):
                 kind="encoder_head",
                 source=str(hpath),
                 revision=f"{self.encoder_revision}-{file_digest(hpath)}",
-                extra={"encoder": self.source, "head_arch": meta["arch"], "card": load_card(hpath)},
+                extra={"encoder": self.source, **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
+                       "head_arch": meta["arch"], "card": load_card(hpath)},
             )
         self.pad_id = self.tokenizer.pad_token_id or 0
 
