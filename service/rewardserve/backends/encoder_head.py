@@ -84,13 +84,19 @@ def save_head(head: RewardHead, path: str | Path, extra_metadata: dict[str, str]
     save_file(tensors, str(path), metadata=meta)
 
 
-def load_head(path: str | Path) -> tuple[RewardHead, dict[str, str]]:
+def _metadata(path: str | Path, fmt: str, what: str) -> dict[str, str]:
+    """The safetensors metadata of ``path``, which must say ``format: fmt`` (``what`` names it in the error)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{path}: not a rewardserve head (metadata format={meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: not a rewardserve {what} (metadata format={meta.get('format')!r})")
+    return meta
+
+
+def load_head(path: str | Path) -> tuple[RewardHead, dict[str, str]]:
+    meta = _metadata(path, HEAD_FORMAT, "head")
     if meta.get("features") != FEATURES:
         raise ValueError(f"{path}: head expects features {meta.get('features')!r}, this server computes {FEATURES!r}")
     head = RewardHead(int(meta["in_features"]), int(meta["hidden"]))
@@ -102,12 +108,7 @@ def load_head(path: str | Path) -> tuple[RewardHead, dict[str, str]]:
 def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str) -> None:
     """Load an encoder delta (weights fine-tuning changed) over ``encoder``, checking it was trained
     on this base revision and that every tensor names an existing weight of the same shape."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != DELTA_FORMAT:
-        raise ValueError(f"{path}: not a rewardserve encoder delta (metadata format={meta.get('format')!r})")
+    meta = _metadata(path, DELTA_FORMAT, "encoder delta")
     if meta.get("base_revision") != base_revision:
         raise ValueError(f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}")
     delta = load_file(str(path))

@@ -125,17 +125,6 @@ def per_prompt_point(w: np.ndarray, proxy: np.ndarray, gold: np.ndarray, gold_re
             "gold_good_on_all": expect(w, good), "length": expect(w, lengths), "kl": kl_to_uniform(w)}
 
 
-def worst_decile_prompts(gold: np.ndarray, gold_ref: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Per model, the prompts (mask, prompts × models) whose mean base sample is furthest below the
-    gold reference: where the base policy does worst, by the judge."""
-    quality = gold.mean(axis=1) - gold_ref
-    k = max(1, int(np.ceil(fraction * quality.shape[0])))
-    mask = np.zeros_like(quality, dtype=bool)
-    for m in range(quality.shape[1]):
-        mask[np.argsort(quality[:, m], kind="stable")[:k], m] = True
-    return mask
-
-
 def selections(u: np.ndarray, kl_targets=DEFAULT_KL_TARGETS, best_of=DEFAULT_BEST_OF) -> list[dict]:
     """The points of one utility's curve: the tilted optimum at each target mean KL (β found by
     bisection, so every utility is evaluated at the same KLs) and best-of-n for each n."""

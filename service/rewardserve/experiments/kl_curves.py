@@ -184,12 +184,12 @@ def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: l
     import numpy as np
 
     from . import kl as K
-    from .stats import references
+    from .stats import references, worst_decile
 
     kl_targets = K.DEFAULT_KL_TARGETS if kl_targets is None else kl_targets
     best_of = tuple(n for n in (K.DEFAULT_BEST_OF if best_of is None else best_of) if n <= 4 * proxy.shape[1])
     proxy_ref, gold_ref = references(proxy_ref_samples, quantile), references(gold_ref_samples, quantile)
-    worst = K.worst_decile_prompts(gold, gold_ref)
+    worst = worst_decile(gold, gold_ref)  # by the judge: where the base policy does worst
     us = utilities(proxy, proxy_ref, models)
     per: dict[str, list[dict]] = {}
     curves: dict[str, list[dict]] = {}
