@@ -37,7 +37,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,
-                            timeout_graceful_shutdown=a.graceful_timeout, access_log=False)
+                            timeout_graceful_shutdown=a.graceful_timeout, access_log=False,
+                            timeout_keep_alive=settings.keep_alive_seconds)
     DrainingServer(config, app.state.rs, a.drain_seconds).run()
     return 0
 

@@ -176,6 +176,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    keep_alive_seconds: float = Field(
+        75.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
+                                "timeout of any load balancer or proxy in front (theirs must close first, or a "
+                                "request sent as the server closes the connection is lost)")
     api_keys: SecretStr | None = Field(
         None, description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
                           "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "

@@ -41,8 +41,7 @@ class ServiceProcess:
         deadline = t0 + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = open(self.log.name, encoding="utf-8", errors="replace").read() if self.log else ""
-                raise RuntimeError(f"rewardserve serve exited with {self.proc.returncode}:\n{err[-4000:]}")
+                raise RuntimeError(f"rewardserve serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     self.startup_seconds = time.monotonic() - t0
@@ -52,6 +51,12 @@ class ServiceProcess:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"rewardserve was not ready within {self.ready_timeout} s")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's log so far (empty when it logs to this process's output)."""
+        if self.log is None:
+            return ""
+        return open(self.log.name, encoding="utf-8", errors="replace").read()[-chars:]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         try:
