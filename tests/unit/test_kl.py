@@ -121,3 +121,12 @@ def test_analyse_curves_shape_and_invariants():
         if p["n"] is not None:
             assert p["gold_win_rate"]["h"] == [0.0, 0.0, 0.0]
     assert 0.5 < out["pool_pair_agreement"]["h"] < 1.0
+
+
+def test_transform_room_is_zero_for_a_flat_pool_and_grows_with_the_spread():
+    from rewardserve.experiments.kl_curves import transform_room
+
+    flat = transform_room(np.zeros((3, 8)), np.zeros(3))
+    assert flat == {"within_prompt_std": 0.0, "slope_range": 0.0}
+    wide = transform_room(np.tile(np.linspace(-4, 4, 8), (3, 1)), np.zeros(3))
+    assert wide["within_prompt_std"] > 2 and 0.9 < wide["slope_range"] < 1.0

@@ -173,6 +173,18 @@ def pool_agreement(proxy, gold) -> float:
     return float((dp == dg)[valid].mean()) if valid.any() else float("nan")
 
 
+def transform_room(rewards, ref) -> dict[str, float]:
+    """How much room the LSC transform has on a pool (prompts × N rewards, per-prompt references):
+    the mean within-prompt standard deviation of the rewards, and the mean per-prompt range of the
+    transform's slope σ(r_ref − r) over the candidates. A range near 0 means log σ(r − r_ref) is
+    close to linear over the pool, so any utility built from it ranks like the raw reward."""
+    import numpy as np
+
+    slope = 1.0 / (1.0 + np.exp(rewards - ref[:, None]))
+    return {"within_prompt_std": float(rewards.std(axis=1).mean()),
+            "slope_range": float((slope.max(axis=1) - slope.min(axis=1)).mean())}
+
+
 PAIRS = {"lsc_sum": "raw_sum"}  # paired differences at matched KL: lsc − raw (single models added per run)
 
 
@@ -230,6 +242,8 @@ def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: l
             "reference_samples": int(proxy_ref_samples.shape[1]), "quantile": quantile, "bootstrap": n_boot,
             "base_gold_good_on_all": _ci(base_good, n_boot, seed),
             "pool_pair_agreement": {m: pool_agreement(proxy[:, :, i], gold[:, :, i]) for i, m in enumerate(models)},
+            "proxy_transform_room": {m: transform_room(proxy[:, :, i], proxy_ref[:, i]) for i, m in enumerate(models)},
+            "gold_transform_room": {m: transform_room(gold[:, :, i], gold_ref[:, i]) for i, m in enumerate(models)},
             "curves": curves, "paired": paired}
 
 
