@@ -222,7 +222,7 @@ def test_command_is_the_console_script_and_args_parse(overlay):
     _, docs = overlay
     c = container(docs)
     argv = c.get("command", []) + c.get("args", [])
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((REPO / "service" / "pyproject.toml").read_text())["project"]["scripts"]
     assert argv[0] in scripts
     ns = build_parser().parse_args(argv[1:])
     assert ns.command == "serve" and ns.config

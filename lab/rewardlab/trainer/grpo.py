@@ -55,7 +55,7 @@ class RLHFConfig:
 def _load_dataset(cfg: RLHFConfig):
     from datasets import Dataset
 
-    from rewardserve.datasets import load_prompts
+    from ..datasets import load_prompts
 
     prompts = load_prompts(cfg.prompts, split=cfg.split, limit=cfg.max_prompts)
     # conversational prompts for TRL: a list of messages (plain strings become one user message)
@@ -70,9 +70,9 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewardserve.policy import policy_id, resolve_policy_path
+    from ..policy import policy_id, resolve_policy_path
 
-    from ..trl import RewardServeReward
+    from rewardclient.trl import RewardServeReward
 
     if cfg.beta <= 0:
         raise ValueError("beta must be > 0: the policy is KL-regularised to its initial weights")
@@ -124,7 +124,7 @@ def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperatu
     """``k`` samples per prompt from the trainer's current policy (left padding for generation)."""
     import torch
 
-    from rewardserve.policy import generate
+    from ..policy import generate
 
     model, tok = trainer.model, trainer.processing_class
     side, training = tok.padding_side, model.training
