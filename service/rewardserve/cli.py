@@ -130,6 +130,7 @@ def _cmd_references(a: argparse.Namespace) -> int:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """The fields of dataclass ``cls`` as ``--field-name`` options (rewardlab's commands use it)."""
     import dataclasses
     import typing
 
@@ -178,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         ep.load()(sub)
     for name in LAB_COMMANDS:
         if name not in sub.choices:
-            x = sub.add_parser(name, help="(needs rewardlab)", add_help=False)
-            x.add_argument("args", nargs=argparse.REMAINDER)
-            x.set_defaults(func=_needs_lab)
+            sub.add_parser(name, help="(needs rewardlab)", add_help=False).set_defaults(func=_needs_lab)
     return p
 
 
@@ -199,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin after each parallel region steal the cores that the event loop and
     # the tokenizer need; passive waiting measured faster on CPU serving (bench/README.md)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _needs_lab:  # a missing command's arguments are not known here
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
