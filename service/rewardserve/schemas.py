@@ -20,6 +20,7 @@ class Message(_Wire):  # validates rewardclient.protocol.Message
     content: str
 
 
+# the validated wire form of rewardclient.protocol.Prompt (plain_prompt turns it back into plain data)
 Prompt = Annotated[str | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator(check_format_name), Field(

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewardclient.protocol import DEFAULT_AGGREGATE
+
 
 @dataclass
 class RLHFConfig:
@@ -34,7 +36,7 @@ class RLHFConfig:
     prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
     split: str | None = "train"               # prompts of this split only (when the file has one)
     max_prompts: int | None = 256             # first N prompts
-    utility: str = "lsc_sum"                  # lsc_sum | raw_sum | min: what the policy maximises
+    utility: str = DEFAULT_AGGREGATE          # lsc_sum | raw_sum | min: what the policy maximises
     models: list[str] | None = None           # reward models (default: all served)
     beta: float = 0.05                        # KL coefficient to the initial policy (> 0)
     scale_rewards: str = "none"               # see the module docstring
