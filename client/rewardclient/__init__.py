@@ -8,7 +8,7 @@ from .client import (
 from .protocol import canonical_prompt, prompt_fingerprint
 
 __all__ = [
-    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError", "OverloadedError",
-    "PayloadTooLargeError", "RetryPolicy", "RewardClient", "RewardServeError", "ScoreResult", "ServerError",
-    "canonical_prompt", "prompt_fingerprint",
+    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError",
+    "OverloadedError", "PayloadTooLargeError", "RetryPolicy", "RewardClient", "RewardServeError", "ScoreResult",
+    "ServerError", "canonical_prompt", "prompt_fingerprint",
 ]

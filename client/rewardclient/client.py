@@ -199,7 +199,8 @@ class _BaseClient(Generic[HttpT]):
 
     # -- the calls ----------------------------------------------------------------------------------
     def _score_calls(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None,
-                     reference_set: str | None = None, prompt_format: str | None = None) -> list[_Call[list[ScoreResult]]]:
+                     reference_set: str | None = None,
+                     prompt_format: str | None = None) -> list[_Call[list[ScoreResult]]]:
         """One call per chunk of at most ``max_items_per_request`` items."""
         items = [make_item(it) for it in items]
         if not items:
@@ -215,12 +216,13 @@ class _BaseClient(Generic[HttpT]):
     def _models_call(self) -> _Call[list[dict[str, Any]]]:
         return _Call("GET", "/v1/models", lambda answer: answer["models"])
 
-    def _put_references_call(self, model: str, values: References | None, samples: Samples | None, quantile: float | None,
-                             policy: str | None, default: float | None, n_samples: int | None,
+    def _put_references_call(self, model: str, values: References | None, samples: Samples | None,
+                             quantile: float | None, policy: str | None, default: float | None, n_samples: int | None,
                              reference_set: str | None) -> _Call[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         for prompt, value in (values.items() if isinstance(values, Mapping) else values or []):
-            entries.append({"prompt": plain_prompt(prompt), "value": float(value), **({"n_samples": n_samples} if n_samples else {})})
+            entry = {"prompt": plain_prompt(prompt), "value": float(value)}
+            entries.append({**entry, "n_samples": n_samples} if n_samples else entry)
         for prompt, ss in samples or []:
             entries.append({"prompt": plain_prompt(prompt), "samples": list(ss)})
         body: dict[str, Any] = {"model": model, "entries": entries}
@@ -234,13 +236,15 @@ class _BaseClient(Generic[HttpT]):
             body["reference_set"] = reference_set
         return _Call("POST", "/v1/references", _as_is, json=body)
 
-    def _get_reference_call(self, model: str, prompt: PromptLike, reference_set: str | None) -> _Call[dict[str, Any] | None]:
+    def _get_reference_call(self, model: str, prompt: PromptLike,
+                            reference_set: str | None) -> _Call[dict[str, Any] | None]:
         params = {"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)}
         if reference_set is not None:
             params["reference_set"] = reference_set
         return _Call("GET", "/v1/references", _as_is, params=params, absent="reference_not_found")
 
-    def _lookup_references_call(self, model: str, fingerprints: Sequence[str], reference_set: str | None) -> _Call[dict[str, Any]]:
+    def _lookup_references_call(self, model: str, fingerprints: Sequence[str],
+                                reference_set: str | None) -> _Call[dict[str, Any]]:
         body: dict[str, Any] = {"model": model, "prompt_fingerprints": list(fingerprints)}
         if reference_set is not None:
             body["reference_set"] = reference_set
@@ -290,8 +294,9 @@ class RewardClient(_BaseClient[httpx.Client]):
             except StopIteration as done:
                 return done.value
 
-    def score(self, items: Sequence[Any], models: Sequence[str] | None = None, aggregate: Mapping[str, Any] | None = None,
-              reference_set: str | None = None, prompt_format: str | None = None) -> list[ScoreResult]:
+    def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
+              aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
+              prompt_format: str | None = None) -> list[ScoreResult]:
         """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples), in order.
         ``aggregate``: ``{"method": ..., "weights": ...}``; ``reference_set``: the named set of stored
         references to use (default: the service's); ``prompt_format``: how string prompts are read
@@ -319,13 +324,15 @@ class RewardClient(_BaseClient[httpx.Client]):
         """Store references into ``reference_set`` (default: the service's ``default`` set):
         ``values`` as (prompt, value) pairs, and/or ``samples`` as (prompt, [responses]) for the
         server to score and reduce to their ``quantile``; ``default``: the model's default reference."""
-        return self._run(self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set))
+        call = self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set)
+        return self._run(call)
 
     def get_reference(self, model: str, prompt: PromptLike, reference_set: str | None = None) -> dict[str, Any] | None:
         """The stored reference of ``prompt`` for ``model``, or ``None`` when there is none."""
         return self._run(self._get_reference_call(model, prompt, reference_set))
 
-    def lookup_references(self, model: str, fingerprints: Sequence[str], reference_set: str | None = None) -> dict[str, Any]:
+    def lookup_references(self, model: str, fingerprints: Sequence[str],
+                          reference_set: str | None = None) -> dict[str, Any]:
         """Stored references by prompt fingerprint (``POST /v1/references/lookup``)."""
         return self._run(self._lookup_references_call(model, fingerprints, reference_set))
 
@@ -386,7 +393,8 @@ class AsyncRewardClient(_BaseClient[httpx.AsyncClient]):
         call = self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set)
         return await self._run(call)
 
-    async def get_reference(self, model: str, prompt: PromptLike, reference_set: str | None = None) -> dict[str, Any] | None:
+    async def get_reference(self, model: str, prompt: PromptLike,
+                            reference_set: str | None = None) -> dict[str, Any] | None:
         return await self._run(self._get_reference_call(model, prompt, reference_set))
 
     async def lookup_references(self, model: str, fingerprints: Sequence[str],

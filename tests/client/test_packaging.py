@@ -51,7 +51,8 @@ def test_dependencies_point_one_way(package):
 
 
 def test_declared_dependencies_match():
-    meta = {name: tomllib.loads((d / "pyproject.toml").read_text(encoding="utf-8"))["project"] for name, d in DISTRIBUTIONS.items()}
+    meta = {name: tomllib.loads((d / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+            for name, d in DISTRIBUTIONS.items()}
     assert meta["rewardclient"]["dependencies"] == ["httpx>=0.27"]
     assert any(r.startswith("rewardclient") for r in meta["rewardserve"]["dependencies"])
     assert not any(r.startswith("rewardlab") for r in meta["rewardserve"]["dependencies"])
@@ -68,6 +69,15 @@ def test_every_lab_command_is_added_by_rewardlab():
     assert all(sub.choices[name].get_default("func") is not _needs_lab for name in LAB_COMMANDS)
 
 
+def test_the_command_line_loads_no_training_or_serving_stack():
+    """``rewardserve --help`` with every command added imports none of rewardlab's ``train`` extra (the
+    images install rewardlab without it) and nothing heavy of the server."""
+    code = ("import sys; from rewardserve.cli import build_parser; build_parser(); "
+            "print(' '.join(m for m in ('trl', 'datasets', 'matplotlib', 'gguf', 'accelerate', 'torch', "
+            "'transformers', 'fastapi') if m in sys.modules))")
+    assert _run([sys.executable, "-c", code]).stdout.strip() == ""
+
+
 def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, **kw)
     assert r.returncode == 0, f"{cmd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -78,8 +88,8 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 def wheels(tmp_path_factory) -> dict[str, Path]:
     """The three wheels, built from copies of the source folders (nothing is written into the checkout)."""
     root = tmp_path_factory.mktemp("wheels")
-    src = [shutil.copytree(d, root / "src" / d.name, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
-           for d in DISTRIBUTIONS.values()]
+    skip = shutil.ignore_patterns("*.egg-info", "build", "__pycache__")
+    src = [shutil.copytree(d, root / "src" / d.name, ignore=skip) for d in DISTRIBUTIONS.values()]
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", *src])
     built = {p.name.split("-")[0]: p for p in (root / "dist").glob("*.whl")}
     assert set(built) == OURS, built
@@ -137,7 +147,8 @@ def test_client_wheel_installs_alone_without_torch_and_scores(wheels, server, tm
     _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", wheels["rewardserve"]], env=env)
     cli = venv / "bin" / "rewardserve"
     assert "calibrate" in _run([cli, "--help"], env=env).stdout
-    r = subprocess.run([cli, "calibrate", "--prompts", "p.jsonl", "--samples", "2"], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run([cli, "calibrate", "--prompts", "p.jsonl", "--samples", "2"], capture_output=True, text=True,
+                       env=env, timeout=60)
     assert r.returncode == 2 and "pip install rewardlab" in r.stderr and "pip install ./lab" in r.stderr, r.stderr
     r = subprocess.run([cli, "serve", "--no-such-flag"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr
