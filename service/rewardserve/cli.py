@@ -175,11 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML config (default: the embedded default)")
     r.set_defaults(func=_cmd_references)
 
+    failed = ""
     for ep in entry_points(group=COMMANDS_GROUP):
-        ep.load()(sub)
+        try:
+            ep.load()(sub)
+        except ImportError as e:  # a broken plugin must not take `serve` down with it
+            failed += f" ({ep.value} did not load: {e})"
     for name in LAB_COMMANDS:
         if name not in sub.choices:
-            sub.add_parser(name, help="(needs rewardlab)", add_help=False).set_defaults(func=_needs_lab)
+            x = sub.add_parser(name, help="(needs rewardlab)", add_help=False)
+            x.set_defaults(func=_needs_lab, load_error=failed)
     return p
 
 
@@ -189,7 +194,8 @@ LAB_COMMANDS = ("demo", "train-head", "eval-rm", "calibrate", "rlhf", "experimen
 
 def _needs_lab(a: argparse.Namespace) -> int:
     print(f"rewardserve {a.command}: this command comes with rewardlab, the research and training tools, which is not "
-          "installed: pip install rewardlab (from a checkout of the repository: pip install ./lab)", file=sys.stderr)
+          f"installed{a.load_error}: pip install rewardlab (from a checkout of the repository: pip install ./lab)",
+          file=sys.stderr)
     return 2
 
 
