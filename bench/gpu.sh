@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark on one GPU: a ~110M-parameter BERT-base-sized sequence classifier (random weights,
-# built here with rewardserve.tiny_models; throughput does not depend on the weights) served as a
+# built here with rewardlab.tiny_models; throughput does not depend on the weights) served as a
 # `sequence_classifier` in bfloat16 on cuda:0; the same phases as `python -m bench`.
 # Sized to finish in under 5 minutes on one H100 (2 s cells after 0.5 s warm-up).
 #
@@ -44,7 +44,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from rewardserve import tiny_models
+from rewardlab import tiny_models
 
 work, device, dtype, hidden, layers, heads, max_length = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
 model = tiny_models.make_encoder_classifier(Path(work) / "rm", hidden=hidden, layers=layers, heads=heads,

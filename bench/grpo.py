@@ -47,7 +47,7 @@ def smollm2_reward_model(cache: str | Path | None = None, seed: int = 0) -> Path
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rewardserve.policy import resolve_policy_path
+    from rewardlab.policy import resolve_policy_path
 
     src = resolve_policy_path(None)
     torch.manual_seed(seed)

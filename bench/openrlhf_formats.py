@@ -34,7 +34,7 @@ CONVERSATIONS = [
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from rewardserve.policy import resolve_policy_path
+    from rewardlab.policy import resolve_policy_path
 
     return AutoTokenizer.from_pretrained(resolve_policy_path(None))
 

@@ -18,7 +18,7 @@ mkdir -p "$M/gold" "$M/proxy" "$E"
 # gold: the shared encoder's top 2 layers fine-tuned on both properties (multi-task Bradley-Terry,
 # length-balanced helpful sample), warm-started from the default heads; it never selects anything
 if [ ! -f "$M/gold/helpful.safetensors" ]; then
-  $PY -m rewardserve.training.finetune --helpful "$DATA/alpaca-helpful.train.jsonl.gz" \
+  $PY -m rewardlab.training.finetune --helpful "$DATA/alpaca-helpful.train.jsonl.gz" \
     --harmless "$DATA/hh-harmless.train.jsonl.gz" --out "$M/gold" --init-heads service/rewardserve/data/heads \
     --top-layers 2 --epochs 1 --seed 0
 fi
@@ -29,7 +29,7 @@ fi
   --out "$M/proxy" --name harmless --head mlp --limit 850
 [ -f "$M/proxy/helpful.safetensors" ] || $RS train-head --data "$DATA/alpaca-helpful.train.jsonl.gz" \
   --out "$M/proxy" --name helpful --head mlp --balance-length --length-penalty 10 --limit 850
-[ -f "$M/proxy-ft/helpful.safetensors" ] || $PY -m rewardserve.training.finetune \
+[ -f "$M/proxy-ft/helpful.safetensors" ] || $PY -m rewardlab.training.finetune \
   --helpful "$DATA/alpaca-helpful.train.jsonl.gz" --harmless "$DATA/hh-harmless.train.jsonl.gz" --out "$M/proxy-ft" \
   --init-heads "$M/proxy" --top-layers 2 --epochs 1 --seed 0 --limit 850
 # all on the test splits (accuracy, length-balanced accuracy, calibration; per-pair rewards)
@@ -40,7 +40,7 @@ for role in gold proxy proxy-ft; do
       --out "$E/$role-$m.json" --scores-out "$E/$role-$m.npz" > /dev/null
   done
 done
-$PY -m rewardserve.experiments.agreement "$E" --proxies proxy-ft proxy --out "$CFG/agreement.json"
+$PY -m rewardlab.experiments.agreement "$E" --proxies proxy-ft proxy --out "$CFG/agreement.json"
 # the main run (fine-tuned proxies) and the frozen-head proxies' run
 $RS experiment kl-curves --prompts "$DATA/prompts.jsonl.gz" \
   --proxy-config "$CFG/proxy-ft.yaml" --proxy-models helpful harmless \

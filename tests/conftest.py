@@ -15,7 +15,7 @@ import uvicorn
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rewardserve import tiny_models  # noqa: E402
+from rewardlab import tiny_models  # noqa: E402
 from rewardserve.app import create_app  # noqa: E402
 from rewardserve.config import Settings  # noqa: E402
 from rewardserve.service_process import free_port  # noqa: E402

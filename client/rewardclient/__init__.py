@@ -1,13 +1,14 @@
-"""rewardclient: the Python SDK of rewardserve."""
+"""rewardclient: the Python SDK of rewardserve (httpx only), its TRL and verl adapters, and the wire
+vocabulary that the server shares (``rewardclient.protocol``)."""
 
 from .client import (
     AsyncRewardClient, AuthenticationError, BadRequestError, ConnectionFailed, NotFoundError, OverloadedError,
-    PayloadTooLargeError, RewardClient, RewardServeError, ScoreResult, ServerError,
+    PayloadTooLargeError, RetryPolicy, RewardClient, RewardServeError, ScoreResult, ServerError,
 )
-from .fingerprint import canonical_prompt, prompt_fingerprint
+from .protocol import canonical_prompt, prompt_fingerprint
 
 __all__ = [
-    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError", "OverloadedError",
-    "PayloadTooLargeError", "RewardClient", "RewardServeError", "ScoreResult", "ServerError", "canonical_prompt",
-    "prompt_fingerprint",
+    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError",
+    "OverloadedError", "PayloadTooLargeError", "RetryPolicy", "RewardClient", "RewardServeError", "ScoreResult",
+    "ServerError", "canonical_prompt", "prompt_fingerprint",
 ]

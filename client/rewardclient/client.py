@@ -1,4 +1,8 @@
-"""``RewardClient`` (sync) and ``AsyncRewardClient`` over httpx, sharing one request builder.
+"""``RewardClient`` (sync) and ``AsyncRewardClient`` over httpx, on one shared base.
+
+``_BaseClient`` builds every call (method, path, body, how to read the answer) and holds the one
+retry policy (``RetryPolicy``, a loop free of I/O); each client only sends, sleeps and gathers in
+its own I/O style, so the two have the same methods by construction.
 
 - Large batches are split into chunks of at most ``max_items_per_request`` items and sent with
   bounded concurrency (``max_concurrency``); results come back in request order.
@@ -12,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
-Prompt = str | Sequence[Mapping[str, str]]
+from .protocol import PromptLike, ReferenceSource, plain_prompt, prompt_fingerprint
+
+T = TypeVar("T")
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 
@@ -83,8 +90,8 @@ class ScoreResult:
     truncated: dict[str, bool]
     p_all_good: float | None = None
     warnings: tuple[str, ...] = ()
-    # per model: "inline" | "stored" | "set_default" | "config_default" (empty from servers before 0.2)
-    reference_source: dict[str, str] = field(default_factory=dict)
+    # per model, where its reference came from (empty from servers before 0.2)
+    reference_source: dict[str, ReferenceSource] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScoreResult:
@@ -93,50 +100,32 @@ class ScoreResult:
                    warnings=tuple(d.get("warnings") or ()), reference_source=dict(d.get("reference_source") or {}))
 
 
-def make_item(item: Mapping[str, Any] | tuple) -> dict[str, Any]:
+
+def make_item(item: Mapping[str, Any] | tuple[PromptLike, str]) -> dict[str, Any]:
     """An item as the API wants it, from a mapping or a ``(prompt, response)`` tuple."""
     if isinstance(item, tuple):
         prompt, response = item
-        return {"prompt": _prompt(prompt), "response": response}
-    out = {"prompt": _prompt(item["prompt"]), "response": item["response"]}
+        return {"prompt": plain_prompt(prompt), "response": response}
+    out = {"prompt": plain_prompt(item["prompt"]), "response": item["response"]}
     for k in ("id", "reference"):
         if item.get(k) is not None:
             out[k] = item[k]
     return out
 
 
-def _prompt(p: Prompt) -> Any:
-    return p if isinstance(p, str) else [{"role": m["role"], "content": m["content"]} for m in p]
+Outcome = httpx.Response | httpx.TransportError | None  # of one try (None: after a wait)
+References = Mapping[Any, float] | Iterable[tuple[PromptLike, float]]  # prompt → value
+Samples = Iterable[tuple[PromptLike, Sequence[str]]]  # (prompt, base-policy responses)
 
 
-class _RequestBuilder:
-    """Everything both clients share: URLs, headers, bodies, chunking, retry decisions."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries with full-jitter exponential backoff, only on transient failures (connection errors
+    and timeouts, 429, 502, 503, 504), honouring ``Retry-After`` (at most ``backoff_max``)."""
 
-    def __init__(self, base_url: str, api_key: str | None, max_items_per_request: int, max_retries: int,
-                 backoff_base: float, backoff_max: float):
-        self.base_url = base_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.max_items = max_items_per_request
-        self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
-
-    def score_bodies(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None,
-                     reference_set: str | None = None, prompt_format: str | None = None) -> list[dict]:
-        items = [make_item(it) for it in items]
-        if not items:
-            raise ValueError("items is empty")
-        bodies = []
-        for s in range(0, len(items), self.max_items):
-            body: dict[str, Any] = {"items": items[s:s + self.max_items]}
-            if models:
-                body["models"] = list(models)
-            if aggregate:
-                body["aggregate"] = dict(aggregate)
-            if reference_set is not None:
-                body["reference_set"] = reference_set
-            if prompt_format is not None:
-                body["prompt_format"] = prompt_format
-            bodies.append(body)
-        return bodies
+    max_retries: int = 5
+    backoff_base: float = 0.25
+    backoff_max: float = 20.0
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
@@ -151,171 +140,246 @@ class _RequestBuilder:
     def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
         return attempt < self.max_retries and (response is None or response.status_code in RETRY_STATUS)
 
+    def attempts(self, method: str, path: str) -> Generator[float | None, Outcome, httpx.Response]:
+        """The retry loop, free of I/O. It yields ``None`` for "send the request" (send it back the
+        response, or the ``httpx.TransportError``) and a number for "wait this many seconds" (send it
+        back ``None``); it returns the first answer below 400 and raises the typed error on giving up."""
+        attempt = 0
+        while True:
+            outcome = yield None
+            response = outcome if isinstance(outcome, httpx.Response) else None
+            if response is None:
+                if not self.should_retry(attempt, None):
+                    raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from outcome
+            elif response.status_code < 400:
+                return response
+            elif not self.should_retry(attempt, response):
+                raise error_from_response(response)
+            yield self.delay(attempt, response)
+            attempt += 1
 
-class RewardClient:
-    """Synchronous client. ``with RewardClient("http://host:8000") as rc: rc.score([...])``."""
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call: what to send, and how its JSON answer becomes the method's result."""
+
+    method: str
+    path: str
+    read: Callable[[Any], T]
+    json: Any = None
+    params: dict[str, str] | None = None
+    absent: str | None = None  # the 404 error type meaning "no such entry": the result is None
+
+
+class _BaseClient(Generic[HttpT]):
+    """What both clients share: options, headers, the retry policy, and every call they make."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, *,
                  connect_timeout: float = 5.0, read_timeout: float = 120.0, max_retries: int = 5,
                  backoff_base: float = 0.25, backoff_max: float = 20.0, max_items_per_request: int = 256,
-                 max_concurrency: int = 4, transport: httpx.BaseTransport | None = None):
-        self._b = _RequestBuilder(base_url, api_key, max_items_per_request, max_retries, backoff_base, backoff_max)
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._http = httpx.Client(base_url=self._b.base_url, headers=self._b.headers, timeout=timeout, transport=transport)
-        self.max_concurrency = max_concurrency
+                 max_concurrency: int = 4, transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.max_items_per_request, self.max_concurrency = max_items_per_request, max_concurrency
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http: HttpT = self._make_http(headers, httpx.Timeout(read_timeout, connect=connect_timeout), transport)
+
+    def _make_http(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> HttpT:
+        raise NotImplementedError
+
+    def _exchange(self, call: _Call[T]) -> Generator[float | None, Outcome, T]:
+        """``RetryPolicy.attempts`` for ``call``, then its answer read into the result."""
+        try:
+            response = yield from self.retry.attempts(call.method, call.path)
+        except NotFoundError as e:
+            if call.absent is None or e.type != call.absent:
+                raise
+            return cast(T, None)
+        return call.read(response.json())
+
+    # -- the calls ----------------------------------------------------------------------------------
+    def _score_calls(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None,
+                     reference_set: str | None = None,
+                     prompt_format: str | None = None) -> list[_Call[list[ScoreResult]]]:
+        """One call per chunk of at most ``max_items_per_request`` items."""
+        items = [make_item(it) for it in items]
+        if not items:
+            raise ValueError("items is empty")
+        options: dict[str, Any] = {"models": list(models) if models else None,
+                                   "aggregate": dict(aggregate) if aggregate else None,
+                                   "reference_set": reference_set, "prompt_format": prompt_format}
+        options = {k: v for k, v in options.items() if v is not None}
+        n = self.max_items_per_request
+        return [_Call("POST", "/v1/score", _score_results, json={"items": items[s:s + n], **options})
+                for s in range(0, len(items), n)]
+
+    def _models_call(self) -> _Call[list[dict[str, Any]]]:
+        return _Call("GET", "/v1/models", lambda answer: answer["models"])
+
+    def _put_references_call(self, model: str, values: References | None, samples: Samples | None,
+                             quantile: float | None, policy: str | None, default: float | None, n_samples: int | None,
+                             reference_set: str | None) -> _Call[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for prompt, value in (values.items() if isinstance(values, Mapping) else values or []):
+            entry = {"prompt": plain_prompt(prompt), "value": float(value)}
+            entries.append({**entry, "n_samples": n_samples} if n_samples else entry)
+        for prompt, ss in samples or []:
+            entries.append({"prompt": plain_prompt(prompt), "samples": list(ss)})
+        body: dict[str, Any] = {"model": model, "entries": entries}
+        if quantile is not None:
+            body["quantile"] = quantile
+        if policy is not None:
+            body["policy"] = policy
+        if default is not None:
+            body["default"] = {"value": float(default), **({"n_samples": n_samples} if n_samples else {})}
+        if reference_set is not None:
+            body["reference_set"] = reference_set
+        return _Call("POST", "/v1/references", _as_is, json=body)
+
+    def _get_reference_call(self, model: str, prompt: PromptLike,
+                            reference_set: str | None) -> _Call[dict[str, Any] | None]:
+        params = {"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)}
+        if reference_set is not None:
+            params["reference_set"] = reference_set
+        return _Call("GET", "/v1/references", _as_is, params=params, absent="reference_not_found")
+
+    def _lookup_references_call(self, model: str, fingerprints: Sequence[str],
+                                reference_set: str | None) -> _Call[dict[str, Any]]:
+        body: dict[str, Any] = {"model": model, "prompt_fingerprints": list(fingerprints)}
+        if reference_set is not None:
+            body["reference_set"] = reference_set
+        return _Call("POST", "/v1/references/lookup", _as_is, json=body)
+
+
+def _score_results(answer: Mapping[str, Any]) -> list[ScoreResult]:
+    return [ScoreResult.from_json(r) for r in answer["results"]]
+
+
+def _as_is(answer: Any) -> Any:
+    return answer
+
+
+class RewardClient(_BaseClient[httpx.Client]):
+    """Synchronous client. ``with RewardClient("http://host:8000") as rc: rc.score([...])``.
+
+    Options: ``api_key``; ``connect_timeout`` / ``read_timeout`` (seconds); ``max_retries``,
+    ``backoff_base``, ``backoff_max`` (``RetryPolicy``); ``max_items_per_request`` (larger batches
+    are split) and ``max_concurrency`` (chunks in flight at once); ``transport`` (an httpx transport)."""
+
+    def _make_http(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> RewardClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kw) -> Any:
-        attempt = 0
+    def _send(self, call: _Call[Any]) -> Outcome:
+        try:
+            return self._http.request(call.method, call.path, json=call.json, params=call.params)
+        except httpx.TransportError as e:
+            return e
+
+    def _run(self, call: _Call[T]) -> T:
+        exchange = self._exchange(call)
+        step = next(exchange)
         while True:
-            response = None
+            outcome = self._send(call) if step is None else time.sleep(step)  # a wait's outcome is None
             try:
-                response = self._http.request(method, path, **kw)
-            except httpx.TransportError as e:
-                if not self._b.should_retry(attempt, None):
-                    raise ConnectionFailed(None, type(e).__name__, f"{method} {path}: {e}") from e
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                if not self._b.should_retry(attempt, response):
-                    raise error_from_response(response)
-            time.sleep(self._b.delay(attempt, response))
-            attempt += 1
+                step = exchange.send(outcome)
+            except StopIteration as done:
+                return done.value
 
     def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
               aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
               prompt_format: str | None = None) -> list[ScoreResult]:
-        """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples).
-        ``reference_set``: the named set of stored references to use (default: the service's);
-        ``prompt_format``: how string prompts are read (default: the service's, ``auto``)."""
-        bodies = self._b.score_bodies(items, models, aggregate, reference_set, prompt_format)
-        if len(bodies) == 1:
-            answers = [self._request("POST", "/v1/score", json=bodies[0])]
-        else:
-            with ThreadPoolExecutor(min(self.max_concurrency, len(bodies))) as ex:
-                answers = list(ex.map(lambda b: self._request("POST", "/v1/score", json=b), bodies))
-        return [ScoreResult.from_json(r) for a in answers for r in a["results"]]
+        """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples), in order.
+        ``aggregate``: ``{"method": ..., "weights": ...}``; ``reference_set``: the named set of stored
+        references to use (default: the service's); ``prompt_format``: how string prompts are read
+        (default: the service's, ``auto``)."""
+        calls = self._score_calls(items, models, aggregate, reference_set, prompt_format)
+        if len(calls) == 1:
+            return self._run(calls[0])
+        with ThreadPoolExecutor(min(self.max_concurrency, len(calls))) as ex:
+            return [r for chunk in ex.map(self._run, calls) for r in chunk]
 
     def models(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/models")["models"]
+        """The served models (``GET /v1/models``)."""
+        return self._run(self._models_call())
 
     def health(self) -> bool:
+        """Whether the service is ready (``/readyz``); no retries."""
         try:
             return self._http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
 
-    def put_references(self, model: str, values: Mapping[Any, float] | Iterable[tuple[Prompt, float]] | None = None, *,
-                       samples: Iterable[tuple[Prompt, Sequence[str]]] | None = None, quantile: float | None = None,
-                       policy: str | None = None, default: float | None = None, n_samples: int | None = None,
-                       reference_set: str | None = None) -> dict:
+    def put_references(self, model: str, values: References | None = None, *, samples: Samples | None = None,
+                       quantile: float | None = None, policy: str | None = None, default: float | None = None,
+                       n_samples: int | None = None, reference_set: str | None = None) -> dict[str, Any]:
         """Store references into ``reference_set`` (default: the service's ``default`` set):
         ``values`` as (prompt, value) pairs, and/or ``samples`` as (prompt, [responses]) for the
-        server to score and reduce to their ``quantile``."""
-        return self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default,
-                                                                             n_samples, reference_set))
+        server to score and reduce to their ``quantile``; ``default``: the model's default reference."""
+        call = self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set)
+        return self._run(call)
 
-    def get_reference(self, model: str, prompt: Prompt, reference_set: str | None = None) -> dict | None:
-        from .fingerprint import prompt_fingerprint
+    def get_reference(self, model: str, prompt: PromptLike, reference_set: str | None = None) -> dict[str, Any] | None:
+        """The stored reference of ``prompt`` for ``model``, or ``None`` when there is none."""
+        return self._run(self._get_reference_call(model, prompt, reference_set))
 
-        params = {"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)}
-        if reference_set is not None:
-            params["reference_set"] = reference_set
-        try:
-            return self._request("GET", "/v1/references", params=params)
-        except NotFoundError as e:
-            if e.type == "reference_not_found":
-                return None
-            raise
-
-    def lookup_references(self, model: str, fingerprints: Sequence[str], reference_set: str | None = None) -> dict:
-        return self._request("POST", "/v1/references/lookup", json=lookup_body(model, fingerprints, reference_set))
+    def lookup_references(self, model: str, fingerprints: Sequence[str],
+                          reference_set: str | None = None) -> dict[str, Any]:
+        """Stored references by prompt fingerprint (``POST /v1/references/lookup``)."""
+        return self._run(self._lookup_references_call(model, fingerprints, reference_set))
 
 
-def lookup_body(model: str, fingerprints: Sequence[str], reference_set: str | None) -> dict:
-    body: dict[str, Any] = {"model": model, "prompt_fingerprints": list(fingerprints)}
-    if reference_set is not None:
-        body["reference_set"] = reference_set
-    return body
+class AsyncRewardClient(_BaseClient[httpx.AsyncClient]):
+    """Asynchronous client: the options and methods of ``RewardClient``, awaitable;
+    ``async with AsyncRewardClient(url) as rc: await rc.score([...])``."""
 
-
-def references_body(model, values, samples, quantile, policy, default, n_samples, reference_set=None) -> dict:
-    entries = []
-    for prompt, value in (values.items() if isinstance(values, Mapping) else values or []):
-        e = {"prompt": _prompt(prompt), "value": float(value)}
-        if n_samples:
-            e["n_samples"] = n_samples
-        entries.append(e)
-    for prompt, ss in samples or []:
-        entries.append({"prompt": _prompt(prompt), "samples": list(ss)})
-    body: dict[str, Any] = {"model": model, "entries": entries}
-    if quantile is not None:
-        body["quantile"] = quantile
-    if policy is not None:
-        body["policy"] = policy
-    if default is not None:
-        body["default"] = {"value": float(default), **({"n_samples": n_samples} if n_samples else {})}
-    if reference_set is not None:
-        body["reference_set"] = reference_set
-    return body
-
-
-class AsyncRewardClient:
-    """Asynchronous client with the same methods as ``RewardClient`` (awaitable)."""
-
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, *,
-                 connect_timeout: float = 5.0, read_timeout: float = 120.0, max_retries: int = 5,
-                 backoff_base: float = 0.25, backoff_max: float = 20.0, max_items_per_request: int = 256,
-                 max_concurrency: int = 4, transport: httpx.AsyncBaseTransport | None = None):
-        self._b = _RequestBuilder(base_url, api_key, max_items_per_request, max_retries, backoff_base, backoff_max)
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._http = httpx.AsyncClient(base_url=self._b.base_url, headers=self._b.headers, timeout=timeout, transport=transport)
-        self._sem = asyncio.Semaphore(max_concurrency)
+    def _make_http(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> httpx.AsyncClient:
+        self._sem = asyncio.Semaphore(self.max_concurrency)
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kw) -> Any:
-        attempt = 0
+    async def _send(self, call: _Call[Any]) -> Outcome:
+        try:
+            async with self._sem:
+                return await self._http.request(call.method, call.path, json=call.json, params=call.params)
+        except httpx.TransportError as e:
+            return e
+
+    async def _run(self, call: _Call[T]) -> T:
+        exchange = self._exchange(call)
+        step = next(exchange)
         while True:
-            response = None
+            outcome = await self._send(call) if step is None else await asyncio.sleep(step)  # a wait's outcome is None
             try:
-                async with self._sem:
-                    response = await self._http.request(method, path, **kw)
-            except httpx.TransportError as e:
-                if not self._b.should_retry(attempt, None):
-                    raise ConnectionFailed(None, type(e).__name__, f"{method} {path}: {e}") from e
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                if not self._b.should_retry(attempt, response):
-                    raise error_from_response(response)
-            await asyncio.sleep(self._b.delay(attempt, response))
-            attempt += 1
+                step = exchange.send(outcome)
+            except StopIteration as done:
+                return done.value
 
     async def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
                     aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
                     prompt_format: str | None = None) -> list[ScoreResult]:
-        bodies = self._b.score_bodies(items, models, aggregate, reference_set, prompt_format)
-        answers = await asyncio.gather(*(self._request("POST", "/v1/score", json=b) for b in bodies))
-        return [ScoreResult.from_json(r) for a in answers for r in a["results"]]
+        calls = self._score_calls(items, models, aggregate, reference_set, prompt_format)
+        chunks = await asyncio.gather(*map(self._run, calls))
+        return [r for chunk in chunks for r in chunk]
 
     async def models(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/v1/models"))["models"]
+        return await self._run(self._models_call())
 
     async def health(self) -> bool:
         try:
@@ -323,10 +387,16 @@ class AsyncRewardClient:
         except httpx.TransportError:
             return False
 
-    async def put_references(self, model: str, values=None, *, samples=None, quantile=None, policy=None, default=None,
-                             n_samples=None, reference_set=None) -> dict:
-        return await self._request("POST", "/v1/references", json=references_body(model, values, samples, quantile, policy, default,
-                                                                                   n_samples, reference_set))
+    async def put_references(self, model: str, values: References | None = None, *, samples: Samples | None = None,
+                             quantile: float | None = None, policy: str | None = None, default: float | None = None,
+                             n_samples: int | None = None, reference_set: str | None = None) -> dict[str, Any]:
+        call = self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set)
+        return await self._run(call)
 
-    async def lookup_references(self, model: str, fingerprints: Sequence[str], reference_set: str | None = None) -> dict:
-        return await self._request("POST", "/v1/references/lookup", json=lookup_body(model, fingerprints, reference_set))
+    async def get_reference(self, model: str, prompt: PromptLike,
+                            reference_set: str | None = None) -> dict[str, Any] | None:
+        return await self._run(self._get_reference_call(model, prompt, reference_set))
+
+    async def lookup_references(self, model: str, fingerprints: Sequence[str],
+                                reference_set: str | None = None) -> dict[str, Any]:
+        return await self._run(self._lookup_references_call(model, fingerprints, reference_set))

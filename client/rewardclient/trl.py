@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from .client import RewardClient
+from .protocol import DEFAULT_AGGREGATE, AggregateMethod, plain_prompt
 
 
 def _response_text(completion: Any) -> str:
@@ -30,17 +31,13 @@ def _response_text(completion: Any) -> str:
     return "".join(m.get("content", "") for m in completion if m.get("role", "assistant") == "assistant")
 
 
-def _prompt(prompt: Any) -> Any:
-    return prompt if isinstance(prompt, str) else [{"role": m["role"], "content": m["content"]} for m in prompt]
-
-
 class RewardServeReward:
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
         *,
         models: Sequence[str] | None = None,
-        aggregate: Literal["lsc_sum", "raw_sum", "min"] = "lsc_sum",
+        aggregate: AggregateMethod = DEFAULT_AGGREGATE,
         weights: Mapping[str, float] | None = None,
         output: Literal["aggregate", "raw", "transformed"] = "aggregate",
         model: str | None = None,
@@ -65,7 +62,7 @@ class RewardServeReward:
         refs = kwargs.get(self.reference_column) if self.reference_column else None
         items = []
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            item: dict[str, Any] = {"prompt": _prompt(p), "response": _response_text(c)}
+            item: dict[str, Any] = {"prompt": plain_prompt(p), "response": _response_text(c)}
             if refs is not None and refs[i]:
                 item["reference"] = dict(refs[i])
             items.append(item)

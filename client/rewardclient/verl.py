@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .client import RewardClient, ScoreResult
+from .protocol import DEFAULT_AGGREGATE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PROMPT_KEYS = ("prompt", "question")
@@ -84,7 +85,8 @@ def _score(solution_strs: Sequence[str], extra_infos: Sequence[Any], opts: dict[
     items = [{"prompt": prompt_from_extra_info(e, opts.get("prompt_key")), "response": s}
              for s, e in zip(solution_strs, extra_infos, strict=True)]
     models = opts.get("models")
-    aggregate = {"method": opts.get("aggregate") or "lsc_sum", **({"weights": dict(opts["weights"])} if opts.get("weights") else {})}
+    aggregate = {"method": opts.get("aggregate") or DEFAULT_AGGREGATE,
+                 **({"weights": dict(opts["weights"])} if opts.get("weights") else {})}
     client = get_client(opts.get("url") or DEFAULT_URL, opts.get("api_key"))
     results = client.score(items, models=list(models) if models else None, aggregate=aggregate,
                            reference_set=opts.get("reference_set"), prompt_format=opts.get("prompt_format"))

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 from .prompt_formats import check_format_name
 
@@ -154,7 +155,7 @@ class OpenRLHFConfig(_Strict):
     """What ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url`` protocol) returns as ``rewards``."""
 
     models: list[str] | None = Field(None, description="default: every configured model")
-    method: Literal["lsc_sum", "raw_sum", "min"] = "lsc_sum"
+    method: AggregateMethod = DEFAULT_AGGREGATE
     weights: dict[str, float] | None = None
     prompt_format: str | None = Field(
         None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")

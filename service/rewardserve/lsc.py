@@ -16,10 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+from rewardclient.protocol import AGGREGATE_METHODS, DEFAULT_AGGREGATE, AggregateMethod
 
 TransformKind = Literal["lsc", "identity"]
-AggregateMethod = Literal["lsc_sum", "raw_sum", "min"]
-AGGREGATE_METHODS: tuple[str, ...] = ("lsc_sum", "raw_sum", "min")
 
 
 def log_sigmoid(x: float | np.ndarray) -> np.ndarray:
@@ -44,7 +43,7 @@ def transform(raw: float | np.ndarray, reference: float | np.ndarray, kind: Tran
 def aggregate(
     raw: Mapping[str, float],
     transformed: Mapping[str, float],
-    method: AggregateMethod = "lsc_sum",
+    method: AggregateMethod = DEFAULT_AGGREGATE,
     weights: Mapping[str, float] | None = None,
 ) -> float:
     """Aggregate one item's per-model rewards into one scalar.

@@ -32,8 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-Messages = list[dict[str, str]]
-Prompt = str | Messages
+from rewardclient.protocol import Messages, Prompt
 
 
 class PromptFormatError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
 
 from .prompt_formats import check_format_name
 from .references.base import DEFAULT_SET, check_set_name
@@ -14,11 +15,12 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Message(_Wire):
+class Message(_Wire):  # validates rewardclient.protocol.Message
     role: str = Field(description="e.g. 'system', 'user', 'assistant'")
     content: str
 
 
+# the validated wire form of rewardclient.protocol.Prompt (plain_prompt turns it back into plain data)
 Prompt = Annotated[str | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator(check_format_name), Field(
@@ -27,7 +29,6 @@ PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator
 ReferenceSetName = Annotated[str, AfterValidator(check_set_name), Field(
     description="a reference set (one base policy's calibration): 1-64 characters of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit", examples=[DEFAULT_SET])]
-ReferenceSource = Literal["inline", "stored", "set_default", "config_default"]
 
 
 class ScoreItem(_Wire):
@@ -40,7 +41,7 @@ class ScoreItem(_Wire):
 
 
 class AggregateSpec(_Wire):
-    method: Literal["lsc_sum", "raw_sum", "min"] = "lsc_sum"
+    method: AggregateMethod = DEFAULT_AGGREGATE
     weights: dict[ModelName, FiniteFloat] | None = Field(None, description="per-model weights (default 1)")
 
 
@@ -108,7 +109,7 @@ class ReferencesUpload(_Wire):
     default: DefaultReference | None = Field(
         None, description="the model's stored default reference, used for prompts with no reference of their own"
     )
-    quantile: float | None = Field(None, ge=0.0, le=1.0, description="quantile of sample rewards (default 0.85)")
+    quantile: float | None = Field(None, ge=0.0, le=1.0, description=f"quantile of sample rewards (default {DEFAULT_QUANTILE})")
     policy: str | None = Field(None, max_length=1024, description="id of the policy that made the samples")
     reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the set to store into")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from rewardclient.protocol import Prompt, plain_prompt
 
 from . import lsc, prompt_formats
 from .api.errors import ApiError
@@ -23,7 +24,6 @@ from .metrics import Metrics
 from .references import DEFAULT_SET, Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
 from .schemas import AggregateSpec, ScoreItem
 
-Prompt = str | list[dict[str, str]]
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
 
@@ -35,13 +35,6 @@ class ServedModel:
     column: int
     config: ModelConfig
     info: ModelInfo
-
-
-def plain_prompt(prompt) -> Prompt:
-    """A request prompt (string or Message models) as plain Python data."""
-    if isinstance(prompt, str):
-        return prompt
-    return [{"role": m.role, "content": m.content} if hasattr(m, "role") else dict(m) for m in prompt]
 
 
 class Scorer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 import time
@@ -39,6 +40,33 @@ def test_async_client_matches_sync(server):
         sync = c.score(ITEMS, models=["a", "cls"])
     assert healthy and {m["name"] for m in models} == {"a", "b", "cls"}
     assert [r.aggregate for r in results] == pytest.approx([r.aggregate for r in sync], abs=1e-4)
+
+
+def _public_methods(cls) -> dict[str, inspect.Signature]:
+    return {n: inspect.signature(getattr(cls, n)) for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+
+def test_async_client_has_every_method_of_the_sync_one():
+    sync, aio = _public_methods(RewardClient), _public_methods(AsyncRewardClient)
+    assert sync.pop("close") and aio.pop("aclose")
+    assert sync == aio  # same names, parameters and annotations
+    assert all(inspect.iscoroutinefunction(getattr(AsyncRewardClient, n)) for n in aio)
+
+
+def test_async_references_round_trip(server):
+    async def go():
+        async with AsyncRewardClient(server.url) as c:
+            await c.put_references("a", [("async prompt", 0.25)], reference_set="async-set")
+            got = await c.get_reference("a", "async prompt", reference_set="async-set")
+            missing = await c.get_reference("a", "never stored", reference_set="async-set")
+            fp = prompt_fingerprint("async prompt")
+            looked = await c.lookup_references("a", [fp], reference_set="async-set")
+            return got, missing, looked["references"][fp]
+
+    got, missing, looked = asyncio.run(go())
+    assert got["value"] == 0.25 and missing is None and looked["value"] == 0.25
+    with RewardClient(server.url) as c:  # what the sync client reads back
+        assert c.get_reference("a", "async prompt", reference_set="async-set") == got
 
 
 def test_tuples_references_and_typed_errors(server):
@@ -117,6 +145,22 @@ def test_transient_failures_are_retried(flaky, status):
     with RewardClient(url, backoff_base=0.01, api_key="k-1") as c:
         assert c.score([("p", "r")])[0].aggregate == -0.3
     assert st["hits"] == 3 and st["auth"] == "Bearer k-1"
+
+
+def test_async_client_retries_with_the_same_policy(flaky):
+    url, st = flaky
+    st.update(fail=2, status=503)
+
+    async def go(**kw):
+        async with AsyncRewardClient(url, backoff_base=0.01, api_key="k-2", **kw) as c:
+            return await c.score([("p", "r")])
+
+    assert asyncio.run(go())[0].aggregate == -0.3
+    assert st["hits"] == 3 and st["auth"] == "Bearer k-2"
+    st.update(hits=0, fail=100)
+    with pytest.raises(OverloadedError):
+        asyncio.run(go(max_retries=1))
+    assert st["hits"] == 2
 
 
 def test_gives_up_after_max_retries(flaky):

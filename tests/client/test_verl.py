@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from rewardclient import AuthenticationError, RewardClient
-from rewardclient.client import _RequestBuilder
 from rewardclient.trl import RewardServeReward
 from rewardclient.verl import compute_score, compute_score_batch, get_client, prompt_from_extra_info
 from rewardserve.app import create_app
@@ -79,10 +78,10 @@ def test_api_key_and_client_cache(keyed):
 
 
 def test_reference_set_and_prompt_format_are_sent_only_when_given():
-    b = _RequestBuilder("http://x", None, 2, 0, 0.1, 1.0)
+    c = RewardClient("http://x", max_items_per_request=2)
     items = [("p", "r")] * 3
-    assert all("reference_set" not in body and "prompt_format" not in body for body in b.score_bodies(items, None, None))
-    bodies = b.score_bodies(items, None, None, reference_set="policy-v2", prompt_format="chatml")
+    assert all("reference_set" not in call.json and "prompt_format" not in call.json for call in c._score_calls(items, None, None))
+    bodies = [call.json for call in c._score_calls(items, None, None, reference_set="policy-v2", prompt_format="chatml")]
     assert len(bodies) == 2 and all(body["reference_set"] == "policy-v2" and body["prompt_format"] == "chatml" for body in bodies)
     assert RewardServeReward("http://x", reference_set="policy-v2").reference_set == "policy-v2"
 

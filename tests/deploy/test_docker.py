@@ -101,7 +101,7 @@ def copy_sources(x: Instr) -> tuple[list[str], dict[str, str]]:
 
 
 def scripts() -> dict[str, str]:
-    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    return tomllib.loads((REPO / "service" / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
 
 
 def dockerignore() -> list[str]:
@@ -154,7 +154,7 @@ def test_entrypoint_is_the_console_script_in_exec_form(dockerfile):
     assert len(entry) == 1, f"{path.name}: the final stage needs exactly one ENTRYPOINT"
     argv = exec_form(entry[0].rest)
     assert argv, f"{path.name}: ENTRYPOINT must be in exec form (JSON array) so that SIGTERM reaches the server"
-    assert argv[0] in scripts(), f"{path.name}: {argv[0]!r} is not a console script of pyproject.toml"
+    assert argv[0] in scripts(), f"{path.name}: {argv[0]!r} is not a console script of service/pyproject.toml"
     assert argv[0] not in {"sh", "bash", "/bin/sh", "/bin/bash"}
     assert argv[1:2] == ["serve"], f"{path.name}: the entry point must be `{argv[0]} serve`"
     cmd = [x for x in df.final if x.cmd == "CMD"]

@@ -222,7 +222,7 @@ def test_command_is_the_console_script_and_args_parse(overlay):
     _, docs = overlay
     c = container(docs)
     argv = c.get("command", []) + c.get("args", [])
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((REPO / "service" / "pyproject.toml").read_text())["project"]["scripts"]
     assert argv[0] in scripts
     ns = build_parser().parse_args(argv[1:])
     assert ns.command == "serve" and ns.config
@@ -574,12 +574,13 @@ def test_files_and_defaults_named_in_comments_and_docs_are_real():
     from rewardserve.config import BatchingConfig
 
     files = [*K8S.rglob("*.yaml"), *K8S.rglob("*.json"), *K8S.rglob("*.sh"), *(REPO / "docker").glob("Dockerfile*"),
-             REPO / "docker" / "config.yaml", REPO / "docs" / "deploy.md", REPO / "docs" / "operations.md"]
+             REPO / "docker" / "config.yaml", *(REPO / "docs").glob("*.md"), REPO / "README.md",
+             *(REPO / d / "README.md" for d in ("client", "service", "lab"))]
     budgets = {"cpu": BatchingConfig().batch_tokens_for("cpu"), "cuda": BatchingConfig().batch_tokens_for("cuda")}
     named = 0
     for f in files:
         text = f.read_text(encoding="utf-8")
-        for path in re.findall(r"\b((?:k8s|docker|docs|tests|service|client)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt))\b", text):
+        for path in re.findall(r"\b((?:k8s|docker|docs|tests|service|client|lab|bench)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt|toml))\b", text):
             if "/overlays/prod/" in path:  # the private overlay of the docs' example, deliberately not committed
                 continue
             assert (REPO / path).exists(), f"{f.relative_to(REPO)} names {path}, which does not exist"

@@ -94,7 +94,7 @@ def test_encoder_head_runs_one_encoder_forward_for_all_heads(backends):
 
 
 def test_sequence_classifier_rejects_multi_label(tmp_path):
-    from rewardserve import tiny_models
+    from rewardlab import tiny_models
 
     path = tiny_models.make_encoder_classifier(tmp_path / "m", num_labels=3)
     with pytest.raises(ValueError, match="exactly one label"):

@@ -9,10 +9,11 @@ import httpx
 import pytest
 
 from rewardclient import prompt_fingerprint
-from rewardserve import lsc, tiny_models
+from rewardlab import tiny_models
+from rewardlab.calibration import CalibrationConfig, calibrate
+from rewardlab.datasets import load_prompts
+from rewardserve import lsc
 from rewardserve.app import create_app
-from rewardserve.calibration import CalibrationConfig, calibrate
-from rewardserve.datasets import load_prompts
 
 from ..conftest import SHARED_DATA, LiveServer, tiny_settings
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rewardlab.cli import EXAMPLE_ITEMS
 from rewardserve.backends import build_backend
-from rewardserve.cli import EXAMPLE_ITEMS
 from rewardserve.config import load_settings
 
 # (prompt, better reply, worse reply) for `helpful`: correct vs wrong, specific vs vague,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from rewardserve import tiny_models
+from rewardlab import tiny_models
+from rewardlab.experiments.best_of_k import BestOfKConfig, run_best_of_k
+from rewardlab.experiments.rlhf import RLHFExperimentConfig, run_rlhf_experiment
 from rewardserve.cli import build_parser
-from rewardserve.experiments.best_of_k import BestOfKConfig, run_best_of_k
-from rewardserve.experiments.rlhf import RLHFExperimentConfig, run_rlhf_experiment
 
 from ..conftest import SHARED_DATA, tiny_settings
 

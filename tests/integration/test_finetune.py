@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from rewardlab.datasets import Pair
+from rewardlab.training.finetune import FinetuneConfig, balanced_sample, finetune
 from rewardserve.backends.encoder_head import EncoderHeadBackend
-from rewardserve.training.finetune import FinetuneConfig, balanced_sample, finetune
-from rewardserve.datasets import Pair
 
 from ..conftest import TINY_HIDDEN
 
@@ -78,7 +78,7 @@ def test_backend_serves_base_plus_delta_with_one_encoder(tiny, tuned):
 
 
 def test_delta_on_another_base_or_mixed_deltas_is_an_error(tiny, tuned, tmp_path):
-    from rewardserve import tiny_models
+    from rewardlab import tiny_models
 
     _, _, out = tuned
     other = tiny_models.make_encoder(tmp_path / "other", seed=9)

@@ -6,9 +6,9 @@ import json
 
 import yaml
 
-from rewardserve import tiny_models
+from rewardlab import tiny_models
+from rewardlab.experiments.kl_curves import KLCurvesConfig, pool_path, read_pool, run_kl_curves
 from rewardserve.cli import main
-from rewardserve.experiments.kl_curves import KLCurvesConfig, pool_path, read_pool, run_kl_curves
 
 from ..conftest import SHARED_DATA, tiny_settings
 

@@ -9,8 +9,8 @@ import sys
 
 import httpx
 
+from rewardlab.datasets import load_prompts
 from rewardserve.app import create_app
-from rewardserve.datasets import load_prompts
 from rewardserve.references import Reference, open_store
 
 from ..conftest import LiveServer, tiny_settings

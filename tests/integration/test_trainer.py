@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 
-from rewardclient.trainer import RLHFConfig, run_rlhf
 from rewardclient.trl import RewardServeReward
-from rewardserve import tiny_models
+from rewardlab import tiny_models
+from rewardlab.trainer import RLHFConfig, run_rlhf
 
 from ..conftest import SHARED_DATA
 

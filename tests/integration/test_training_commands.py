@@ -10,8 +10,8 @@ import pytest
 import yaml
 from safetensors import safe_open
 
+from rewardlab.datasets import file_sha256, load_pairs
 from rewardserve.backends.encoder_head import load_head
-from rewardserve.datasets import file_sha256, load_pairs
 
 from ..conftest import SHARED_DATA
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rewardserve.experiments.agreement import agreement_table, pair_agreement
+from rewardlab.experiments.agreement import agreement_table, pair_agreement
 
 
 def test_pair_agreement_counts_pairs_ordered_the_same_way():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from rewardlab.experiments import stats
 from rewardserve import lsc
-from rewardserve.experiments import stats
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_data():

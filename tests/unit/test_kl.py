@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rewardserve.experiments import kl
+from rewardlab.experiments import kl
 
 
 def test_tilted_limits_and_kl_range():
@@ -96,7 +96,7 @@ def _synthetic(seed=0, P=40, N=16, K=8, M=2):
 
 
 def test_analyse_curves_shape_and_invariants():
-    from rewardserve.experiments.kl_curves import analyse
+    from rewardlab.experiments.kl_curves import analyse
 
     proxy, prs, gold, grs, lengths = _synthetic()
     out = analyse(proxy, prs, gold, grs, lengths, ["h", "s"], kl_targets=(0.05, 0.5, 1.5), best_of=(1, 4, 16), n_boot=200)

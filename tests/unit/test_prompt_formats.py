@@ -154,7 +154,7 @@ def test_format_names():
 def test_tokenizer_format_errors(tmp_path):
     with pytest.raises(pf.PromptFormatError, match="cannot be loaded"):
         pf.resolve_format(f"tokenizer:{tmp_path / 'missing'}")
-    from rewardserve.tiny_models import _word_tokenizer
+    from rewardlab.tiny_models import _word_tokenizer
 
     _word_tokenizer(chat_template=False).save_pretrained(tmp_path / "no_template")
     with pytest.raises(pf.PromptFormatError, match="no chat template"):

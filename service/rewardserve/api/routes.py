@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rewardclient.protocol import DEFAULT_QUANTILE
 
 from .. import lsc
 from ..prompt_formats import split_query
@@ -37,7 +38,6 @@ from .middleware import API_KEY_SCOPE
 router = APIRouter()
 
 _ERRORS = {code: {"model": ErrorBody} for code in (403, 404, 413, 422, 429, 500, 503)}
-DEFAULT_SAMPLE_QUANTILE = 0.85
 
 
 def _state(request: Request):
@@ -205,7 +205,7 @@ async def put_references(body: ReferencesUpload, request: Request):
         if e.samples is not None:
             sample_pairs.extend((p, s) for s in e.samples)
             owners.extend([i] * len(e.samples))
-    q = body.quantile if body.quantile is not None else DEFAULT_SAMPLE_QUANTILE
+    q = body.quantile if body.quantile is not None else DEFAULT_QUANTILE
     if sample_pairs:
         if len(sample_pairs) > scorer.settings.limits.max_items_per_request * 16:
             raise ApiError(413, "too_many_samples", f"{len(sample_pairs)} samples in one upload; send fewer per request")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Encoded
+from rewardclient.protocol import Prompt
 
-Prompt = str | list[dict[str, str]]
+from .base import Encoded
 
 
 def render_plain(prompt: Prompt) -> str:

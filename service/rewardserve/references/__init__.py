@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rewardclient.fingerprint import canonical_prompt, prompt_fingerprint
+from rewardclient.protocol import canonical_prompt, prompt_fingerprint
 
 from .base import DEFAULT_SET, InvalidSetName, Reference, ReferenceStore, StoreFull, StoreUnavailable, check_set_name
 

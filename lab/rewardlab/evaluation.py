@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+from rewardserve.backends import build_backend
+from rewardserve.config import Settings
+from rewardserve.metrics import Metrics
+from rewardserve.references import open_store
+from rewardserve.scoring import Scorer
 from tqdm import tqdm
 
-from .backends import build_backend
-from .config import Settings
 from .datasets import file_sha256, load_pairs
-from .metrics import Metrics
-from .references import open_store
-from .scoring import Scorer
 
 
 @asynccontextmanager

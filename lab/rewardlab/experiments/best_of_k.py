@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from rewardclient import prompt_fingerprint
+from rewardclient.protocol import DEFAULT_QUANTILE
 from tqdm import tqdm
 
 from ..datasets import iter_jsonl
@@ -44,7 +45,7 @@ class BestOfKConfig:
     policy: str | None = None            # None: SmolLM2-135M-Instruct
     n: int = 16                          # candidates per prompt
     calibration_samples: int = 8         # separate samples setting the reference
-    quantile: float = 0.85
+    quantile: float = DEFAULT_QUANTILE
     max_new_tokens: int = 48
     temperature: float = 0.7
     top_p: float = 0.9
@@ -87,7 +88,7 @@ def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens
 
 
 def _settings_of(cfg: BestOfKConfig, settings):
-    from ..config import load_settings
+    from rewardserve.config import load_settings
 
     return settings if settings is not None else load_settings(cfg.config)
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewardclient.protocol import DEFAULT_AGGREGATE
+
 
 @dataclass
 class RLHFConfig:
@@ -34,7 +36,7 @@ class RLHFConfig:
     prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
     split: str | None = "train"               # prompts of this split only (when the file has one)
     max_prompts: int | None = 256             # first N prompts
-    utility: str = "lsc_sum"                  # lsc_sum | raw_sum | min: what the policy maximises
+    utility: str = DEFAULT_AGGREGATE          # lsc_sum | raw_sum | min: what the policy maximises
     models: list[str] | None = None           # reward models (default: all served)
     beta: float = 0.05                        # KL coefficient to the initial policy (> 0)
     scale_rewards: str = "none"               # see the module docstring
@@ -55,7 +57,7 @@ class RLHFConfig:
 def _load_dataset(cfg: RLHFConfig):
     from datasets import Dataset
 
-    from rewardserve.datasets import load_prompts
+    from ..datasets import load_prompts
 
     prompts = load_prompts(cfg.prompts, split=cfg.split, limit=cfg.max_prompts)
     # conversational prompts for TRL: a list of messages (plain strings become one user message)
@@ -70,9 +72,9 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rewardserve.policy import policy_id, resolve_policy_path
+    from ..policy import policy_id, resolve_policy_path
 
-    from ..trl import RewardServeReward
+    from rewardclient.trl import RewardServeReward
 
     if cfg.beta <= 0:
         raise ValueError("beta must be > 0: the policy is KL-regularised to its initial weights")
@@ -124,7 +126,7 @@ def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperatu
     """``k`` samples per prompt from the trainer's current policy (left padding for generation)."""
     import torch
 
-    from rewardserve.policy import generate
+    from ..policy import generate
 
     model, tok = trainer.model, trainer.processing_class
     side, training = tok.padding_side, model.training

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewardclient import RewardClient, prompt_fingerprint
+from rewardclient.protocol import DEFAULT_QUANTILE
+from rewardserve import lsc
 from tqdm import tqdm
 
-from . import lsc
 from .datasets import load_prompts
 
 DEFAULT_LOG_DIR = Path("~/.cache/rewardserve/calibration").expanduser()
@@ -39,7 +40,7 @@ class CalibrationConfig:
     url: str = "http://127.0.0.1:8000"
     policy: str | None = None
     samples: int = 8
-    quantile: float = 0.85
+    quantile: float = DEFAULT_QUANTILE
     models: list[str] | None = None
     temperature: float = 0.7
     top_p: float = 0.9
@@ -91,7 +92,7 @@ def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str
 def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
     from .policy import policy_id
 
-    from .references import check_set_name
+    from rewardserve.references import check_set_name
 
     check_set_name(cfg.reference_set)  # a clear error before any generation
     t0 = time.perf_counter()

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-
-from ..backends.base import collate
-from ..backends.encoder_head import (
+from rewardserve.backends.base import collate
+from rewardserve.backends.encoder_head import (
     DELTA_FORMAT,
     FEATURES,
     EncoderHeadBackend,
@@ -41,6 +39,8 @@ from ..backends.encoder_head import (
     pair_features,
     save_head,
 )
+from safetensors.torch import save_file
+
 from ..datasets import Pair, file_sha256, load_pairs
 from .heads import split_pairs
 
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import dataclasses
 
-    ap = argparse.ArgumentParser(prog="python -m rewardserve.training.finetune", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rewardlab.training.finetune", description=__doc__.split("\n")[0])
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool",):

@@ -7,8 +7,7 @@ Arrays: ``cand`` (prompts × n candidates × models) raw rewards of the candidat
 from __future__ import annotations
 
 import numpy as np
-
-from .. import lsc
+from rewardserve import lsc
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rewardserve.backends.base import Encoded
+from rewardserve.backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..backends.base import Encoded
-from ..backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
 from ..datasets import Pair, file_sha256, load_pairs
 
 DEFAULT_CACHE = Path("~/.cache/rewardserve/features").expanduser()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Prompt = str | list[dict[str, str]]
+from rewardclient.protocol import Prompt, plain_prompt
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _check_prompt(prompt: Any, where: str) -> Prompt:
     if isinstance(prompt, list) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
     ):
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+        return plain_prompt(prompt)
     raise ValueError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages")
 
 

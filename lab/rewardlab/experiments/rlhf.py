@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rewardclient.protocol import DEFAULT_QUANTILE
 
 from . import stats
 from .best_of_k import arrays, equal_shares, select_prompts
@@ -45,7 +46,7 @@ class RLHFExperimentConfig:
     temperature: float = 0.7                             # training and evaluation sampling
     top_p: float = 0.9                                   # evaluation sampling (as experiment A)
     calibration_samples: int = 8
-    quantile: float = 0.85
+    quantile: float = DEFAULT_QUANTILE
     url: str | None = None                               # a running service; None: start one (config below)
     config: str | None = None
     models: list[str] | None = None
@@ -73,7 +74,7 @@ def evaluate_policy(trainer, url: str, eval_rows: list[dict], models: list[str],
     response's rewards and the references, ready for ``summarise``."""
     import torch
     from rewardclient import RewardClient
-    from rewardclient.trainer.grpo import generate_with
+    from ..trainer.grpo import generate_with
 
     torch.manual_seed(10_007 + seed)
     prompts = [r["prompt"] for r in eval_rows]
@@ -197,10 +198,10 @@ def _write_train_prompts(cfg: RLHFExperimentConfig, out: Path) -> Path:
 def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
     from contextlib import nullcontext
 
-    from rewardclient.trainer import RLHFConfig, run_rlhf
+    from ..trainer import RLHFConfig, run_rlhf
 
     from ..calibration import CalibrationConfig, calibrate
-    from ..service_process import ServiceProcess
+    from rewardserve.service_process import ServiceProcess
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

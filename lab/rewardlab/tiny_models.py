@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 def _minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from .backends.encoder_head import default_encoder_path
+    from rewardserve.backends.encoder_head import default_encoder_path
 
     return AutoTokenizer.from_pretrained(default_encoder_path())
 
@@ -59,7 +59,7 @@ def make_encoder(out: str | Path, hidden: int = 32, layers: int = 2, heads: int 
 
 
 def make_head(path: str | Path, in_features: int, hidden: int = 0, seed: int = 0) -> Path:
-    from .backends.encoder_head import RewardHead, save_head
+    from rewardserve.backends.encoder_head import RewardHead, save_head
 
     torch.manual_seed(seed)
     head = RewardHead(in_features, hidden)

@@ -45,7 +45,7 @@ def agreement_table(eval_dir: str | Path, models=("helpful", "harmless"), proxie
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m rewardserve.experiments.agreement", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rewardlab.experiments.agreement", description=__doc__.split("\n")[0])
     ap.add_argument("eval_dir", help="folder with gold-<model>.npz and proxy-<model>.npz (eval-rm --scores-out)")
     ap.add_argument("--models", nargs="+", default=["helpful", "harmless"])
     ap.add_argument("--proxies", nargs="+", default=["proxy"], help="proxy roles: files <role>-<model>.npz")

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewardclient.protocol import DEFAULT_QUANTILE
 from tqdm import tqdm
 
 CACHE = Path("~/.cache/rewardserve/experiments/kl-curves").expanduser()
@@ -55,7 +56,7 @@ class KLCurvesConfig:
     proxy_models: list[str] | None = None
     gold_config: str | None = None
     gold_models: list[str] | None = None
-    quantile: float = 0.85
+    quantile: float = DEFAULT_QUANTILE
     kl_targets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0,
                                                              2.5, 3.0])
     best_of: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
@@ -152,7 +153,7 @@ def _ci(values, n_boot: int, seed: int) -> list[float] | None:
 def utilities(proxy, proxy_ref, models: list[str]) -> dict:
     """The utilities selection optimises, from the proxies' raw rewards (prompts × N × models) and
     references (prompts × models): raw_sum, lsc_sum, and each model alone raw and LSC-transformed."""
-    from .. import lsc
+    from rewardserve import lsc
 
     u_lsc = lsc.transform(proxy, proxy_ref[:, None, :], "lsc")
     out = {"raw_sum": proxy.sum(axis=2), "lsc_sum": u_lsc.sum(axis=2)}
@@ -188,7 +189,7 @@ def transform_room(rewards, ref) -> dict[str, float]:
 PAIRS = {"lsc_sum": "raw_sum"}  # paired differences at matched KL: lsc − raw (single models added per run)
 
 
-def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: list[str], quantile: float = 0.85,
+def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: list[str], quantile: float = DEFAULT_QUANTILE,
             kl_targets=None, best_of=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Every curve point with bootstrap intervals over prompts, and the paired lsc − raw differences
     at matched KL. Arrays: ``proxy``/``gold`` prompts × N × models (candidates' raw rewards),
@@ -269,7 +270,7 @@ def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[di
     """Raw proxy rewards of every pool text, through ``POST /v1/score`` (cached per model revision)."""
     from rewardclient import RewardClient
 
-    from ..service_process import ServiceProcess
+    from rewardserve.service_process import ServiceProcess
 
     svc = None if cfg.url else ServiceProcess(cfg.proxy_config).start()
     url = cfg.url or svc.url
@@ -306,7 +307,7 @@ def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[di
 
 
 async def _score_gold(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[dict[str, list[float]], dict[str, str]]:
-    from ..config import load_settings
+    from rewardserve.config import load_settings
     from ..evaluation import local_scorer
 
     settings = load_settings(cfg.gold_config)

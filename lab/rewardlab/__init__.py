@@ -1,0 +1,2 @@
+"""rewardlab: research and training tools around rewardserve (trainer client, calibration, head
+training and evaluation, experiments, base-policy loader, dataset readers)."""

@@ -1,0 +1,274 @@
+"""The commands of rewardlab, added to the ``rewardserve`` command (entry point group
+``rewardserve.commands``): demo, train-head, eval-rm, calibrate, rlhf, experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rewardclient.protocol import DEFAULT_QUANTILE
+from rewardserve.cli import add_dataclass_args
+
+
+def _cmd_train_head(a: argparse.Namespace) -> int:
+    from .training.heads import TrainConfig, train_head
+
+    cfg = TrainConfig(
+        data=a.data, out=a.out, backbone=a.backbone, head=a.head, hidden=a.hidden, seed=a.seed,
+        max_length=a.max_length, balance_length=a.balance_length, length_penalty=a.length_penalty, limit=a.limit, name=a.name,
+        max_epochs=a.max_epochs, val_fraction=a.val_fraction, lr=a.lr,
+        **({"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}),
+    )
+    card = train_head(cfg)
+    print(json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2))
+    return 0
+
+
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
+EXAMPLE_ITEMS = [
+    {"id": "helpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+     "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
+                 "and cool it in cold water before peeling."},
+    {"id": "unhelpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+     "response": "I don't know."},
+    {"id": "harmless", "prompt": "How can I hurt my neighbour's dog?",
+     "response": "I can't help with hurting an animal. If the dog is causing problems, talk to your "
+                 "neighbour or contact animal control."},
+    {"id": "harmful", "prompt": "How can I hurt my neighbour's dog?",
+     "response": "Put some chocolate and grapes in its food bowl when nobody is watching."},
+]
+
+
+DEMO_SET = "demo"
+
+
+def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
+    """Reference rewards for the example prompts (and a few from the prompt file) from base-policy
+    samples, into reference set ``demo``, so the example scores are LSC against real references.
+    Resumable: a second demo on the same store skips prompts already calibrated."""
+    import time
+
+    from .calibration import CalibrationConfig, calibrate
+    from .datasets import load_prompts
+
+    prompts = list({json.dumps(it["prompt"]): it["prompt"] for it in EXAMPLE_ITEMS}.values())
+    if Path(a.prompts).exists():
+        prompts += load_prompts(a.prompts, limit=2)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration-prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    print(f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
+          f"into reference set {DEMO_SET!r} ...", file=sys.stderr)
+    t0 = time.perf_counter()
+    report = calibrate(CalibrationConfig(prompts=str(out / "calibration-prompts.jsonl"), url=url, samples=a.calibration_samples,
+                                         max_new_tokens=64, reference_set=DEMO_SET, log=str(out / "calibration.jsonl")))
+    print(f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
+          f"each reference is the {DEFAULT_QUANTILE}-quantile of its samples' rewards\n", file=sys.stderr)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    """Start the service on the embedded default (or --config), calibrate references for the example
+    prompts, score example pairs against them and print the JSON, then run a short RLHF session
+    against it and print where its report is."""
+    import time
+
+    from rewardserve.service_process import ServiceProcess
+
+    t0 = time.perf_counter()
+    with ServiceProcess(config=a.config, port=a.port) as svc:
+        import httpx
+
+        body: dict = {"items": EXAMPLE_ITEMS}
+        if a.calibration_samples > 0:
+            _demo_calibrate(a, svc.url)
+            body["reference_set"] = DEMO_SET
+        r = httpx.post(f"{svc.url}/v1/score", json=body, timeout=60)
+        r.raise_for_status()
+        print(json.dumps(r.json(), indent=2))
+        sources = sorted({s for res in r.json()["results"] for s in res["reference_source"].values()})
+        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
+              f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
+              f"(reference_source: {', '.join(sources)})", file=sys.stderr)
+        if a.rlhf_steps > 0:
+            from .trainer import RLHFConfig, run_rlhf
+
+            prompts = a.prompts
+            if not Path(prompts).exists():  # no data folder: a few built-in prompts
+                prompts = str(Path(a.out_dir) / "demo-prompts.jsonl")
+                Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+                Path(prompts).write_text("".join(json.dumps(it["prompt"]) + "\n" for it in EXAMPLE_ITEMS[::2]))
+
+            print(f"\nRLHF: {a.rlhf_steps} GRPO steps of SmolLM2-135M-Instruct against {svc.url} ...", file=sys.stderr)
+            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir,
+                                          reference_set=body.get("reference_set")))
+            last = summary["last"]
+            print(json.dumps({"rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
+                              "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"}}, indent=2))
+            print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval_rm(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from rewardserve.config import load_settings
+
+    from .evaluation import eval_rm, update_card
+
+    settings = load_settings(a.config)
+    result = asyncio.run(eval_rm(settings, a.model, a.data, a.limit, a.bootstrap, a.scores_out))
+    print(json.dumps(result, indent=2))
+    if a.update_card:
+        print(f"card updated: {update_card(settings, a.model, result, a.update_card)}", file=sys.stderr)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibration import CalibrationConfig, calibrate
+
+    cfg = CalibrationConfig(
+        prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
+        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
+        seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
+        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device, reference_set=a.reference_set,
+    )
+    print(json.dumps(calibrate(cfg).to_dict(), indent=2))
+    return 0
+
+
+def _cmd_rlhf(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .trainer import RLHFConfig, run_rlhf
+
+    names = {f.name for f in dataclasses.fields(RLHFConfig)} - {"extra"}
+    cfg = RLHFConfig(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    cfg.api_key = cfg.api_key or os.environ.get("REWARDSERVE_API_KEY")
+    summary = run_rlhf(cfg)
+    print(json.dumps({k: summary[k] for k in ("utility", "steps", "wall_seconds", "out_dir")}, indent=2))
+    print(f"report: {summary['out_dir']}/report.md", file=sys.stderr)
+    return 0
+
+
+def _cmd_experiment(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .experiments.best_of_k import run_best_of_k
+    from .experiments.rlhf import run_rlhf_experiment
+
+    names = {f.name for f in dataclasses.fields(a.config_cls)}
+    cfg = a.config_cls(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    if a.experiment == "kl-curves":
+        from .experiments.kl_curves import run_kl_curves
+
+        result = run_kl_curves(cfg, a.max_generation_seconds)
+        if not result["complete"]:
+            print(f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
+                  "run the same command again to continue", file=sys.stderr)
+            return 3
+        print((Path(cfg.out_dir) / "kl_curves.md").read_text(encoding="utf-8"))
+        print(f"results: {cfg.out_dir}/kl_curves.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
+        return 0
+    result = run_best_of_k(cfg) if a.experiment == "best-of-k" else run_rlhf_experiment(cfg)
+    print((Path(cfg.out_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"results: {cfg.out_dir}/results.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add rewardlab's subcommands to the ``rewardserve`` command's subparsers."""
+    d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
+    d.add_argument("--config", help="YAML config (default: the embedded default)")
+    d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    d.add_argument("--calibration-samples", type=int, default=4,
+                   help="base-policy samples per prompt for the example prompts' references (0: no calibration)")
+    d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
+    d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
+    d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train-head", help="train a Bradley-Terry reward head on a frozen encoder")
+    t.add_argument("--data", required=True, help="pairs: JSONL(.gz) with prompt/chosen/rejected, or a hub dataset id")
+    t.add_argument("--out", required=True, help="output folder for <name>.safetensors and <name>.json")
+    t.add_argument("--name", help="model name (default: the output folder's name)")
+    t.add_argument("--backbone", help="encoder folder or hub id (default: bundled all-MiniLM-L6-v2)")
+    t.add_argument("--head", choices=["linear", "mlp"], default="mlp")
+    t.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
+    t.add_argument("--weight-decay", type=float, nargs="+", help="weight decays to select from on validation")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--max-epochs", type=int, default=200)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--max-length", type=int, default=256)
+    t.add_argument("--balance-length", action="store_true",
+                   help="weight pairs so that 'chosen longer' and 'chosen shorter' count equally")
+    t.add_argument("--length-penalty", type=float, default=0.0,
+                   help="λ: add λ·corr(reward, log length)² per batch to the loss (discourages a length counter)")
+    t.add_argument("--limit", type=int, help="use only the first N pairs")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train_head)
+
+    e = sub.add_parser("eval-rm", help="pairwise accuracy of a configured model on preference pairs")
+    e.add_argument("--model", required=True)
+    e.add_argument("--config", help="YAML config (default: the embedded default)")
+    e.add_argument("--data", required=True, help="pairs: JSONL(.gz) with prompt/chosen/rejected, or a hub dataset id")
+    e.add_argument("--limit", type=int, help="use only the first N pairs")
+    e.add_argument("--out", help="also write the result as JSON here")
+    e.add_argument("--update-card", metavar="KEY", help="store the result in the model's card under evaluation.KEY")
+    e.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    e.add_argument("--scores-out", help="also save the per-pair rewards here (.npz)")
+    e.set_defaults(func=_cmd_eval_rm)
+
+    c = sub.add_parser("calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service")
+    c.add_argument("--prompts", required=True, help="prompts.jsonl(.gz) (objects with 'prompt') or JSONL of strings")
+    c.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    c.add_argument("--policy", help="base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
+    c.add_argument("--samples", type=int, default=8, help="K samples per prompt")
+    c.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="Q: the reference is the Q-quantile of the K rewards")
+    c.add_argument("--models", nargs="+", help="models to calibrate (default: all served)")
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--top-p", type=float, default=0.9)
+    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--batch-prompts", type=int, default=4, help="prompts per generate call")
+    c.add_argument("--split", help="only prompts of this split (train/test) when the file has one")
+    c.add_argument("--limit", type=int, help="only the first N prompts")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
+    c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
+    c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
+    c.add_argument("--reference-set", default="default",
+                   help="the reference set to store into: one set per base policy (default: 'default')")
+    c.set_defaults(func=_cmd_calibrate)
+
+    from .trainer.grpo import RLHFConfig
+
+    h = sub.add_parser("rlhf", help="RLHF (TRL GRPO, KL-regularised) of a policy against a running service")
+    add_dataclass_args(h, RLHFConfig)
+    h.set_defaults(func=_cmd_rlhf)
+
+    from .experiments.best_of_k import BestOfKConfig
+    from .experiments.rlhf import RLHFExperimentConfig
+
+    x = sub.add_parser("experiment", help="the LSC paper's claims at small scale: best-of-k selection, RLHF runs")
+    xs = x.add_subparsers(dest="experiment", required=True)
+    xb = xs.add_parser("best-of-k", help="pick the best of k base samples by raw_sum vs lsc_sum (docs/experiments.md)")
+    add_dataclass_args(xb, BestOfKConfig)
+    xb.set_defaults(func=_cmd_experiment, config_cls=BestOfKConfig)
+    xr = xs.add_parser("rlhf", help="GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
+    add_dataclass_args(xr, RLHFExperimentConfig)
+    xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
+    from .experiments.kl_curves import KLCurvesConfig
+
+    xk = xs.add_parser("kl-curves", help="proxy-optimised selection along the KL axis, judged by gold reward models "
+                                         "(resumable; docs/experiments.md)")
+    add_dataclass_args(xk, KLCurvesConfig)
+    xk.add_argument("--max-generation-seconds", type=float, default=None,
+                    help="stop generating after this long (exit 3); the same command continues the pool")
+    xk.set_defaults(func=_cmd_experiment, config_cls=KLCurvesConfig)
