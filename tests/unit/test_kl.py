@@ -124,7 +124,7 @@ def test_analyse_curves_shape_and_invariants():
 
 
 def test_transform_room_is_zero_for_a_flat_pool_and_grows_with_the_spread():
-    from rewardserve.experiments.kl_curves import transform_room
+    from rewardlab.experiments.kl_curves import transform_room
 
     flat = transform_room(np.zeros((3, 8)), np.zeros(3))
     assert flat == {"within_prompt_std": 0.0, "slope_range": 0.0}
