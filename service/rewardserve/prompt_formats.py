@@ -32,12 +32,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .errors import PromptFormatError
+
 Messages = list[dict[str, str]]
 Prompt = str | Messages
-
-
-class PromptFormatError(ValueError):
-    """An unknown ``prompt_format``, or a ``tokenizer:`` format whose tokenizer cannot be used."""
 
 
 @dataclass(frozen=True)
