@@ -39,31 +39,34 @@ class LimitExceeded(RewardServeError):
 
     limit: str = ""
 
-
-class TooManyItems(LimitExceeded):
-    limit = "max_items_per_request"
-
-
-class TextTooLong(LimitExceeded):
-    limit = "max_text_chars"
+    def __init_subclass__(cls, limit: str = "", **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.limit = limit or cls.limit
 
 
-class TooManyModels(LimitExceeded):
-    limit = "max_models_per_request"
+class TooManyItems(LimitExceeded, limit="max_items_per_request"):
+    """More items in one scoring request than allowed."""
 
 
-class TooManyReferences(LimitExceeded):
-    limit = "max_references_per_upload"
+class TextTooLong(LimitExceeded, limit="max_text_chars"):
+    """An item whose prompt and response hold more characters than allowed."""
 
 
-class TooManySamples(LimitExceeded):
-    """More base-policy samples in one upload than 16 × ``max_items_per_request``."""
-
-    limit = "max_items_per_request"
+class TooManyModels(LimitExceeded, limit="max_models_per_request"):
+    """More models requested at once than allowed."""
 
 
-class PayloadTooLarge(LimitExceeded):
-    limit = "max_body_bytes"
+class TooManyReferences(LimitExceeded, limit="max_references_per_upload"):
+    """More entries in one upload or import, or more fingerprints in one lookup, than allowed."""
+
+
+class TooManySamples(LimitExceeded, limit="max_items_per_request"):
+    """More base-policy samples in one upload than 16 × ``max_items_per_request``: the service
+    scores them all in one go."""
+
+
+class PayloadTooLarge(LimitExceeded, limit="max_body_bytes"):
+    """A request body over the byte limit (checked by Content-Length, or while it streams in)."""
 
 
 class MissingReference(RewardServeError):

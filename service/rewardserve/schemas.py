@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
 
 from .prompt_formats import check_format_name
-from .references.base import DEFAULT_SET, check_set_name
+from .references.base import DEFAULT_SET, Reference, check_set_name
 
 
 class _Wire(BaseModel):
@@ -128,23 +128,12 @@ class ReferencesStored(BaseModel):
     values: list[float]
 
 
-class ReferenceValue(BaseModel):
-    """A stored reference: its value and how it was made."""
-
-    value: float
-    revision: str | None
-    quantile: float | None
-    n_samples: int | None
-    policy: str | None
-    updated_at: float
-
-
 class ReferencesFound(BaseModel):
     model: str
     reference_set: str
     revision: str = Field(description="the served model's revision")
-    references: dict[str, ReferenceValue | None] = Field(description="per fingerprint asked for: its entry or null")
-    default: ReferenceValue | None = Field(description="the model's default reference in the set, or null")
+    references: dict[str, Reference | None] = Field(description="per fingerprint asked for: its entry or null")
+    default: Reference | None = Field(description="the model's default reference in the set, or null")
 
 
 class StoredReference(BaseModel):

@@ -19,7 +19,6 @@ from ..schemas import (
     ReferenceSetImported,
     ReferenceSetInfo,
     ReferenceSetList,
-    ReferenceValue,
     ReferencesFound,
     ReferencesLookup,
     ReferencesStored,
@@ -106,18 +105,13 @@ async def lookup(scorer: Scorer, body: ReferencesLookup) -> ReferencesFound:
         raise TooManyReferences(f"at most {lim} fingerprints per lookup")
     fps = [f.lower() for f in body.prompt_fingerprints]
     found = await scorer.store.get_many(model, fps + [DEFAULT_KEY], body.reference_set)
-    default = found.get(DEFAULT_KEY)
     return ReferencesFound(
         model=model,
         reference_set=body.reference_set,
         revision=scorer.models[model].info.revision,
-        references={fp: (_value(found[fp]) if fp in found else None) for fp in fps},
-        default=_value(default) if default else None,
+        references={fp: found.get(fp) for fp in fps},
+        default=found.get(DEFAULT_KEY),
     )
-
-
-def _value(ref: Reference) -> ReferenceValue:
-    return ReferenceValue(**ref.to_dict())
 
 
 async def get(scorer: Scorer, model: str, fingerprint: str, reference_set: str) -> StoredReference:
