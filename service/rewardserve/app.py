@@ -10,44 +10,25 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI
 
 from . import __version__
+from .api import openrlhf, routes
 from .api.errors import install_error_handlers
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from .api.routes import router
-from .backends import Backend, build_backend
-from .config import BackboneConfig, Settings, load_settings
+from .backends import build_backend
+from .config import Settings, load_settings
 from .health import ForwardHealth
 from .metrics import Metrics
-from .references import ReferenceStore, open_store
+from .references import open_store
 from .references.redis_client import redact
-from .scoring import Scorer
+from .scoring import BackendFactory, Scorer
+from .state import AppState
 
 log = logging.getLogger("rewardserve")
-
-BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    metrics: Metrics
-    scorer: Scorer | None = None
-    store: ReferenceStore | None = None
-    loaded: bool = False  # every model loaded and warmed up: scoring works
-    draining: bool = False  # shutting down: /readyz says 503, in-flight and new requests are still served
-    load_error: str | None = None
-    health: ForwardHealth | None = None  # forward failures / hung forwards (health.py)
-
-    @property
-    def ready(self) -> bool:
-        return self.loaded and not self.draining and not (self.health and self.health.not_ready())
-
 
 def create_app(
     settings: Settings | None = None,
@@ -62,17 +43,10 @@ def create_app(
         torch.set_num_threads(settings.torch_threads)
     state = AppState(settings=settings, metrics=Metrics(), health=ForwardHealth.from_config(settings.health))
 
-    async def load_models() -> None:
+    async def load_models(scorer: Scorer) -> None:
         try:
-            for name in settings.backbones:
-                backend = await state.scorer.load_backbone(name, backend_factory)  # type: ignore[union-attr]
-                state.scorer.batchers[name].health = state.health  # type: ignore[union-attr]
-                state.metrics.backbone_loaded(name, backend.model_names)  # every series has a sample from now on
-                log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
-            state.loaded = True
-            log.info("ready: %d models", len(state.scorer.models))  # type: ignore[union-attr]
-        except Exception as e:
-            state.load_error = f"loading models failed: {type(e).__name__}: {e}"
+            await scorer.load(backend_factory, state.health)
+        except Exception:
             log.exception("loading models failed")
             if exit_on_load_failure:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -82,23 +56,23 @@ def create_app(
         warm-up item), so that a fault that cleared shows without waiting for a restart."""
         while True:
             await asyncio.sleep(settings.health.recheck_seconds)
-            for name in state.health.failing_backbones():  # type: ignore[union-attr]
+            for name in state.health.failing_backbones():
                 backend = state.scorer.backends.get(name) if state.scorer else None
                 if backend is None:
                     continue
                 try:
-                    with state.health.watch(name):  # type: ignore[union-attr]
+                    with state.health.watch(name):
                         await asyncio.to_thread(backend.warmup)
                     log.warning("backbone %s: a check forward succeeded; ready again", name)
                 except Exception as e:
                     log.warning("backbone %s: the check forward failed too: %s: %s", name, type(e).__name__, e)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        state.store = open_store(settings.references.store)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = state.store = open_store(settings.references.store)
         log.info("reference store: %s", redact(settings.references.store))  # never the password
-        state.scorer = Scorer(settings, state.store, state.metrics)
-        loader = asyncio.create_task(load_models(), name="load-models")
+        scorer = state.scorer = Scorer(settings, store, state.metrics)
+        loader = asyncio.create_task(load_models(scorer), name="load-models")
         rechecker = asyncio.create_task(recheck_failing_backbones(), name="recheck-backbones")
         try:
             yield
@@ -107,8 +81,8 @@ def create_app(
             loader.cancel()
             rechecker.cancel()
             await asyncio.gather(loader, rechecker, return_exceptions=True)
-            await state.scorer.stop()
-            await state.store.close()
+            await scorer.stop()
+            await store.close()
 
     app = FastAPI(
         title="rewardserve",
@@ -118,7 +92,8 @@ def create_app(
     )
     app.state.rs = state
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(openrlhf.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     keys = settings.load_api_keys()
     if keys:

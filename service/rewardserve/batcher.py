@@ -1,6 +1,6 @@
 """One asynchronous batcher per backbone, shared by every concurrent request.
 
-Items wait in a bounded queue (``max_queued_tokens``; beyond it ``submit`` raises ``QueueFull``
+Items wait in a bounded queue (``max_queued_tokens``; beyond it ``submit`` raises ``Overloaded``
 at once). The loop forms a batch as soon as the queue holds ``max_batch_tokens`` padded tokens
 or the oldest item has waited ``max_wait_ms``. A batch always contains the oldest waiting item
 (no starvation); with length sorting on, it is filled with the items closest in length to it, so
@@ -35,21 +35,11 @@ import numpy as np
 
 from .backends.base import Backend, Encoded, intraop_threads
 from .backends.prefix import TokenCount, prefix_key
+from .errors import ModelFailed, Overloaded
+from .health import ForwardHealth
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
-
-
-class QueueFull(Exception):
-    def __init__(self, backbone: str, queued: int, limit: int, retry_after: float):
-        super().__init__(f"backbone {backbone!r} is overloaded: {queued} tokens queued (limit {limit}); retry later")
-        self.retry_after = retry_after
-
-
-class ForwardError(RuntimeError):
-    def __init__(self, backbone: str, models: list[str], cause: BaseException):
-        super().__init__(f"forward pass of backbone {backbone!r} (models {', '.join(models)}) failed: {type(cause).__name__}: {cause}")
-        self.backbone, self.models = backbone, models
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +176,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
-        self.health = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
+        self.health: ForwardHealth | None = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -227,7 +217,8 @@ class Batcher:
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:
                 self.metrics.rejected.labels(self.name).inc(len(encoded))
-            raise QueueFull(self.name, self._queued_tokens, self.max_queued_tokens, self._retry_after())
+            raise Overloaded(f"backbone {self.name!r} is overloaded: {self._queued_tokens} tokens queued "
+                             f"(limit {self.max_queued_tokens}); retry later", self._retry_after())
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         futures = []
@@ -319,7 +310,7 @@ class Batcher:
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:
                 self.metrics.forward_errors.labels(self.name).inc()
-            err = ForwardError(self.name, self.backend.model_names, e)
+            err = ModelFailed(self.name, self.backend.model_names, e)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)

@@ -34,9 +34,7 @@ from typing import Any
 
 from rewardclient.protocol import Messages, Prompt
 
-
-class PromptFormatError(ValueError):
-    """An unknown ``prompt_format``, or a ``tokenizer:`` format whose tokenizer cannot be used."""
+from .errors import PromptFormatError
 
 
 @dataclass(frozen=True)

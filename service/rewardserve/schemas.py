@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
 
 from .prompt_formats import check_format_name
-from .references.base import DEFAULT_SET, check_set_name
+from .references.base import DEFAULT_SET, Reference, check_set_name
 
 
 class _Wire(BaseModel):
@@ -69,7 +69,8 @@ class ScoreResult(BaseModel):
         None, description="exp(Σ u_m) for unit-weight lsc_sum over LSC models when every reference is inline or "
                           "stored; null otherwise")
     truncated: dict[str, bool]
-    warnings: list[str] | None = None
+    warnings: list[str] | None = Field(None, exclude_if=lambda v: v is None,
+                                       description="present only when there is something to say")
 
 
 class ModelRevision(BaseModel):
@@ -126,6 +127,14 @@ class ReferencesStored(BaseModel):
     stored: int
     fingerprints: list[str]
     values: list[float]
+
+
+class ReferencesFound(BaseModel):
+    model: str
+    reference_set: str
+    revision: str = Field(description="the served model's revision")
+    references: dict[str, Reference | None] = Field(description="per fingerprint asked for: its entry or null")
+    default: Reference | None = Field(description="the model's default reference in the set, or null")
 
 
 class StoredReference(BaseModel):
@@ -197,3 +206,12 @@ class OpenRLHFRequest(BaseModel):
     query: list[str] = Field(min_length=1)
     prompts: list[str] = Field(min_length=1)
     labels: list[str | float | int | bool | None] | None = Field(None, description="accepted and not used")
+
+
+class OpenRLHFResponse(BaseModel):
+    """OpenRLHF's remote reward-model answer: ``rewards`` (= ``scores``), one per query, and
+    ``extra_logs``: the aggregate and, per model, the raw and transformed rewards (``<model>/raw``)."""
+
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]

@@ -1,29 +1,44 @@
 """Scoring: resolve models and references, split items per backbone, batch, transform, aggregate.
 
 This is the path of one ``POST /v1/score`` after validation: the route hands the parsed request to
-``Scorer.score``, which returns the response body.
+``Scorer.score``, which returns the response (``schemas.ScoreResponse``). What can go wrong is
+raised as a domain error (``errors.py``); ``api/errors.py`` says how each goes on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from rewardclient.protocol import Prompt, plain_prompt
 
 from . import lsc, prompt_formats
-from .api.errors import ApiError
 from .backends.base import Backend, ModelInfo
-from .batcher import Batcher, ForwardError, QueueFull
-from .config import ModelConfig, Settings
+from .batcher import Batcher
+from .config import BackboneConfig, ModelConfig, Settings
+from .errors import (
+    InvalidInput,
+    MissingReference,
+    NotReady,
+    StaleReference,
+    TextTooLong,
+    TooManyItems,
+    TooManyModels,
+    UnknownModel,
+)
+from .health import ForwardHealth
 from .metrics import Metrics
-from .references import DEFAULT_SET, Reference, ReferenceStore, StoreUnavailable, prompt_fingerprint
-from .schemas import AggregateSpec, ScoreItem
+from .references import DEFAULT_SET, Reference, ReferenceStore, prompt_fingerprint
+from .schemas import AggregateSpec, ModelRevision, ScoreItem, ScoreResponse, ScoreResult, Usage
 
+BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
+log = logging.getLogger("rewardserve")
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
 
@@ -43,8 +58,31 @@ class Scorer:
         self.models: dict[str, ServedModel] = {}
         self.backends: dict[str, Backend] = {}
         self.batchers: dict[str, Batcher] = {}
+        self.loaded = False  # every backbone loaded and warmed up: scoring works
+        self.load_error: str | None = None
 
-    async def load_backbone(self, name: str, factory, warmup: bool = True) -> Backend:
+    def check_ready(self) -> None:
+        """``NotReady`` until every backbone is loaded (or when loading failed)."""
+        if not self.loaded:
+            detail = f": {self.load_error}" if self.load_error else " (models are loading)"
+            raise NotReady(f"the service is not ready{detail}")
+
+    async def load(self, factory: BackendFactory, health: ForwardHealth | None = None) -> None:
+        """Load, warm up and start every configured backbone (``load_backbone``), then serve; a
+        failure is kept in ``load_error`` (``check_ready`` reports it) and raised."""
+        try:
+            for name in self.settings.backbones:
+                backend = await self.load_backbone(name, factory)
+                self.batchers[name].health = health
+                self.metrics.backbone_loaded(name, backend.model_names)  # every series has a sample from now on
+                log.info("backbone %s loaded: models %s", name, ", ".join(backend.model_names))
+            self.loaded = True
+            log.info("ready: %d models", len(self.models))
+        except Exception as e:
+            self.load_error = f"loading models failed: {type(e).__name__}: {e}"
+            raise
+
+    async def load_backbone(self, name: str, factory: BackendFactory, warmup: bool = True) -> Backend:
         """Build backbone ``name`` with ``factory(name, cfg, settings)`` (off the event loop), warm it
         up, start its batcher and serve its models."""
         cfg = self.settings.backbones[name]
@@ -79,26 +117,23 @@ class Scorer:
         names = list(dict.fromkeys(requested)) if requested else list(self.models)
         limit = self.settings.limits.max_models_per_request
         if len(names) > limit:
-            raise ApiError(413, "too_many_models", f"{len(names)} models requested; the limit (max_models_per_request) is {limit}")
+            raise TooManyModels(f"{len(names)} models requested; the limit (max_models_per_request) is {limit}")
         unknown = [m for m in names if m not in self.models]
         if unknown:
-            raise ApiError(
-                404, "model_not_found",
-                f"unknown model {unknown[0]!r}; served models: {', '.join(self.models) or '(none loaded)'}",
-            )
+            raise UnknownModel(f"unknown model {unknown[0]!r}; served models: {', '.join(self.models) or '(none loaded)'}")
         return names
 
     def check_items(self, items: Sequence[ScoreItem]) -> None:
         lim = self.settings.limits
         if len(items) > lim.max_items_per_request:
-            raise ApiError(413, "too_many_items", f"{len(items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}")
+            raise TooManyItems(f"{len(items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}")
         for i, it in enumerate(items):
             n = len(it.response) + (len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.content) for m in it.prompt))
             if n > lim.max_text_chars:
-                raise ApiError(413, "text_too_long", f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
+                raise TextTooLong(f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
             for m in it.reference or {}:
                 if m not in self.models:
-                    raise ApiError(422, "invalid_request", f"items[{i}].reference names unknown model {m!r}")
+                    raise InvalidInput(f"items[{i}].reference names unknown model {m!r}")
 
     # -- prompt formats -----------------------------------------------------------------------------
     async def resolve_prompt_format(self, name: str | None) -> prompt_formats.Format:
@@ -152,10 +187,7 @@ class Scorer:
                 continue
             if fps is None:
                 fps = [prompt_fingerprint(p) for p in prompts]
-            try:
-                stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
-            except StoreUnavailable as e:
-                raise ApiError(503, "reference_store_unavailable", f"reference store unavailable: {e}", {"Retry-After": "2"}) from None
+            stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             stored_default = stored.get(DEFAULT_KEY)
             policy = "error" if missing_reference == "error" and sm.config.transform == "lsc" else sm.config.missing_reference
             for i in missing:
@@ -167,7 +199,7 @@ class Scorer:
                         msg = (f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
                                f"the model is now {sm.info.revision}")
                         if self.settings.references.revision_mismatch == "reject":
-                            raise ApiError(422, "stale_reference", f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
+                            raise StaleReference(f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
                         warnings[i].append(msg)
                 elif stored_default is not None and policy == "default":
                     refs[i, j] = stored_default.value
@@ -178,8 +210,7 @@ class Scorer:
                 else:
                     why = "the request's missing_reference is 'error'" if missing_reference == "error" \
                         else "missing_reference policy is 'error'"
-                    raise ApiError(
-                        422, "missing_reference",
+                    raise MissingReference(
                         f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} in reference set "
                         f"{reference_set!r} ({why}); pass items[{i}].reference or store one via POST /v1/references",
                     )
@@ -222,10 +253,6 @@ class Scorer:
                 for j in cols:
                     raw[:, j] = block[:, self.models[models[j]].column]
                     trunc[:, j] = [e.truncated for e in encs]
-        except QueueFull as e:
-            raise ApiError(503, "overloaded", str(e), {"Retry-After": str(int(np.ceil(e.retry_after)))}) from None
-        except ForwardError as e:
-            raise ApiError(500, "model_error", str(e)) from None
         finally:
             for f in all_futures:  # on error or client disconnect: nothing left queued for this request
                 if not f.done():
@@ -242,15 +269,16 @@ class Scorer:
     # -- the whole request ------------------------------------------------------------------------
     async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
                     timing: dict[str, float] | None = None, prompt_format: str | None = None,
-                    reference_set: str = DEFAULT_SET, missing_reference: str | None = None) -> dict:
-        """The response body of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
+                    reference_set: str = DEFAULT_SET, missing_reference: str | None = None) -> ScoreResponse:
+        """The response of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
         (see ``raw_rewards``); stored references come from ``reference_set``."""
         names = self.resolve_models(models)
         agg = aggregate or AggregateSpec()
         weights = agg.weights or {}
         unknown_w = [k for k in weights if k not in names]
         if unknown_w:
-            raise ApiError(422, "invalid_request", f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested models {names}")
+            raise InvalidInput(f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested "
+                               f"models {names}")
         self.check_items(items)
         norm = await self.normalise([plain_prompt(it.prompt) for it in items], [it.response for it in items], prompt_format)
         prompts = [n.prompt for n in norm]
@@ -262,8 +290,8 @@ class Scorer:
         try:
             (refs, sources, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()  # no-op once done
+            for task in tasks:
+                task.cancel()  # no-op once done
 
         transforms = [self.models[m].config.transform for m in names]
         u = np.empty_like(raw)
@@ -281,31 +309,30 @@ class Scorer:
             r_i = dict(zip(names, raw[i].tolist()))
             u_i = dict(zip(names, u[i].tolist()))
             value = lsc.aggregate(r_i, u_i, agg.method, weights)
-            res = {
-                "id": it.id,
-                "raw": r_i,
-                "reference": dict(zip(names, refs[i].tolist())),
-                "reference_source": {m: sources[i][m] for m in names},
-                "transformed": u_i,
-                "aggregate": value,
-                # a probability only against real references: inline or stored for this prompt
-                "p_all_good": lsc.p_all_good(value) if with_p and all(
-                    sources[i][m] in ("inline", "stored") for m in names) else None,
-                "truncated": dict(zip(names, trunc[i].tolist())),
-            }
             item_warnings = ([norm[i].warning] if norm[i].warning else []) + warnings[i]
-            if item_warnings:
-                res["warnings"] = item_warnings
-            results.append(res)
-        return {
-            "results": results,
-            "aggregate_method": agg.method,
-            "reference_set": reference_set,
-            "models": {m: {"revision": self.models[m].info.revision} for m in names},
-            "usage": {"items": len(items), "tokens": tokens},
-        }
+            # built from values computed here: no validation (model_construct); the route serializes them
+            results.append(ScoreResult.model_construct(
+                id=it.id,
+                raw=r_i,
+                reference=dict(zip(names, refs[i].tolist())),
+                reference_source={m: sources[i][m] for m in names},
+                transformed=u_i,
+                aggregate=value,
+                # a probability only against real references: inline or stored for this prompt
+                p_all_good=lsc.p_all_good(value) if with_p and all(
+                    sources[i][m] in ("inline", "stored") for m in names) else None,
+                truncated=dict(zip(names, trunc[i].tolist())),
+                warnings=item_warnings or None,
+            ))
+        return ScoreResponse.model_construct(
+            results=results,
+            aggregate_method=agg.method,
+            reference_set=reference_set,
+            models={m: ModelRevision.model_construct(revision=self.models[m].info.revision) for m in names},
+            usage=Usage.model_construct(items=len(items), tokens=tokens),
+        )
 
-    def describe_models(self) -> list[dict]:
+    def describe_models(self) -> list[dict[str, Any]]:
         out = []
         for m, sm in self.models.items():
             backend = self.backends[sm.backbone]

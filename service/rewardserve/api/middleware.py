@@ -6,8 +6,12 @@ import hmac
 import json
 import time
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from ..config import ApiKey
+from ..errors import PayloadTooLarge, RewardServeError, Unauthorized
 from ..metrics import Metrics
+from .errors import error_parts
 
 API_KEY_SCOPE = "rewardserve.api_key"  # the ASGI scope entry that holds the request's ApiKey
 
@@ -15,10 +19,10 @@ API_KEY_SCOPE = "rewardserve.api_key"  # the ASGI scope entry that holds the req
 class BodyLimitMiddleware:
     """Reject bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for k, v in scope.get("headers", ()):
@@ -28,7 +32,7 @@ class BodyLimitMiddleware:
         too_large = False
         started = False
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal seen, too_large
             msg = await receive()
             if msg["type"] == "http.request":
@@ -38,7 +42,7 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge()
             return msg
 
-        async def tracking_send(msg):
+        async def tracking_send(msg: Message) -> None:
             nonlocal started
             if msg["type"] == "http.response.start":
                 started = True
@@ -55,12 +59,26 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _send_413(send, limit: int) -> None:
-    body = json.dumps({"error": {"type": "payload_too_large",
-                                 "message": f"request body exceeds the limit (max_body_bytes) of {limit} bytes"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+async def _send_error(send: Send, exc: RewardServeError) -> None:
+    """Answer with a domain error's row of the error table (api/errors.py), outside the app's handlers."""
+    status, content, headers = error_parts(exc)
+    body = json.dumps(content).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    await _send_error(send, PayloadTooLarge(f"request body exceeds the limit (max_body_bytes) of {limit} bytes"))
 
 
 class ApiKeyMiddleware:
@@ -69,12 +87,12 @@ class ApiKeyMiddleware:
     appear in answers or logs. The matched key (its scope and sets) goes to the routes as
     ``scope[API_KEY_SCOPE]``, where each route checks what the key may do."""
 
-    def __init__(self, app, keys: list[ApiKey], open_routes: list[str]):
+    def __init__(self, app: ASGIApp, keys: list[ApiKey], open_routes: list[str]):
         self.app = app
         self.keys = [(k.key.encode(), k) for k in keys]
         self.open = set(open_routes)
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open:
             return await self.app(scope, receive, send)
         token = b""
@@ -91,26 +109,22 @@ class ApiKeyMiddleware:
             scope[API_KEY_SCOPE] = matched
             return await self.app(scope, receive, send)
         msg = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
-        body = json.dumps({"error": {"type": "unauthorized", "message": msg}}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, Unauthorized(msg))
 
 
 class MetricsMiddleware:
     """Count requests by route template and status; observe latency per route."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = 500
 
-        async def send_wrapper(msg):
+        async def send_wrapper(msg: Message) -> None:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rewardclient.protocol import canonical_prompt, prompt_fingerprint
 
-from .base import DEFAULT_SET, InvalidSetName, Reference, ReferenceStore, StoreFull, StoreUnavailable, check_set_name
+from ..errors import InvalidSetName, StoreFull, StoreUnavailable
+from .base import DEFAULT_SET, Reference, ReferenceStore, check_set_name
 
 
 def open_store(url: str) -> ReferenceStore:

@@ -11,17 +11,11 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
+from ..errors import InvalidSetName
+
 DEFAULT_SET = "default"
 SET_NAME_MAX = 64
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class StoreUnavailable(RuntimeError):
-    """The store cannot be reached right now (the request may be retried)."""
-
-
-class InvalidSetName(ValueError):
-    """A reference set name outside the allowed length or characters."""
 
 
 def check_set_name(name: str) -> str:
@@ -33,8 +27,6 @@ def check_set_name(name: str) -> str:
             f"invalid reference set name {shown!r}: use 1-{SET_NAME_MAX} characters from A-Z a-z 0-9 . _ - "
             "starting with a letter or digit")
     return name
-class StoreFull(StoreUnavailable):
-    """The store refuses writes because it is full (Redis ``maxmemory`` with ``noeviction``)."""
 
 
 @dataclass(frozen=True)

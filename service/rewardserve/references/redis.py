@@ -21,7 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import DEFAULT_SET, Reference, ReferenceStore, StoreFull, StoreUnavailable
+from ..errors import StoreFull, StoreUnavailable
+from .base import DEFAULT_SET, Reference, ReferenceStore
 from .redis_client import close, connect, redact
 
 KEY_PREFIX = "rewardserve:refs:"  # set "default": rewardserve:refs:<model>
