@@ -28,7 +28,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .runner import REPO, Options, Server, _env, _f, _json_safe, _log, run_cells
+from .options import REPO, Options, log
+from .phases import run_cells
+from .report import fmt, json_safe
+from .servers import Server, contender_env
 from .workload import WORKLOADS
 
 DEFAULT_OUT = REPO / "bench" / "results" / "grpo.json"
@@ -127,21 +130,22 @@ def format_table(res: dict) -> str:
 
         def p50(name: str, g: int = g) -> str:
             xs = res["cells"].get(name, {}).get(f"grpo{g}", [])
-            return _f(xs[0]["latency_ms"]["p50"], 0) if xs else "-"
+            return fmt(xs[0]["latency_ms"]["p50"], 0) if xs else "-"
 
         def cores(name: str, g: int = g) -> str:
             xs = res["cells"].get(name, {}).get(f"grpo{g}", [])
-            return _f(xs[0].get("server_cpu_cores"), 2) if xs else "-"
+            return fmt(xs[0].get("server_cpu_cores"), 2) if xs else "-"
 
-        lines.append(f"  {g:>3d} {_f(tok.get('mean_tokens')):>8s} {_f(100 * tok['prompt_share'] if tok else None, 0):>8s} | "
-                     f"{_f(r['share_items_per_s'], 2):>8s} {_f(r['noshare_items_per_s'], 2):>8s} "
-                     f"{_f(r['naive_items_per_s'], 2):>8s}         | {_f(r['share_over_noshare'], 2):>13s} "
-                     f"{_f(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}    | "
+        prompt_share = fmt(100 * tok["prompt_share"] if tok else None, 0)
+        lines.append(f"  {g:>3d} {fmt(tok.get('mean_tokens')):>8s} {prompt_share:>8s} | "
+                     f"{fmt(r['share_items_per_s'], 2):>8s} {fmt(r['noshare_items_per_s'], 2):>8s} "
+                     f"{fmt(r['naive_items_per_s'], 2):>8s}         | {fmt(r['share_over_noshare'], 2):>13s} "
+                     f"{fmt(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}    | "
                      f"                {cores('share'):>5s} {cores('noshare'):>7s} {cores('naive'):>5s}")
     lines.append("")
     for t in res["targets"]:
         ok = "skip" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
-        lines.append(f"  {t['check']:32s} {_f(t['value'], 2):>6s} {t['target']:>7s}  {ok}")
+        lines.append(f"  {t['check']:32s} {fmt(t['value'], 2):>6s} {t['target']:>7s}  {ok}")
     lines.append(f"\nwall time {m['wall_seconds']:.0f} s; JSON: {m['out']}")
     return "\n".join(lines)
 
@@ -190,13 +194,14 @@ def run_grpo(model: str | Path | None = None, groups: tuple[int, ...] = (1, 4, 8
     try:
         for name in contenders:
             cfg = configs["noshare" if name == "naive" else name]
-            servers[name] = Server(name, "naive" if name == "naive" else "service", str(cfg), _env(o, tmp, name), tmp)
-        _log(f"grpo: starting {', '.join(servers)} on {model}")
+            kind = "naive" if name == "naive" else "service"
+            servers[name] = Server(name, kind, str(cfg), contender_env(o, tmp, name), tmp)
+        log(f"grpo: starting {', '.join(servers)} on {model}")
         with ThreadPoolExecutor(len(servers)) as ex:
             for f in [ex.submit(s.start) for s in servers.values()]:
                 f.result()
         cells: dict[str, dict[str, list[dict]]] = {}
-        env = _env(o, tmp, "load")
+        env = contender_env(o, tmp, "load")
         for k, g in enumerate(groups):
             og = dataclasses.replace(o, sizes=(g,))
             names = list(servers) if k % 2 == 0 else list(servers)[::-1]  # alternate which goes first
@@ -218,7 +223,7 @@ def run_grpo(model: str | Path | None = None, groups: tuple[int, ...] = (1, 4, 8
     res["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["meta"]["wall_seconds"] = time.monotonic() - t0
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(_json_safe(res), indent=2) + "\n", encoding="utf-8")
+    out_path.write_text(json.dumps(json_safe(res), indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(tmp, ignore_errors=True)
     if print_table:
         print(format_table(res), flush=True)

@@ -15,7 +15,9 @@ import pytest
 
 from bench.limit import ideal_batches
 from bench.load import overlap, server_timing, usage_tokens
-from bench.runner import Options, compute_ratios, runnable
+from bench.options import Options
+from bench.phases import runnable
+from bench.ratios import compute_ratios
 from bench.stats import percentile, summarize_ms
 from bench.workload import VOCABULARY, WORKLOADS, generate, spec
 
