@@ -36,24 +36,35 @@ DEFAULT_LOG_DIR = Path("~/.cache/rewardserve/calibration").expanduser()
 
 @dataclass
 class CalibrationConfig:
-    prompts: str
-    url: str = "http://127.0.0.1:8000"
-    policy: str | None = None
-    samples: int = 8
-    quantile: float = DEFAULT_QUANTILE
-    models: list[str] | None = None
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 96
-    batch_prompts: int = 4
-    seed: int = 0
-    split: str | None = None
-    limit: int | None = None
-    reference_response: str | None = None
-    log: str | None = None
-    api_key: str | None = None
-    device: str = "cpu"
-    reference_set: str = "default"
+    """The settings of one calibration (also the options of ``rewardserve calibrate``)."""
+
+    prompts: str = field(metadata={"description": 
+        "prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"})
+    url: str = field(default="http://127.0.0.1:8000", metadata={"description": "the running service"})
+    policy: str | None = field(default=None, metadata={
+        "description": "base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"})
+    samples: int = field(default=8, metadata={"description": "K: base-policy samples per prompt"})
+    quantile: float = field(default=DEFAULT_QUANTILE, metadata={
+        "description": "Q: the reference is the Q-quantile of the K samples' rewards"})
+    models: list[str] | None = field(default=None, metadata={"description": 
+        "models to calibrate (default: all served)"})
+    temperature: float = field(default=0.7, metadata={"description": "sampling temperature of the base policy"})
+    top_p: float = field(default=0.9, metadata={"description": "nucleus sampling: the top-p of the base policy"})
+    max_new_tokens: int = field(default=96, metadata={"description": "longest sampled response, in policy tokens"})
+    batch_prompts: int = field(default=4, metadata={"description": "prompts per generate call"})
+    seed: int = field(default=0, metadata={"description": "sampling seed"})
+    split: str | None = field(default=None, metadata={
+        "description": "only prompts of this split (train/test) when the file has one"})
+    limit: int | None = field(default=None, metadata={"description": "only the first N prompts"})
+    reference_response: str | None = field(default=None, metadata={
+        "description": "instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal"})
+    log: str | None = field(default=None, metadata={
+        "description": "JSON Lines log of every sample's rewards (default: under ~/.cache/rewardserve/calibration)"})
+    api_key: str | None = field(default=None, metadata={
+        "description": "API key of the service (default: $REWARDSERVE_API_KEY)"})
+    device: str = field(default="cpu", metadata={"description": "where the base policy generates: cpu, cuda, cuda:N"})
+    reference_set: str = field(default="default", metadata={
+        "description": "the reference set to store into: one set per base policy"})
 
 
 @dataclass

@@ -10,18 +10,13 @@ import sys
 from pathlib import Path
 
 from rewardclient.protocol import DEFAULT_QUANTILE
-from rewardserve.cli import add_dataclass_args
+from rewardserve.cli_options import CONFIG_HELP, add_options, command, config_from_args
 
 
 def _cmd_train_head(a: argparse.Namespace) -> int:
     from .training.heads import TrainConfig, train_head
 
-    cfg = TrainConfig(
-        data=a.data, out=a.out, backbone=a.backbone, head=a.head, hidden=a.hidden, seed=a.seed,
-        max_length=a.max_length, balance_length=a.balance_length, length_penalty=a.length_penalty, limit=a.limit, name=a.name,
-        max_epochs=a.max_epochs, val_fraction=a.val_fraction, lr=a.lr,
-        **({"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}),
-    )
+    cfg = config_from_args(TrainConfig, a)
     card = train_head(cfg)
     print(json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2))
     return 0
@@ -133,23 +128,15 @@ def _cmd_eval_rm(a: argparse.Namespace) -> int:
 def _cmd_calibrate(a: argparse.Namespace) -> int:
     from .calibration import CalibrationConfig, calibrate
 
-    cfg = CalibrationConfig(
-        prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
-        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
-        seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
-        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device, reference_set=a.reference_set,
-    )
+    cfg = config_from_args(CalibrationConfig, a, api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"))
     print(json.dumps(calibrate(cfg).to_dict(), indent=2))
     return 0
 
 
 def _cmd_rlhf(a: argparse.Namespace) -> int:
-    import dataclasses
-
     from .trainer import RLHFConfig, run_rlhf
 
-    names = {f.name for f in dataclasses.fields(RLHFConfig)} - {"extra"}
-    cfg = RLHFConfig(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    cfg = config_from_args(RLHFConfig, a)
     cfg.api_key = cfg.api_key or os.environ.get("REWARDSERVE_API_KEY")
     summary = run_rlhf(cfg)
     print(json.dumps({k: summary[k] for k in ("utility", "steps", "wall_seconds", "out_dir")}, indent=2))
@@ -158,13 +145,10 @@ def _cmd_rlhf(a: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(a: argparse.Namespace) -> int:
-    import dataclasses
-
     from .experiments.best_of_k import run_best_of_k
     from .experiments.rlhf import run_rlhf_experiment
 
-    names = {f.name for f in dataclasses.fields(a.config_cls)}
-    cfg = a.config_cls(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    cfg = config_from_args(a.config_cls, a)
     if a.experiment == "kl-curves":
         from .experiments.kl_curves import run_kl_curves
 
@@ -182,93 +166,79 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
     return 0
 
 
+PAIRS_HELP = "preference pairs: JSON Lines (.gz) with prompt/chosen/rejected, or a hub dataset id"
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add rewardlab's subcommands to the ``rewardserve`` command's subparsers."""
-    d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
-    d.add_argument("--config", help="YAML config (default: the embedded default)")
-    d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    """rewardlab's subcommands of ``rewardserve`` (entry point ``rewardserve.commands``)."""
+    d = command(sub, "demo", "start the service, calibrate references for example prompts, score example pairs "
+                              "against them, then train: a few RLHF (GRPO) steps of a small policy",
+                 "Start the service on the embedded default config, calibrate references for the example prompts "
+                 "(base-policy samples of SmolLM2-135M-Instruct, reference set 'demo'), score example pairs against "
+                 "them and print the JSON, then train: run a short RLHF session (GRPO steps of SmolLM2-135M-Instruct "
+                 "against the service) and print where its report is. About 3 minutes on 2 CPU cores.")
+    d.add_argument("--config", help=CONFIG_HELP)
+    d.add_argument("--port", type=int, default=0, help="port of the demo's service (default: a free one)")
     d.add_argument("--calibration-samples", type=int, default=4,
-                   help="base-policy samples per prompt for the example prompts' references (0: no calibration)")
-    d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
-    d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
-    d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
+                   help="base-policy samples per prompt for the example prompts' references (0: no calibration; "
+                        "default: 4)")
+    d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it; default: 3)")
+    d.add_argument("--prompts", default=str(DEFAULT_PROMPTS),
+                   help="prompt file of the RLHF part (default: ../shared/data/prompts.jsonl.gz when it exists, "
+                        "else a few built-in prompts)")
+    d.add_argument("--out-dir", default="runs/demo",
+                   help="where the calibration log and the RLHF run's report go (default: runs/demo)")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train-head", help="train a Bradley-Terry reward head on a frozen encoder")
-    t.add_argument("--data", required=True, help="pairs: JSONL(.gz) with prompt/chosen/rejected, or a hub dataset id")
-    t.add_argument("--out", required=True, help="output folder for <name>.safetensors and <name>.json")
-    t.add_argument("--name", help="model name (default: the output folder's name)")
-    t.add_argument("--backbone", help="encoder folder or hub id (default: bundled all-MiniLM-L6-v2)")
-    t.add_argument("--head", choices=["linear", "mlp"], default="mlp")
-    t.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
-    t.add_argument("--weight-decay", type=float, nargs="+", help="weight decays to select from on validation")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--max-epochs", type=int, default=200)
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--max-length", type=int, default=256)
-    t.add_argument("--balance-length", action="store_true",
-                   help="weight pairs so that 'chosen longer' and 'chosen shorter' count equally")
-    t.add_argument("--length-penalty", type=float, default=0.0,
-                   help="λ: add λ·corr(reward, log length)² per batch to the loss (discourages a length counter)")
-    t.add_argument("--limit", type=int, help="use only the first N pairs")
-    t.add_argument("--seed", type=int, default=0)
+    from .training.config import TrainConfig
+
+    t = command(sub, "train-head", "train a Bradley-Terry reward head on a frozen encoder")
+    add_options(t, TrainConfig, flags={"weight_decays": "--weight-decay"},
+                only=("data", "out", "name", "backbone", "head", "hidden", "weight_decays", "lr", "max_epochs",
+                      "val_fraction", "max_length", "balance_length", "length_penalty", "limit", "seed"))
     t.set_defaults(func=_cmd_train_head)
 
-    e = sub.add_parser("eval-rm", help="pairwise accuracy of a configured model on preference pairs")
-    e.add_argument("--model", required=True)
-    e.add_argument("--config", help="YAML config (default: the embedded default)")
-    e.add_argument("--data", required=True, help="pairs: JSONL(.gz) with prompt/chosen/rejected, or a hub dataset id")
+    e = command(sub, "eval-rm", "pairwise accuracy of a configured model on preference pairs")
+    e.add_argument("--model", required=True, help="the model to evaluate: a model name of the config")
+    e.add_argument("--config", help=CONFIG_HELP)
+    e.add_argument("--data", required=True, help=PAIRS_HELP)
     e.add_argument("--limit", type=int, help="use only the first N pairs")
     e.add_argument("--out", help="also write the result as JSON here")
     e.add_argument("--update-card", metavar="KEY", help="store the result in the model's card under evaluation.KEY")
-    e.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: none)")
+    e.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for the 95%% intervals (0: none; default: 1000)")
     e.add_argument("--scores-out", help="also save the per-pair rewards here (.npz)")
     e.set_defaults(func=_cmd_eval_rm)
 
-    c = sub.add_parser("calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service")
-    c.add_argument("--prompts", required=True, help="prompts.jsonl(.gz) (objects with 'prompt') or JSONL of strings")
-    c.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
-    c.add_argument("--policy", help="base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
-    c.add_argument("--samples", type=int, default=8, help="K samples per prompt")
-    c.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="Q: the reference is the Q-quantile of the K rewards")
-    c.add_argument("--models", nargs="+", help="models to calibrate (default: all served)")
-    c.add_argument("--temperature", type=float, default=0.7)
-    c.add_argument("--top-p", type=float, default=0.9)
-    c.add_argument("--max-new-tokens", type=int, default=96)
-    c.add_argument("--batch-prompts", type=int, default=4, help="prompts per generate call")
-    c.add_argument("--split", help="only prompts of this split (train/test) when the file has one")
-    c.add_argument("--limit", type=int, help="only the first N prompts")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
-    c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
-    c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
-    c.add_argument("--reference-set", default="default",
-                   help="the reference set to store into: one set per base policy (default: 'default')")
+    from .calibration import CalibrationConfig
+
+    c = command(sub, "calibrate", "per-prompt reference rewards from base-policy samples, stored via the service")
+    add_options(c, CalibrationConfig)
     c.set_defaults(func=_cmd_calibrate)
 
     from .trainer.grpo import RLHFConfig
 
-    h = sub.add_parser("rlhf", help="RLHF (TRL GRPO, KL-regularised) of a policy against a running service")
-    add_dataclass_args(h, RLHFConfig)
+    h = command(sub, "rlhf", "RLHF (TRL GRPO, KL-regularised) of a policy against a running service")
+    add_options(h, RLHFConfig)
     h.set_defaults(func=_cmd_rlhf)
 
     from .experiments.best_of_k import BestOfKConfig
+    from .experiments.kl_curves import KLCurvesConfig
     from .experiments.rlhf import RLHFExperimentConfig
 
-    x = sub.add_parser("experiment", help="the LSC paper's claims at small scale: best-of-k selection, RLHF runs")
-    xs = x.add_subparsers(dest="experiment", required=True)
-    xb = xs.add_parser("best-of-k", help="pick the best of k base samples by raw_sum vs lsc_sum (docs/experiments.md)")
-    add_dataclass_args(xb, BestOfKConfig)
+    x = command(sub, "experiment", "the LSC paper's claims at small scale: best-of-k selection, RLHF runs, KL curves")
+    xs = x.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    xb = command(xs, "best-of-k", "pick the best of k base samples by raw_sum vs lsc_sum (docs/experiments.md)")
+    add_options(xb, BestOfKConfig)
     xb.set_defaults(func=_cmd_experiment, config_cls=BestOfKConfig)
-    xr = xs.add_parser("rlhf", help="GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
-    add_dataclass_args(xr, RLHFExperimentConfig)
+    xr = command(xs, "rlhf", "GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
+    add_options(xr, RLHFExperimentConfig)
     xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
-    from .experiments.kl_curves import KLCurvesConfig
-
-    xk = xs.add_parser("kl-curves", help="proxy-optimised selection along the KL axis, judged by gold reward models "
-                                         "(resumable; docs/experiments.md)")
-    add_dataclass_args(xk, KLCurvesConfig)
+    xk = command(xs, "kl-curves", "proxy-optimised selection along the KL axis, judged by gold reward models "
+                                   "(resumable; docs/experiments.md)")
+    add_options(xk, KLCurvesConfig)
     xk.add_argument("--max-generation-seconds", type=float, default=None,
                     help="stop generating after this long (exit 3); the same command continues the pool")
     xk.set_defaults(func=_cmd_experiment, config_cls=KLCurvesConfig)
+
+

@@ -1,6 +1,7 @@
-"""The ``rewardserve`` command: serve, references, and the commands of the installed packages that
-add their own (entry point group ``rewardserve.commands``: rewardlab's demo, train-head, eval-rm,
-calibrate, rlhf, experiment)."""
+"""The rewardserve command line: serve reward models over HTTP and manage reference sets, plus the
+commands of the installed packages that add their own (entry point group ``rewardserve.commands``:
+rewardlab's demo, train-head, eval-rm, calibrate, rlhf, experiment). Options whose settings are a
+config class's fields are generated from the fields' descriptions (cli_options.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+
+from .cli_options import CONFIG_HELP, add_options, command
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -129,50 +132,41 @@ def _cmd_references(a: argparse.Namespace) -> int:
     return asyncio.run({"export": export, "import": import_, "list": list_, "delete": delete}[a.action]())
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """The fields of dataclass ``cls`` as ``--field-name`` options (rewardlab's commands use it)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "extra":
-            continue
-        t = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if typing.get_origin(t) in (list, typing.Union) or str(t).startswith("list") or "list[" in str(t):
-            inner = [x for a in typing.get_args(t) for x in (typing.get_args(a) or (a,)) if x is not type(None)]
-            elem = inner[0] if inner and inner[0] in (int, float) else str
-            parser.add_argument(flag, nargs="+", type=elem, default=None, help=f"default: {default}")
-            continue
-        base = next((x for x in typing.get_args(t) if x is not type(None)), t)
-        parser.add_argument(flag, type=base if base in (int, float, str) else str, default=None, help=f"default: {default}")
+DESCRIPTION = ("Reward-model serving for RLHF: serve reward models over HTTP (raw, LSC-transformed and aggregate "
+               "rewards) and manage reference sets; with rewardlab installed, also calibrate per-prompt references "
+               "from base-policy samples, train reward heads, run RLHF against the service and reproduce the LSC "
+               "paper's experiments.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rewardserve", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from .config import ReferencesConfig, Settings
 
-    s = sub.add_parser("serve", help="run the HTTP service")
-    s.add_argument("--config", help="YAML config (default: the embedded default)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
+    p = argparse.ArgumentParser(prog="rewardserve", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = command(sub, "serve", "run the HTTP service (POST /v1/score, references, models, health, metrics)")
+    s.add_argument("--config", help=CONFIG_HELP)
+    add_options(s, Settings, only=("host", "port"),
+                default_texts={"host": "the config's host, else 127.0.0.1", "port": "the config's port, else 8000"})
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level of the service and uvicorn (default: info)")
+    s.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds to finish in-flight requests on SIGTERM (default: 30)")
     s.add_argument("--drain-seconds", type=float, default=1.0,
-                   help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown")
-    s.add_argument("--allow-unauthenticated", action="store_true",
-                   help="serve on a non-loopback host without API keys (refused otherwise; config allow_unauthenticated)")
+                   help="after SIGTERM: /readyz answers 503 and requests are still served this long before "
+                        "shutdown (default: 1)")
+    add_options(s, Settings, only=("allow_unauthenticated",))
     s.set_defaults(func=_cmd_serve)
 
-    r = sub.add_parser("references", help="export or import stored references as JSON Lines; list or delete reference sets")
-    r.add_argument("action", choices=["export", "import", "list", "delete"])
-    r.add_argument("file", nargs="?", help="export/import: JSONL file ('-': stdout / stdin)")
+    r = command(sub, "references", "export or import stored references as JSON Lines; list or delete reference sets")
+    r.add_argument("action", choices=["export", "import", "list", "delete"],
+                   help="export: write references as JSON Lines; import: read them; list: the sets and their "
+                        "counts; delete: a whole set")
+    r.add_argument("file", nargs="?", help="export/import: JSON Lines file ('-': stdout / stdin)")
     r.add_argument("--reference-set", help="export/list: only this set; import: into this set (default: each row's "
                                            "'reference_set', else 'default'); delete: the set to delete")
-    r.add_argument("--store", help="store URL (default: the config's references.store)")
-    r.add_argument("--config", help="YAML config (default: the embedded default)")
+    add_options(r, ReferencesConfig, only=("store",), default_texts={"store": "the config's references.store"})
+    r.add_argument("--config", help=CONFIG_HELP)
     r.set_defaults(func=_cmd_references)
 
     failed = ""
@@ -183,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
             failed += f" ({ep.value} did not load: {e})"
     for name in LAB_COMMANDS:
         if name not in sub.choices:
-            x = sub.add_parser(name, help="(needs rewardlab)", add_help=False)
+            x = sub.add_parser(name, help="(needs rewardlab: pip install ./lab)", add_help=False)
             x.set_defaults(func=_needs_lab, load_error=failed)
     return p
 

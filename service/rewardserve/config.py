@@ -36,7 +36,8 @@ class ModelConfig(_Strict):
     """One reward model served under ``name``."""
 
     head: str | None = Field(None, description="encoder_head only: path of the head's safetensors file")
-    transform: Literal["lsc", "identity"] = "lsc"
+    transform: Literal["lsc", "identity"] = Field(
+        "lsc", description="lsc: transformed = log σ(raw − reference); identity: transformed = raw")
     default_reference: float = Field(0.0, allow_inf_nan=False, description="r_ref for prompts with no stored reference")
     missing_reference: Literal["default", "error"] = Field(
         "default", description="what to do when no inline or stored reference exists: use default_reference, or 422"
@@ -51,7 +52,7 @@ class BatchingConfig(_Strict):
         0.0, ge=0, description="how long the first item of a batch waits for company when the worker is idle; with 0 "
                                "batches form from what arrives while the previous forward runs")
     max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
-    sort_by_length: bool = True
+    sort_by_length: bool = Field(True, description="fill batches with items of similar length (less padding)")
     max_padding_ratio: float | None = Field(
         None, ge=0, le=1, description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
                                       "None picks the per-device default (cpu 0.2: padding costs more than batching "
@@ -84,10 +85,11 @@ class BackboneConfig(_Strict):
     kind: Literal["encoder_head", "sequence_classifier"]
     path: str | None = Field(None, description="local folder or hub id; encoder_head default: bundled all-MiniLM-L6-v2")
     revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
-    device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_length: int = Field(256, gt=8)
-    trust_remote_code: bool = False
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations")
+    max_length: int = Field(256, gt=8, description="tokens per (prompt, response); longer items are truncated")
+    trust_remote_code: bool = Field(False, description=
+        "run model code shipped with a hub checkpoint (never, unless true)")
     pad_to_multiple_of: int = Field(
         8, gt=0, description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
                              "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
@@ -123,15 +125,16 @@ class BackboneConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    max_items_per_request: int = Field(1024, gt=0)
-    max_text_chars: int = Field(200_000, gt=0)
-    max_models_per_request: int = Field(16, gt=0)
-    max_references_per_upload: int = Field(10_000, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest request body (413 above)")
+    max_items_per_request: int = Field(1024, gt=0, description="items per score request")
+    max_text_chars: int = Field(200_000, gt=0, description="prompt + response characters per item")
+    max_models_per_request: int = Field(16, gt=0, description="models named in one score request")
+    max_references_per_upload: int = Field(10_000, gt=0, description="references per upload request")
 
 
 class ReferencesConfig(_Strict):
-    store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB")
+    store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description=
+        "sqlite:///PATH or redis://HOST:PORT/DB")
     revision_mismatch: Literal["warn", "reject"] = Field(
         "warn", description="a stored reference made with another model revision: warn in the result, or 422"
     )
@@ -155,12 +158,13 @@ class OpenRLHFConfig(_Strict):
     """What ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url`` protocol) returns as ``rewards``."""
 
     models: list[str] | None = Field(None, description="default: every configured model")
-    method: AggregateMethod = DEFAULT_AGGREGATE
-    weights: dict[str, float] | None = None
+    method: AggregateMethod = Field(DEFAULT_AGGREGATE, description="the aggregate returned as rewards")
+    weights: dict[str, float] | None = Field(None, description="per-model weights of the aggregate (default: 1 each)")
     prompt_format: str | None = Field(
         None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")
 
-    reference_set: str = Field("default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it")
+    reference_set: str = Field("default", description=
+        "the reference set of /get_reward; a request's X-Reference-Set header overrides it")
 
     @field_validator("reference_set")
     @classmethod
@@ -175,8 +179,8 @@ class OpenRLHFConfig(_Strict):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REWARDSERVE_", env_nested_delimiter="__", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="address the HTTP server listens on; 0.0.0.0 listens on every interface")
+    port: int = Field(8000, description="TCP port the HTTP server listens on")
     keep_alive_seconds: float = Field(
         75.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
                                 "timeout of any load balancer or proxy in front (theirs must close first, or a "

@@ -36,27 +36,47 @@ _SAMPLE_KEYS = ("prompts", "split", "n_prompts", "max_prompt_tokens", "policy", 
                 "max_new_tokens", "temperature", "top_p", "batch_prompts", "seed", "models")
 
 
-@dataclass
-class BestOfKConfig:
-    prompts: str = "../shared/data/prompts.jsonl.gz"
-    split: str = "test"
-    n_prompts: int = 200                 # equal shares per source (HH, AlpacaEval)
-    max_prompt_tokens: int = 128         # rendered prompt length cap (policy tokens)
-    policy: str | None = None            # None: SmolLM2-135M-Instruct
-    n: int = 16                          # candidates per prompt
-    calibration_samples: int = 8         # separate samples setting the reference
-    quantile: float = DEFAULT_QUANTILE
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    top_p: float = 0.9
-    batch_prompts: int = 8
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    seed: int = 0
-    bootstrap: int = 1000
-    config: str | None = None            # service config with the reward models (default: embedded)
-    models: list[str] | None = None      # default: every configured model
-    out_dir: str = "runs/experiments/best-of-k"
+def doc(text: str) -> dict[str, str]:
+    """A config field's description (dataclass field metadata), shown as its option's help."""
+    return {"description": text}
 
+
+@dataclass
+class HeldOutPrompts:
+    """Held-out prompts and how the base policy samples on them: the settings experiments A and C share."""
+
+    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=doc(
+        "prompts.jsonl(.gz) with split and source per prompt"))
+    split: str = field(default="test", metadata=doc("the split the held-out prompts come from"))
+    n_prompts: int = field(default=200, metadata=doc("held-out prompts, equal shares per source (HH, AlpacaEval)"))
+    max_prompt_tokens: int = field(default=128, metadata=doc(
+        "skip prompts longer than this (rendered, policy tokens)"))
+    policy: str | None = field(default=None, metadata=doc(
+        "the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
+    max_new_tokens: int = field(default=48, metadata=doc("longest sampled response, in policy tokens"))
+    temperature: float = field(default=0.7, metadata=doc("sampling temperature"))
+    top_p: float = field(default=0.9, metadata=doc("nucleus sampling top-p"))
+    batch_prompts: int = field(default=8, metadata=doc("prompts per generate call"))
+
+
+@dataclass
+class BestOfKConfig(HeldOutPrompts):
+    """Experiment A's settings (also the options of ``rewardserve experiment best-of-k``)."""
+
+    n: int = field(default=16, metadata=doc("candidate responses per prompt"))
+    calibration_samples: int = field(default=8, metadata=doc(
+        "further samples per prompt, never candidates: they set the prompt's reference"))
+    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples"))
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata=doc(
+        "the k of best-of-k: each pick is the best of the first k candidates"))
+    seed: int = field(default=0, metadata=doc("seed of sampling and of the bootstrap"))
+    bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
+    config: str | None = field(default=None, metadata=doc(
+        "service config with the reward models (default: the embedded default)"))
+    models: list[str] | None = field(default=None, metadata=doc(
+        "reward models to combine (default: every configured)"))
+    out_dir: str = field(default="runs/experiments/best-of-k", metadata=doc(
+        "where samples.jsonl, results.json and results.md go (a rerun continues there)"))
 
 def equal_shares(by_source: dict[str, list], n: int) -> list:
     """``n`` rows: an equal share of each source (in order), the rest filled from the leftovers."""

@@ -27,42 +27,48 @@ from pathlib import Path
 from rewardclient.protocol import DEFAULT_QUANTILE
 from tqdm import tqdm
 
+from .best_of_k import HeldOutPrompts, doc
+
 CACHE = Path("~/.cache/rewardserve/experiments/kl-curves").expanduser()
+HELD_OUT_DOCS = {f.name: f.metadata for f in dataclasses.fields(HeldOutPrompts)}
 # the settings the pool depends on: a change of any starts a new samples file
 _POOL_KEYS = ("prompts", "split", "n_prompts", "max_prompt_tokens", "policy", "n", "reference_samples",
               "max_new_tokens", "temperature", "top_p", "batch_prompts", "seed")
 
 
 @dataclass
-class KLCurvesConfig:
-    prompts: str = "../shared/data/prompts.jsonl.gz"
-    split: str = "test"
-    n_prompts: int = 100                 # equal shares per source (HH, AlpacaEval)
-    max_prompt_tokens: int = 128         # rendered prompt length cap (policy tokens)
-    policy: str | None = None            # None: SmolLM2-135M-Instruct
-    n: int = 32                          # candidates per prompt: the pool selection moves over
-    reference_samples: int = 16          # further samples per prompt, never candidates: references
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.9
-    batch_prompts: int = 4
-    seed: int = 0
-    cache_dir: str = str(CACHE)
-    # the proxies: served by rewardserve through its HTTP API (a running service at ``url``, or one
-    # started with ``proxy_config``); the gold models: scored in process from ``gold_config``.
-    # ``proxy_models[i]`` is judged by ``gold_models[i]``.
-    url: str | None = None
-    proxy_config: str | None = None
-    proxy_models: list[str] | None = None
-    gold_config: str | None = None
-    gold_models: list[str] | None = None
-    quantile: float = DEFAULT_QUANTILE
-    kl_targets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0,
-                                                             2.5, 3.0])
-    best_of: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    bootstrap: int = 1000
-    out_dir: str = "docs/experiments"
+class KLCurvesConfig(HeldOutPrompts):
+    """Experiment C's settings (also the options of ``rewardserve experiment kl-curves``). The proxies are
+    served by rewardserve through its HTTP API (a running service at ``url``, or one started with
+    ``proxy_config``); the gold models are scored in process from ``gold_config``; ``proxy_models[i]``
+    is judged by ``gold_models[i]``."""
 
+    n_prompts: int = field(default=100, metadata=HELD_OUT_DOCS["n_prompts"])
+    max_new_tokens: int = field(default=64, metadata=HELD_OUT_DOCS["max_new_tokens"])
+    batch_prompts: int = field(default=4, metadata=HELD_OUT_DOCS["batch_prompts"])
+    n: int = field(default=32, metadata=doc("candidates per prompt: the pool that selection moves over"))
+    reference_samples: int = field(default=16, metadata=doc(
+        "further samples per prompt, never candidates: they set the proxies' and gold models' references"))
+    seed: int = field(default=0, metadata=doc("seed of sampling and of the bootstrap"))
+    cache_dir: str = field(default=str(CACHE), metadata=doc(
+        "where the sample pool is kept (its file name hashes the settings it depends on)"))
+    url: str | None = field(default=None, metadata=doc(
+        "a running service that serves the proxies (default: start one with proxy_config)"))
+    proxy_config: str | None = field(default=None, metadata=doc(
+        "service config of the proxy reward models (default: the embedded default)"))
+    proxy_models: list[str] | None = field(default=None, metadata=doc("the proxies, in the order of gold_models"))
+    gold_config: str | None = field(default=None, metadata=doc(
+        "config of the gold reward models, scored in process (default: the embedded default)"))
+    gold_models: list[str] | None = field(default=None, metadata=doc(
+        "the gold models: the i-th judges the i-th proxy"))
+    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("references are this quantile of the reference samples"))
+    kl_targets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0,
+                                                             2.5, 3.0], metadata=doc(
+        "KL divergences from the base policy at which the curves are read"))
+    best_of: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=doc(
+        "best-of-n selections to place on the KL axis"))
+    bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
+    out_dir: str = field(default="docs/experiments", metadata=doc("where kl_curves.json, kl_curves.md and plots go"))
 
 def pool_meta(cfg: KLCurvesConfig) -> dict:
     from ..policy import policy_id

@@ -24,35 +24,47 @@ import numpy as np
 from rewardclient.protocol import DEFAULT_QUANTILE
 
 from . import stats
-from .best_of_k import arrays, equal_shares, select_prompts
+from .best_of_k import arrays, doc, equal_shares, select_prompts
 
 
 @dataclass
 class RLHFExperimentConfig:
-    best_of_k_dir: str = "runs/experiments/best-of-k"   # experiment A's output (held-out prompts, base responses)
-    eval_prompts: int = 64                               # equal shares per source, from A's prompts
-    prompts: str = "../shared/data/prompts.jsonl.gz"
-    train_prompts: int = 64                              # train-split prompts, equal shares per source
-    max_prompt_tokens: int = 128
-    policy: str | None = None
-    utilities: list[str] = field(default_factory=lambda: ["raw_sum", "lsc_sum"])
-    betas: list[float] = field(default_factory=lambda: [0.02, 0.2])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 10                                      # a step trains on 4 sequences: ≈ 20 s on 2 CPU cores
-    learning_rate: float = 1e-4
-    prompts_per_step: int = 1
-    num_generations: int = 4
-    max_completion_length: int = 48
-    temperature: float = 0.7                             # training and evaluation sampling
-    top_p: float = 0.9                                   # evaluation sampling (as experiment A)
-    calibration_samples: int = 8
-    quantile: float = DEFAULT_QUANTILE
-    url: str | None = None                               # a running service; None: start one (config below)
-    config: str | None = None
-    models: list[str] | None = None
-    bootstrap: int = 1000
-    out_dir: str = "runs/experiments/rlhf"
+    """Experiment B's settings (also the options of ``rewardserve experiment rlhf``)."""
 
+    best_of_k_dir: str = field(default="runs/experiments/best-of-k", metadata=doc(
+        "experiment A's output: its held-out prompts, base responses and references"))
+    eval_prompts: int = field(default=64, metadata=doc("held-out prompts to evaluate on, equal shares per source"))
+    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=doc(
+        "prompts.jsonl(.gz) the training prompts come from"))
+    train_prompts: int = field(default=64, metadata=doc("train-split prompts, equal shares per source"))
+    max_prompt_tokens: int = field(default=128, metadata=doc(
+        "skip prompts longer than this (rendered, policy tokens)"))
+    policy: str | None = field(default=None, metadata=doc(
+        "the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
+    utilities: list[str] = field(default_factory=lambda: ["raw_sum", "lsc_sum"], metadata=doc(
+        "the utilities to compare: one run per utility, beta and seed"))
+    betas: list[float] = field(default_factory=lambda: [0.02, 0.2], metadata=doc(
+        "KL coefficients to the initial policy"))
+    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=doc("training seeds"))
+    steps: int = field(default=10, metadata=doc(
+        "optimizer steps per run (a step trains on 4 sequences: ≈ 20 s on 2 CPU cores)"))
+    learning_rate: float = field(default=1e-4, metadata=doc("optimizer learning rate"))
+    prompts_per_step: int = field(default=1, metadata=doc("distinct prompts per step"))
+    num_generations: int = field(default=4, metadata=doc("completions per prompt (the GRPO group)"))
+    max_completion_length: int = field(default=48, metadata=doc(
+        "longest completion, in policy tokens (must match experiment A's max_new_tokens)"))
+    temperature: float = field(default=0.7, metadata=doc("sampling temperature of training and evaluation"))
+    top_p: float = field(default=0.9, metadata=doc("nucleus sampling top-p of evaluation (as experiment A)"))
+    calibration_samples: int = field(default=8, metadata=doc(
+        "base-policy samples per training prompt for its reference"))
+    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples"))
+    url: str | None = field(default=None, metadata=doc("a running service (default: start one with config)"))
+    config: str | None = field(default=None, metadata=doc(
+        "service config with the reward models (default: the embedded default)"))
+    models: list[str] | None = field(default=None, metadata=doc(
+        "reward models to combine (default: every configured)"))
+    bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
+    out_dir: str = field(default="runs/experiments/rlhf", metadata=doc("where each run and the results go"))
 
 def _eval_set(cfg: RLHFExperimentConfig) -> tuple[list[dict], list[str], dict]:
     a_dir = Path(cfg.best_of_k_dir)

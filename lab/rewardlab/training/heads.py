@@ -24,34 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..datasets import Pair, file_sha256, load_pairs
-
-DEFAULT_CACHE = Path("~/.cache/rewardserve/features").expanduser()
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    backbone: str | None = None
-    head: str = "mlp"  # linear | mlp
-    hidden: int = 256
-    dropout: float = 0.1
-    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-    lr: float = 1e-3
-    batch_size: int = 256
-    max_epochs: int = 200
-    patience: int = 20
-    val_fraction: float = 0.1
-    seed: int = 0
-    max_length: int = 256
-    balance_length: bool = False
-    length_penalty: float = 0.0  # λ · corr(reward, log length)² per batch: keeps the head from counting length
-    limit: int | None = None
-    name: str | None = None
-    cache_dir: str = str(DEFAULT_CACHE)
-    encode_batch_tokens: int = 4096
-    extra: dict = field(default_factory=dict)
-
+from .config import DEFAULT_CACHE, TrainConfig
 
 def _text_key(prompt, response: str) -> str:
     return hashlib.sha256(json.dumps([prompt, response], ensure_ascii=False).encode()).hexdigest()
