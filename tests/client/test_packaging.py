@@ -143,8 +143,11 @@ def test_client_wheel_installs_alone_without_torch_and_scores(wheels, server, tm
     for raw, r in zip(out["raw"], here, strict=True):
         assert raw == pytest.approx(r.raw, abs=1e-6)
 
-    # the server's wheel next to it, without rewardlab: its lab commands say how to get them
+    # the server's wheel next to it, without rewardlab: its lab commands say how to get them (the
+    # command line reads the config classes; the model stack — torch, transformers — is not needed)
     _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", wheels["rewardserve"]], env=env)
+    _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "pydantic>=2.11", "pydantic-settings>=2.2",
+          "pyyaml>=6"], env=env)
     cli = venv / "bin" / "rewardserve"
     assert "calibrate" in _run([cli, "--help"], env=env).stdout
     r = subprocess.run([cli, "calibrate", "--prompts", "p.jsonl", "--samples", "2"], capture_output=True, text=True,
