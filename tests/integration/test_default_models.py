@@ -128,9 +128,9 @@ def test_enough_contrast_pairs():
     assert all(g != b for _, g, b in HELPFUL + HARMLESS)
 
 
-# Today's default (frozen-encoder heads) does not reach the issue-17 target; measured 2026-12-05:
-# helpful 6/16 right. Strict=False so the test turns green the day a better default ships.
-NOT_YET = pytest.mark.xfail(strict=False, reason="today's frozen-encoder default is below the 0.8 target (docs/models.md)")
+# The shipped `helpful` is below the 0.8 target on these pairs (docs/models.md: 12/16 right); strict,
+# so a default that reaches it fails here until the mark is removed.
+NOT_YET = pytest.mark.xfail(strict=True, reason="the default helpful model is below the 0.8 target (docs/models.md)")
 
 
 @pytest.mark.parametrize("model,pairs", [pytest.param("helpful", HELPFUL, marks=NOT_YET), ("harmless", HARMLESS)])
@@ -140,7 +140,6 @@ def test_default_model_gets_contrast_pairs_right(default_backend, model, pairs):
     assert right.mean() >= 0.8, f"{model}: {right.mean():.2f} right; wrong on {wrong}"
 
 
-@NOT_YET
 def test_default_models_rank_the_demo_examples(default_backend):
     items = {it["id"]: (it["prompt"], it["response"]) for it in EXAMPLE_ITEMS}
     helpful = _right(default_backend, "helpful", [(items["helpful"][0], items["helpful"][1], items["unhelpful"][1])])
