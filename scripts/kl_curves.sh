@@ -3,7 +3,7 @@
 # evaluation, then `rewardserve experiment kl-curves`. Every step is skipped when its output exists,
 # so an interrupted run continues; the pool of base-policy samples is kept under ~/.cache.
 # Usage: bash scripts/kl_curves.sh [DATA_DIR]   (default: ../shared/data)
-# Wall time on 2 CPU cores: gold fine-tuning ~27 min (other jobs shared the CPU), proxies ~4 min,
+# Wall time on 2 CPU cores: gold heads + fine-tuning ~44 min (other jobs shared the CPU), proxies ~4 min,
 # evaluation ~5 min, pool generation ~71 min (100 prompts x 48 samples), two scoring + analysis runs ~4 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +15,17 @@ E=~/.cache/rewardserve/experiments/kl-curves/eval
 CFG=docs/experiments/kl-curves
 mkdir -p "$M/gold" "$M/proxy" "$E"
 
-# gold: the shared encoder's top 2 layers fine-tuned on both properties (multi-task Bradley-Terry,
-# length-balanced helpful sample), warm-started from the default heads; it never selects anything
+# gold: the default models' recipe (scripts/train_default_heads.sh) — frozen-encoder warm-start heads,
+# then the shared encoder's top 3 layers fine-tuned on both properties (multi-task Bradley-Terry, every
+# length-balanced helpful train pair, 2 epochs); it never selects anything
 if [ ! -f "$M/gold/helpful.safetensors" ]; then
+  [ -f "$M/gold-warm/helpful.safetensors" ] || {
+    $RS train-head --data "$DATA/hh-harmless.train.jsonl.gz" --out "$M/gold-warm" --name harmless --head mlp
+    $RS train-head --data "$DATA/alpaca-helpful.train.jsonl.gz" --out "$M/gold-warm" --name helpful --head mlp \
+      --balance-length --length-penalty 10; }
   $PY -m rewardlab.training.finetune --helpful "$DATA/alpaca-helpful.train.jsonl.gz" \
-    --harmless "$DATA/hh-harmless.train.jsonl.gz" --out "$M/gold" --init-heads service/rewardserve/data/heads \
-    --top-layers 2 --epochs 1 --seed 0
+    --harmless "$DATA/hh-harmless.train.jsonl.gz" --out "$M/gold" --init-heads "$M/gold-warm" \
+    --top-layers 3 --epochs 2 --helpful-pairs 100000 --seed 0
 fi
 # proxies: the gold's recipe on less data, the first 850 pairs of each train file (47 % of harmless,
 # 12.5 % of helpful): frozen-encoder heads first (the default's recipe), then the top 2 layers and
