@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rewardclient import RewardClient, prompt_fingerprint
 from rewardclient.protocol import DEFAULT_QUANTILE
 from rewardserve import lsc
-from tqdm import tqdm
 
 from .datasets import load_prompts
 
@@ -79,20 +80,27 @@ class CalibrationReport:
 def _log_path(cfg: CalibrationConfig, policy: str) -> Path:
     if cfg.log:
         return Path(cfg.log).expanduser()
-    ident = f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}" + (f"|{cfg.reference_set}" if cfg.reference_set != "default" else "")
+    ident = f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}" + (
+        f"|{cfg.reference_set}" if cfg.reference_set != "default" else ""
+    )
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return DEFAULT_LOG_DIR / f"{key}.jsonl"
 
 
 def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str) -> bool:
-    return bool(entry) and entry.get("policy") == policy and entry.get("n_samples") == k \
-        and entry.get("quantile") == q and entry.get("revision") == revision
+    return (
+        bool(entry)
+        and entry.get("policy") == policy
+        and entry.get("n_samples") == k
+        and entry.get("quantile") == q
+        and entry.get("revision") == revision
+    )
 
 
 def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
-    from .policy import policy_id
-
     from rewardserve.references import check_set_name
+
+    from .policy import policy_id
 
     check_set_name(cfg.reference_set)  # a clear error before any generation
     t0 = time.perf_counter()
@@ -119,7 +127,11 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         todo = set()
         for m in models:
             stored = rc.lookup_references(m, fps, reference_set=cfg.reference_set)["references"] if fps else {}
-            todo |= {i for i, fp in enumerate(fps) if not _is_current(stored.get(fp), policy, k, q if k > 1 else None, revisions[m])}
+            todo |= {
+                i
+                for i, fp in enumerate(fps)
+                if not _is_current(stored.get(fp), policy, k, q if k > 1 else None, revisions[m])
+            }
         order = sorted(todo)
         report.skipped = len(prompts) - len(order)
 
@@ -134,7 +146,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         bar = tqdm(total=len(order), desc="calibrating", unit="prompt")
         with open(log_path, "a", encoding="utf-8") as log:
             for s in range(0, len(order), cfg.batch_prompts):
-                idx = order[s:s + cfg.batch_prompts]
+                idx = order[s : s + cfg.batch_prompts]
                 batch = [prompts[i] for i in idx]
                 g0 = time.perf_counter()
                 if cfg.reference_response is None:
@@ -144,23 +156,40 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
                 g1 = time.perf_counter()
                 # only raw rewards matter here: an inline reference keeps models whose missing-reference
                 # policy is 'error' from refusing prompts that are not calibrated yet
-                zero = {m: 0.0 for m in models}
+                zero = dict.fromkeys(models, 0.0)
                 items = [{"prompt": p, "response": r, "reference": zero} for p, ss in zip(batch, samples) for r in ss]
                 results = rc.score(items, models=models)
                 report.scoring_seconds += time.perf_counter() - g1
                 report.generation_seconds += g1 - g0
                 per_model: dict[str, list[tuple]] = {m: [] for m in models}
                 for j, (i, p) in enumerate(zip(idx, batch)):
-                    rows = results[j * k:(j + 1) * k]
+                    rows = results[j * k : (j + 1) * k]
                     raws = {m: [r.raw[m] for r in rows] for m in models}
                     for m in models:
                         value = lsc.quantile(raws[m], q) if k > 1 else raws[m][0]
                         per_model[m].append((p, value))
-                    log.write(json.dumps({"fingerprint": fps[i], "policy": policy, "k": k, "quantile": q,
-                                          "revisions": revisions, "raw": raws}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "fingerprint": fps[i],
+                                "policy": policy,
+                                "k": k,
+                                "quantile": q,
+                                "revisions": revisions,
+                                "raw": raws,
+                            }
+                        )
+                        + "\n"
+                    )
                 for m in models:
-                    rc.put_references(m, per_model[m], quantile=q if k > 1 else None, policy=policy, n_samples=k,
-                                      reference_set=cfg.reference_set)
+                    rc.put_references(
+                        m,
+                        per_model[m],
+                        quantile=q if k > 1 else None,
+                        policy=policy,
+                        n_samples=k,
+                        reference_set=cfg.reference_set,
+                    )
                 log.flush()
                 report.samples += len(items)
                 report.calibrated += len(idx)
@@ -179,7 +208,13 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         for m in models:
             if pooled[m]:
                 report.defaults[m] = lsc.quantile(pooled[m], q)
-                rc.put_references(m, quantile=q, policy=policy, default=report.defaults[m], n_samples=len(pooled[m]),
-                                  reference_set=cfg.reference_set)
+                rc.put_references(
+                    m,
+                    quantile=q,
+                    policy=policy,
+                    default=report.defaults[m],
+                    n_samples=len(pooled[m]),
+                    reference_set=cfg.reference_set,
+                )
     report.wall_seconds = time.perf_counter() - t0
     return report

@@ -17,28 +17,49 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
     from .training.heads import TrainConfig, train_head
 
     cfg = TrainConfig(
-        data=a.data, out=a.out, backbone=a.backbone, head=a.head, hidden=a.hidden, seed=a.seed,
-        max_length=a.max_length, balance_length=a.balance_length, length_penalty=a.length_penalty, limit=a.limit, name=a.name,
-        max_epochs=a.max_epochs, val_fraction=a.val_fraction, lr=a.lr,
+        data=a.data,
+        out=a.out,
+        backbone=a.backbone,
+        head=a.head,
+        hidden=a.hidden,
+        seed=a.seed,
+        max_length=a.max_length,
+        balance_length=a.balance_length,
+        length_penalty=a.length_penalty,
+        limit=a.limit,
+        name=a.name,
+        max_epochs=a.max_epochs,
+        val_fraction=a.val_fraction,
+        lr=a.lr,
         **({"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}),
     )
     card = train_head(cfg)
-    print(json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2))
+    print(
+        json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2)
+    )
     return 0
 
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
 EXAMPLE_ITEMS = [
-    {"id": "helpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
-     "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
-                 "and cool it in cold water before peeling."},
-    {"id": "unhelpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
-     "response": "I don't know."},
-    {"id": "harmless", "prompt": "How can I hurt my neighbour's dog?",
-     "response": "I can't help with hurting an animal. If the dog is causing problems, talk to your "
-                 "neighbour or contact animal control."},
-    {"id": "harmful", "prompt": "How can I hurt my neighbour's dog?",
-     "response": "Put some chocolate and grapes in its food bowl when nobody is watching."},
+    {
+        "id": "helpful",
+        "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+        "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
+        "and cool it in cold water before peeling.",
+    },
+    {"id": "unhelpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}], "response": "I don't know."},
+    {
+        "id": "harmless",
+        "prompt": "How can I hurt my neighbour's dog?",
+        "response": "I can't help with hurting an animal. If the dog is causing problems, talk to your "
+        "neighbour or contact animal control.",
+    },
+    {
+        "id": "harmful",
+        "prompt": "How can I hurt my neighbour's dog?",
+        "response": "Put some chocolate and grapes in its food bowl when nobody is watching.",
+    },
 ]
 
 
@@ -60,13 +81,27 @@ def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration-prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    print(f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
-          f"into reference set {DEMO_SET!r} ...", file=sys.stderr)
+    print(
+        f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
+        f"into reference set {DEMO_SET!r} ...",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
-    report = calibrate(CalibrationConfig(prompts=str(out / "calibration-prompts.jsonl"), url=url, samples=a.calibration_samples,
-                                         max_new_tokens=64, reference_set=DEMO_SET, log=str(out / "calibration.jsonl")))
-    print(f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
-          f"each reference is the {DEFAULT_QUANTILE}-quantile of its samples' rewards\n", file=sys.stderr)
+    report = calibrate(
+        CalibrationConfig(
+            prompts=str(out / "calibration-prompts.jsonl"),
+            url=url,
+            samples=a.calibration_samples,
+            max_new_tokens=64,
+            reference_set=DEMO_SET,
+            log=str(out / "calibration.jsonl"),
+        )
+    )
+    print(
+        f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
+        f"each reference is the {DEFAULT_QUANTILE}-quantile of its samples' rewards\n",
+        file=sys.stderr,
+    )
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -89,9 +124,12 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         r.raise_for_status()
         print(json.dumps(r.json(), indent=2))
         sources = sorted({s for res in r.json()["results"] for s in res["reference_source"].values()})
-        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
-              f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
-              f"(reference_source: {', '.join(sources)})", file=sys.stderr)
+        print(
+            f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
+            f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
+            f"(reference_source: {', '.join(sources)})",
+            file=sys.stderr,
+        )
         if a.rlhf_steps > 0:
             from .trainer import RLHFConfig, run_rlhf
 
@@ -102,11 +140,25 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                 Path(prompts).write_text("".join(json.dumps(it["prompt"]) + "\n" for it in EXAMPLE_ITEMS[::2]))
 
             print(f"\nRLHF: {a.rlhf_steps} GRPO steps of SmolLM2-135M-Instruct against {svc.url} ...", file=sys.stderr)
-            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir,
-                                          reference_set=body.get("reference_set")))
+            summary = run_rlhf(
+                RLHFConfig(
+                    url=svc.url,
+                    prompts=prompts,
+                    steps=a.rlhf_steps,
+                    out_dir=a.out_dir,
+                    reference_set=body.get("reference_set"),
+                )
+            )
             last = summary["last"]
-            print(json.dumps({"rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
-                              "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"}}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
+                        "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"},
+                    },
+                    indent=2,
+                )
+            )
             print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
@@ -134,10 +186,24 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     from .calibration import CalibrationConfig, calibrate
 
     cfg = CalibrationConfig(
-        prompts=a.prompts, url=a.url, policy=a.policy, samples=a.samples, quantile=a.quantile, models=a.models,
-        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_prompts=a.batch_prompts,
-        seed=a.seed, split=a.split, limit=a.limit, reference_response=a.reference_response, log=a.log,
-        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"), device=a.device, reference_set=a.reference_set,
+        prompts=a.prompts,
+        url=a.url,
+        policy=a.policy,
+        samples=a.samples,
+        quantile=a.quantile,
+        models=a.models,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        max_new_tokens=a.max_new_tokens,
+        batch_prompts=a.batch_prompts,
+        seed=a.seed,
+        split=a.split,
+        limit=a.limit,
+        reference_response=a.reference_response,
+        log=a.log,
+        api_key=a.api_key or os.environ.get("REWARDSERVE_API_KEY"),
+        device=a.device,
+        reference_set=a.reference_set,
     )
     print(json.dumps(calibrate(cfg).to_dict(), indent=2))
     return 0
@@ -170,8 +236,11 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
 
         result = run_kl_curves(cfg, a.max_generation_seconds)
         if not result["complete"]:
-            print(f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
-                  "run the same command again to continue", file=sys.stderr)
+            print(
+                f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
             return 3
         print((Path(cfg.out_dir) / "kl_curves.md").read_text(encoding="utf-8"))
         print(f"results: {cfg.out_dir}/kl_curves.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
@@ -187,8 +256,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="start the service, score example pairs, print the JSON, stop")
     d.add_argument("--config", help="YAML config (default: the embedded default)")
     d.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    d.add_argument("--calibration-samples", type=int, default=4,
-                   help="base-policy samples per prompt for the example prompts' references (0: no calibration)")
+    d.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=4,
+        help="base-policy samples per prompt for the example prompts' references (0: no calibration)",
+    )
     d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it)")
     d.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file for the RLHF part")
     d.add_argument("--out-dir", default="runs/demo", help="where the RLHF run writes its report")
@@ -206,10 +279,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-epochs", type=int, default=200)
     t.add_argument("--val-fraction", type=float, default=0.1)
     t.add_argument("--max-length", type=int, default=256)
-    t.add_argument("--balance-length", action="store_true",
-                   help="weight pairs so that 'chosen longer' and 'chosen shorter' count equally")
-    t.add_argument("--length-penalty", type=float, default=0.0,
-                   help="λ: add λ·corr(reward, log length)² per batch to the loss (discourages a length counter)")
+    t.add_argument(
+        "--balance-length",
+        action="store_true",
+        help="weight pairs so that 'chosen longer' and 'chosen shorter' count equally",
+    )
+    t.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.0,
+        help="λ: add λ·corr(reward, log length)² per batch to the loss (discourages a length counter)",
+    )
     t.add_argument("--limit", type=int, help="use only the first N pairs")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_train_head)
@@ -225,12 +305,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--scores-out", help="also save the per-pair rewards here (.npz)")
     e.set_defaults(func=_cmd_eval_rm)
 
-    c = sub.add_parser("calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service")
+    c = sub.add_parser(
+        "calibrate", help="per-prompt reference rewards from base-policy samples, stored via the service"
+    )
     c.add_argument("--prompts", required=True, help="prompts.jsonl(.gz) (objects with 'prompt') or JSONL of strings")
     c.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
     c.add_argument("--policy", help="base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
     c.add_argument("--samples", type=int, default=8, help="K samples per prompt")
-    c.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="Q: the reference is the Q-quantile of the K rewards")
+    c.add_argument(
+        "--quantile", type=float, default=DEFAULT_QUANTILE, help="Q: the reference is the Q-quantile of the K rewards"
+    )
     c.add_argument("--models", nargs="+", help="models to calibrate (default: all served)")
     c.add_argument("--temperature", type=float, default=0.7)
     c.add_argument("--top-p", type=float, default=0.9)
@@ -243,8 +327,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--reference-response", help="instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal")
     c.add_argument("--log", help="JSONL log of sample rewards (default: under ~/.cache/rewardserve/calibration)")
     c.add_argument("--api-key", help="API key (default: $REWARDSERVE_API_KEY)")
-    c.add_argument("--reference-set", default="default",
-                   help="the reference set to store into: one set per base policy (default: 'default')")
+    c.add_argument(
+        "--reference-set",
+        default="default",
+        help="the reference set to store into: one set per base policy (default: 'default')",
+    )
     c.set_defaults(func=_cmd_calibrate)
 
     from .trainer.grpo import RLHFConfig
@@ -266,9 +353,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
     from .experiments.kl_curves import KLCurvesConfig
 
-    xk = xs.add_parser("kl-curves", help="proxy-optimised selection along the KL axis, judged by gold reward models "
-                                         "(resumable; docs/experiments.md)")
+    xk = xs.add_parser(
+        "kl-curves",
+        help="proxy-optimised selection along the KL axis, judged by gold reward models "
+        "(resumable; docs/experiments.md)",
+    )
     add_dataclass_args(xk, KLCurvesConfig)
-    xk.add_argument("--max-generation-seconds", type=float, default=None,
-                    help="stop generating after this long (exit 3); the same command continues the pool")
+    xk.add_argument(
+        "--max-generation-seconds",
+        type=float,
+        default=None,
+        help="stop generating after this long (exit 3); the same command continues the pool",
+    )
     xk.set_defaults(func=_cmd_experiment, config_cls=KLCurvesConfig)

@@ -86,7 +86,9 @@ def _load_hub_pairs(source: str, limit: int | None) -> list[Pair]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
-        raise FileNotFoundError(f"{source}: no such file, and the 'datasets' package is not installed to read it from the hub") from None
+        raise FileNotFoundError(
+            f"{source}: no such file, and the 'datasets' package is not installed to read it from the hub"
+        ) from None
     ds = datasets.load_dataset(name, split=split or "train")
     pairs = []
     for i, row in enumerate(ds):

@@ -87,15 +87,24 @@ def render_prompt(tok, prompt) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
 
 
-def generate(model, tok, prompts: list, k: int, max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.9) -> list[list[str]]:
+def generate(
+    model, tok, prompts: list, k: int, max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.9
+) -> list[list[str]]:
     """``k`` sampled responses for each prompt, in one batched ``generate`` call."""
     import torch
 
     texts = [render_prompt(tok, p) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.inference_mode():
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=tok.pad_token_id)
-    gen = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tok.pad_token_id,
+        )
+    gen = out[:, enc["input_ids"].shape[1] :]
     decoded = tok.batch_decode(gen, skip_special_tokens=True)
-    return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(prompts))]
+    return [[d.strip() for d in decoded[i * k : (i + 1) * k]] for i in range(len(prompts))]

@@ -60,8 +60,14 @@ class _Pending:
     group: int | None = None  # hash of the prompt prefix this item shares (None: shares nothing)
 
 
-def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0,
-               max_items: int | None = None, shared: bool = False) -> list[_Pending]:
+def pick_batch(
+    items: list[_Pending],
+    budget: int,
+    sort_by_length: bool,
+    max_padding: float = 1.0,
+    max_items: int | None = None,
+    shared: bool = False,
+) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
     Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
@@ -110,10 +116,12 @@ def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_pad
             hi += 1
             width = right.enc.length  # type: ignore[union-attr]
             real += width
-    return order[lo:hi + 1]
+    return order[lo : hi + 1]
 
 
-def pick_grouped(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int) -> list[_Pending]:
+def pick_grouped(
+    items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int
+) -> list[_Pending]:
     """A batch that keeps prompts together: the oldest item, then the rest of its group, then other
     groups in order of arrival (items of a group closest in length to the oldest first when sorting,
     else in arrival order). An item joins while the batch's computed tokens (``TokenCount``: each
@@ -176,7 +184,9 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
-        self.health: ForwardHealth | None = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
+        self.health: ForwardHealth | None = (
+            None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
+        )
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -217,8 +227,11 @@ class Batcher:
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:
                 self.metrics.rejected.labels(self.name).inc(len(encoded))
-            raise Overloaded(f"backbone {self.name!r} is overloaded: {self._queued_tokens} tokens queued "
-                             f"(limit {self.max_queued_tokens}); retry later", self._retry_after())
+            raise Overloaded(
+                f"backbone {self.name!r} is overloaded: {self._queued_tokens} tokens queued "
+                f"(limit {self.max_queued_tokens}); retry later",
+                self._retry_after(),
+            )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         futures = []
@@ -277,8 +290,14 @@ class Batcher:
                 if not self._pending:
                     continue
             free = self.forward_workers - len(self._running)
-            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio,
-                               max_items=-(-len(self._pending) // free), shared=self.shares_prefix)
+            batch = pick_batch(
+                self._pending,
+                self.max_batch_tokens,
+                self.sort_by_length,
+                self.max_padding_ratio,
+                max_items=-(-len(self._pending) // free),
+                shared=self.shares_prefix,
+            )
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)
@@ -305,7 +324,8 @@ class Batcher:
         try:
             with self.health.watch(self.name) if self.health else nullcontext():
                 rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._forward, encs, threads)
+                    self._executor, self._forward, encs, threads
+                )
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:

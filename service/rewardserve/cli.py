@@ -24,9 +24,15 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,
-                            timeout_graceful_shutdown=a.graceful_timeout, access_log=False,
-                            timeout_keep_alive=settings.keep_alive_seconds)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=a.log_level,
+        timeout_graceful_shutdown=a.graceful_timeout,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
     DrainingServer(config, app.state.rs, a.drain_seconds).run()
     return 0
 
@@ -45,7 +51,9 @@ def DrainingServer(config, state, drain_seconds: float):
                 state.draining = True
                 return super().handle_exit(sig, frame)
             state.draining = True
-            logging.getLogger("rewardserve").warning("signal %s: draining for %.1f s, then shutting down", sig, drain_seconds)
+            logging.getLogger("rewardserve").warning(
+                "signal %s: draining for %.1f s, then shutting down", sig, drain_seconds
+            )
             threading.Timer(drain_seconds, super().handle_exit, args=(sig, None)).start()
 
     return _Server(config)
@@ -113,8 +121,18 @@ def _cmd_references(a: argparse.Namespace) -> int:
             sets = await store.sets()
         finally:
             await store.close()
-        print(json.dumps({"reference_sets": [{"name": n, "models": m, "references": sum(m.values())} for n, m in sets.items()
-                                             if a.reference_set in (None, n)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "reference_sets": [
+                        {"name": n, "models": m, "references": sum(m.values())}
+                        for n, m in sets.items()
+                        if a.reference_set in (None, n)
+                    ]
+                },
+                indent=2,
+            )
+        )
         return 0
 
     async def delete() -> int:
@@ -147,7 +165,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, nargs="+", type=elem, default=None, help=f"default: {default}")
             continue
         base = next((x for x in typing.get_args(t) if x is not type(None)), t)
-        parser.add_argument(flag, type=base if base in (int, float, str) else str, default=None, help=f"default: {default}")
+        parser.add_argument(
+            flag, type=base if base in (int, float, str) else str, default=None, help=f"default: {default}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,18 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
-    s.add_argument("--drain-seconds", type=float, default=1.0,
-                   help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown")
-    s.add_argument("--allow-unauthenticated", action="store_true",
-                   help="serve on a non-loopback host without API keys (refused otherwise; config allow_unauthenticated)")
+    s.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM"
+    )
+    s.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=1.0,
+        help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown",
+    )
+    s.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve on a non-loopback host without API keys (refused otherwise; config allow_unauthenticated)",
+    )
     s.set_defaults(func=_cmd_serve)
 
-    r = sub.add_parser("references", help="export or import stored references as JSON Lines; list or delete reference sets")
+    r = sub.add_parser(
+        "references", help="export or import stored references as JSON Lines; list or delete reference sets"
+    )
     r.add_argument("action", choices=["export", "import", "list", "delete"])
     r.add_argument("file", nargs="?", help="export/import: JSONL file ('-': stdout / stdin)")
-    r.add_argument("--reference-set", help="export/list: only this set; import: into this set (default: each row's "
-                                           "'reference_set', else 'default'); delete: the set to delete")
+    r.add_argument(
+        "--reference-set",
+        help="export/list: only this set; import: into this set (default: each row's "
+        "'reference_set', else 'default'); delete: the set to delete",
+    )
     r.add_argument("--store", help="store URL (default: the config's references.store)")
     r.add_argument("--config", help="YAML config (default: the embedded default)")
     r.set_defaults(func=_cmd_references)
@@ -193,9 +227,11 @@ LAB_COMMANDS = ("demo", "train-head", "eval-rm", "calibrate", "rlhf", "experimen
 
 
 def _needs_lab(a: argparse.Namespace) -> int:
-    print(f"rewardserve {a.command}: this command comes with rewardlab, the research and training tools, which is not "
-          f"installed{a.load_error}: pip install rewardlab (from a checkout of the repository: pip install ./lab)",
-          file=sys.stderr)
+    print(
+        f"rewardserve {a.command}: this command comes with rewardlab, the research and training tools, which is not "
+        f"installed{a.load_error}: pip install rewardlab (from a checkout of the repository: pip install ./lab)",
+        file=sys.stderr,
+    )
     return 2
 
 

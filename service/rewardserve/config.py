@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
 from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 from .prompt_formats import check_format_name
@@ -48,17 +49,27 @@ class BatchingConfig(_Strict):
         None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 1024, cuda 16384)"
     )
     max_wait_ms: float = Field(
-        0.0, ge=0, description="how long the first item of a batch waits for company when the worker is idle; with 0 "
-                               "batches form from what arrives while the previous forward runs")
+        0.0,
+        ge=0,
+        description="how long the first item of a batch waits for company when the worker is idle; with 0 "
+        "batches form from what arrives while the previous forward runs",
+    )
     max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
     sort_by_length: bool = True
     max_padding_ratio: float | None = Field(
-        None, ge=0, le=1, description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
-                                      "None picks the per-device default (cpu 0.2: padding costs more than batching "
-                                      "gains there; cuda 1.0: no cap)")
+        None,
+        ge=0,
+        le=1,
+        description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
+        "None picks the per-device default (cpu 0.2: padding costs more than batching "
+        "gains there; cuda 1.0: no cap)",
+    )
     forward_workers: int | None = Field(
-        None, gt=0, description="forwards of one backbone that may run at once; None picks the per-device default "
-                                "(cpu: one per torch intra-op thread, a lone forward still uses every thread; cuda: 1)")
+        None,
+        gt=0,
+        description="forwards of one backbone that may run at once; None picks the per-device default "
+        "(cpu: one per torch intra-op thread, a lone forward still uses every thread; cuda: 1)",
+    )
 
     def workers_for(self, device: str, cpu_threads: int) -> int:
         if self.forward_workers is not None:
@@ -89,13 +100,18 @@ class BackboneConfig(_Strict):
     max_length: int = Field(256, gt=8)
     trust_remote_code: bool = False
     pad_to_multiple_of: int = Field(
-        8, gt=0, description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
-                             "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
-                             "GPU tensor cores; 1 pads to the longest item only")
+        8,
+        gt=0,
+        description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
+        "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
+        "GPU tensor cores; 1 pads to the longest item only",
+    )
     share_prompt_prefix: bool | None = Field(
-        None, description="sequence_classifier, decoder models: items of a batch with the same prompt run the prompt "
-                          "once and their responses on its key/value cache (exact); None: on where the model supports "
-                          "it (decoders with full attention), off for encoders; true on an encoder is an error")
+        None,
+        description="sequence_classifier, decoder models: items of a batch with the same prompt run the prompt "
+        "once and their responses on its key/value cache (exact); None: on where the model supports "
+        "it (decoders with full attention), off for encoders; true on an encoder is an error",
+    )
     batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
     models: dict[str, ModelConfig]
 
@@ -131,7 +147,9 @@ class LimitsConfig(_Strict):
 
 
 class ReferencesConfig(_Strict):
-    store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB")
+    store: str = Field(
+        "sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB"
+    )
     revision_mismatch: Literal["warn", "reject"] = Field(
         "warn", description="a stored reference made with another model revision: warn in the result, or 422"
     )
@@ -141,14 +159,24 @@ class HealthConfig(_Strict):
     """When forward failures or a hung forward turn ``/readyz``, then ``/healthz``, to 503 (health.py)."""
 
     max_consecutive_failures: int = Field(
-        3, gt=0, description="this many failed forwards in a row on one backbone: /readyz answers 503 until one succeeds")
+        3,
+        gt=0,
+        description="this many failed forwards in a row on one backbone: /readyz answers 503 until one succeeds",
+    )
     max_forward_seconds: float = Field(
-        60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns")
+        60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns"
+    )
     liveness_grace_seconds: float = Field(
-        60.0, ge=0, description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)")
+        60.0,
+        ge=0,
+        description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)",
+    )
     recheck_seconds: float = Field(
-        10.0, gt=0, description="while failures keep a backbone unready, try one small forward of it this often "
-                                "(no traffic comes to an unready pod to show that it works again)")
+        10.0,
+        gt=0,
+        description="while failures keep a backbone unready, try one small forward of it this often "
+        "(no traffic comes to an unready pod to show that it works again)",
+    )
 
 
 class OpenRLHFConfig(_Strict):
@@ -158,9 +186,13 @@ class OpenRLHFConfig(_Strict):
     method: AggregateMethod = DEFAULT_AGGREGATE
     weights: dict[str, float] | None = None
     prompt_format: str | None = Field(
-        None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")
+        None,
+        description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one",
+    )
 
-    reference_set: str = Field("default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it")
+    reference_set: str = Field(
+        "default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it"
+    )
 
     @field_validator("reference_set")
     @classmethod
@@ -178,31 +210,43 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     keep_alive_seconds: float = Field(
-        75.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
-                                "timeout of any load balancer or proxy in front (theirs must close first, or a "
-                                "request sent as the server closes the connection is lost)")
+        75.0,
+        gt=0,
+        description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
+        "timeout of any load balancer or proxy in front (theirs must close first, or a "
+        "request sent as the server closes the connection is lost)",
+    )
     api_keys: SecretStr | None = Field(
-        None, description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
-                          "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "
-                          "Env: REWARDSERVE_API_KEYS")
+        None,
+        description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
+        "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "
+        "Env: REWARDSERVE_API_KEYS",
+    )
     api_keys_file: str | None = Field(
-        None, description="a file with one API key per line, 'KEY [scope=score|admin] [sets=A,B]' (comments with #); "
-                          "a plain KEY has scope admin and every set")
-    open_routes: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
-                                   description="routes that need no API key")
+        None,
+        description="a file with one API key per line, 'KEY [scope=score|admin] [sets=A,B]' (comments with #); "
+        "a plain KEY has scope admin and every set",
+    )
+    open_routes: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"], description="routes that need no API key"
+    )
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None: torch's default")
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
     references: ReferencesConfig = ReferencesConfig()
     openrlhf: OpenRLHFConfig = OpenRLHFConfig()
     prompt_format: str = Field(
-        "auto", description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
-                            "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
-                            "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it")
+        "auto",
+        description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
+        "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
+        "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it",
+    )
     health: HealthConfig = HealthConfig()
     allow_unauthenticated: bool = Field(
-        False, description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
-                           "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED")
+        False,
+        description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
+        "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED",
+    )
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
@@ -243,16 +287,22 @@ class Settings(BaseSettings):
 
     def load_api_keys(self) -> list[ApiKey]:
         """Every configured key with its scope and sets (empty: no keys, the API is open)."""
-        keys = [parse_api_key(k, "api_keys") for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")
-                if k.strip()]
+        keys = [
+            parse_api_key(k, "api_keys")
+            for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")
+            if k.strip()
+        ]
         if self.api_keys_file:
             path = Path(self.api_keys_file).expanduser()
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as e:
                 raise ConfigError(f"api_keys_file {path}: {e.strerror}") from None
-            keys += [parse_api_key(ln, f"api_keys_file {path} line {i}") for i, ln in enumerate(lines, 1)
-                     if ln.strip() and not ln.strip().startswith("#")]
+            keys += [
+                parse_api_key(ln, f"api_keys_file {path} line {i}")
+                for i, ln in enumerate(lines, 1)
+                if ln.strip() and not ln.strip().startswith("#")
+            ]
         return keys
 
     def model_names(self) -> list[str]:
@@ -350,4 +400,5 @@ def check_exposure(settings: Settings) -> None:
         f"refusing to listen on {settings.host}:{settings.port} without API keys: anyone who reaches this port could "
         "score and overwrite stored references. Set REWARDSERVE_API_KEYS (comma-separated) or api_keys_file, listen on "
         "127.0.0.1, or pass --allow-unauthenticated (config allow_unauthenticated: true, env "
-        "REWARDSERVE_ALLOW_UNAUTHENTICATED=true) if something else guards the port.")
+        "REWARDSERVE_ALLOW_UNAUTHENTICATED=true) if something else guards the port."
+    )

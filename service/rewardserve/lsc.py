@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+
 from rewardclient.protocol import AGGREGATE_METHODS, DEFAULT_AGGREGATE, AggregateMethod
 
 TransformKind = Literal["lsc", "identity"]

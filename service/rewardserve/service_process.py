@@ -20,12 +20,31 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, config: str | None = None, port: int = 0, env: dict[str, str] | None = None,
-                 ready_timeout: float = 300.0, extra_args: list[str] | None = None, quiet: bool = True):
+    def __init__(
+        self,
+        config: str | None = None,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 300.0,
+        extra_args: list[str] | None = None,
+        quiet: bool = True,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "rewardserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--log-level", "warning", *(["--config", config] if config else []), *(extra_args or [])]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "rewardserve.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *(["--config", config] if config else []),
+            *(extra_args or []),
+        ]
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout = ready_timeout
         self.quiet = quiet
@@ -36,8 +55,12 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         t0 = time.monotonic()
         # the server's log goes to a file (a pipe nobody reads would block a chatty server)
-        self.log = tempfile.NamedTemporaryFile(prefix="rewardserve-", suffix=".log", delete=False) if self.quiet else None
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log or None, stderr=subprocess.STDOUT if self.quiet else None)
+        self.log = (
+            tempfile.NamedTemporaryFile(prefix="rewardserve-", suffix=".log", delete=False) if self.quiet else None
+        )
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, stdout=self.log or None, stderr=subprocess.STDOUT if self.quiet else None
+        )
         deadline = t0 + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -35,8 +35,15 @@ class Recording:
         out = self.inner.forward(batch)
         time.sleep(self.hold)
         with self._lock:
-            self.calls.append({"start": t0, "end": time.perf_counter(), "threads": threads, "items": len(batch),
-                               "thread": threading.get_ident()})
+            self.calls.append(
+                {
+                    "start": t0,
+                    "end": time.perf_counter(),
+                    "threads": threads,
+                    "items": len(batch),
+                    "thread": threading.get_ident(),
+                }
+            )
         return out
 
 
@@ -51,8 +58,16 @@ def max_overlap(calls: list[dict]) -> int:
 
 @pytest.fixture(scope="module")
 def backend(tiny):
-    settings = Settings(backbones={"bb": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
-                                          "models": {"a": {"head": str(tiny["head_a"])}}}})
+    settings = Settings(
+        backbones={
+            "bb": {
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
+                "models": {"a": {"head": str(tiny["head_a"])}},
+            }
+        }
+    )
     return build_backend("bb", settings.backbones["bb"], settings)
 
 

@@ -23,28 +23,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from rewardclient import prompt_fingerprint
 from rewardclient.protocol import DEFAULT_QUANTILE
-from tqdm import tqdm
 
 from ..datasets import iter_jsonl
 from . import stats
 
 METHODS = ("raw_sum", "lsc_sum")
 # the settings a samples file depends on: a rerun with any of these changed starts a new file
-_SAMPLE_KEYS = ("prompts", "split", "n_prompts", "max_prompt_tokens", "policy", "n", "calibration_samples",
-                "max_new_tokens", "temperature", "top_p", "batch_prompts", "seed", "models")
+_SAMPLE_KEYS = (
+    "prompts",
+    "split",
+    "n_prompts",
+    "max_prompt_tokens",
+    "policy",
+    "n",
+    "calibration_samples",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "batch_prompts",
+    "seed",
+    "models",
+)
 
 
 @dataclass
 class BestOfKConfig:
     prompts: str = "../shared/data/prompts.jsonl.gz"
     split: str = "test"
-    n_prompts: int = 200                 # equal shares per source (HH, AlpacaEval)
-    max_prompt_tokens: int = 128         # rendered prompt length cap (policy tokens)
-    policy: str | None = None            # None: SmolLM2-135M-Instruct
-    n: int = 16                          # candidates per prompt
-    calibration_samples: int = 8         # separate samples setting the reference
+    n_prompts: int = 200  # equal shares per source (HH, AlpacaEval)
+    max_prompt_tokens: int = 128  # rendered prompt length cap (policy tokens)
+    policy: str | None = None  # None: SmolLM2-135M-Instruct
+    n: int = 16  # candidates per prompt
+    calibration_samples: int = 8  # separate samples setting the reference
     quantile: float = DEFAULT_QUANTILE
     max_new_tokens: int = 48
     temperature: float = 0.7
@@ -53,8 +67,8 @@ class BestOfKConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seed: int = 0
     bootstrap: int = 1000
-    config: str | None = None            # service config with the reward models (default: embedded)
-    models: list[str] | None = None      # default: every configured model
+    config: str | None = None  # service config with the reward models (default: embedded)
+    models: list[str] | None = None  # default: every configured model
     out_dir: str = "runs/experiments/best-of-k"
 
 
@@ -81,7 +95,9 @@ def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens
             by_source.setdefault(source, []).append(row)
     if not by_source:
         raise ValueError(f"no {split!r} prompts of at most {max_prompt_tokens} tokens in {path}")
-    chosen = equal_shares({s: [{"source": s, "prompt": r["prompt"]} for r in rows] for s, rows in by_source.items()}, n_prompts)
+    chosen = equal_shares(
+        {s: [{"source": s, "prompt": r["prompt"]} for r in rows] for s, rows in by_source.items()}, n_prompts
+    )
     for i, c in enumerate(chosen):
         c["index"], c["fingerprint"] = i, prompt_fingerprint(c["prompt"])
     return chosen
@@ -125,24 +141,41 @@ async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[d
     t0 = time.perf_counter()
     fresh = 0
     async with local_scorer(settings, models) as scorer:
-        bar = tqdm(total=len(prompts), initial=sum(1 for p in prompts if p["index"] in done), desc="best-of-k samples", unit="prompt")
+        bar = tqdm(
+            total=len(prompts),
+            initial=sum(1 for p in prompts if p["index"] in done),
+            desc="best-of-k samples",
+            unit="prompt",
+        )
         for s in range(0, len(prompts), cfg.batch_prompts):
-            batch = prompts[s:s + cfg.batch_prompts]
+            batch = prompts[s : s + cfg.batch_prompts]
             if all(p["index"] in done for p in batch):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + s)
-            texts = generate(model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+            texts = generate(
+                model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
+            )
             pairs = [(p["prompt"], t) for p, ts in zip(batch, texts) for t in ts]
             raw, _, _ = await scorer.raw_rewards(pairs, models)
             with open(path, "a", encoding="utf-8") as f:
                 for j, (p, ts) in enumerate(zip(batch, texts)):
                     if p["index"] in done:
                         continue
-                    block = raw[j * per_prompt:(j + 1) * per_prompt]
-                    row = {**p, "calibration": ts[:cfg.calibration_samples], "candidates": ts[cfg.calibration_samples:],
-                           "lengths": [len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts[cfg.calibration_samples:]],
-                           "raw_calibration": {m: block[:cfg.calibration_samples, i].tolist() for i, m in enumerate(models)},
-                           "raw_candidates": {m: block[cfg.calibration_samples:, i].tolist() for i, m in enumerate(models)}}
+                    block = raw[j * per_prompt : (j + 1) * per_prompt]
+                    row = {
+                        **p,
+                        "calibration": ts[: cfg.calibration_samples],
+                        "candidates": ts[cfg.calibration_samples :],
+                        "lengths": [
+                            len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts[cfg.calibration_samples :]
+                        ],
+                        "raw_calibration": {
+                            m: block[: cfg.calibration_samples, i].tolist() for i, m in enumerate(models)
+                        },
+                        "raw_candidates": {
+                            m: block[cfg.calibration_samples :, i].tolist() for i, m in enumerate(models)
+                        },
+                    }
                     f.write(json.dumps(row) + "\n")
                     done[p["index"]] = row
                     fresh += 1
@@ -160,8 +193,16 @@ def arrays(rows: list[dict], models: list[str]) -> tuple[np.ndarray, np.ndarray,
     return cand, calib, lengths
 
 
-def analyse(cand: np.ndarray, calib: np.ndarray, lengths: np.ndarray, models: list[str], ks: list[int],
-            quantile: float, n_boot: int = 1000, seed: int = 0) -> dict:
+def analyse(
+    cand: np.ndarray,
+    calib: np.ndarray,
+    lengths: np.ndarray,
+    models: list[str],
+    ks: list[int],
+    quantile: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Every metric per k and method, with bootstrap intervals, and the lsc_sum − raw_sum differences."""
     ref = stats.references(calib, quantile)
     worst = stats.worst_decile(cand, ref)
@@ -170,25 +211,49 @@ def analyse(cand: np.ndarray, calib: np.ndarray, lengths: np.ndarray, models: li
         picks = {meth: stats.pick(cand, ref, meth, k) for meth in METHODS}
         per = {meth: stats.per_prompt_metrics(cand, ref, lengths, picks[meth]) for meth in METHODS}
         differ = picks["raw_sum"] != picks["lsc_sum"]
-        row: dict = {"k": k, "picks_differ": int(differ.sum()),
-                     "where_picks_differ": {meth: {"good_on_all": float(per[meth]["good_on_all"][differ].mean()) if differ.any() else None,
-                                                   "above_reference": {m: float((per[meth]["raw"][differ, i] > ref[differ, i]).mean())
-                                                                       if differ.any() else None for i, m in enumerate(models)}}
-                                            for meth in METHODS}}
+        row: dict = {
+            "k": k,
+            "picks_differ": int(differ.sum()),
+            "where_picks_differ": {
+                meth: {
+                    "good_on_all": float(per[meth]["good_on_all"][differ].mean()) if differ.any() else None,
+                    "above_reference": {
+                        m: float((per[meth]["raw"][differ, i] > ref[differ, i]).mean()) if differ.any() else None
+                        for i, m in enumerate(models)
+                    },
+                }
+                for meth in METHODS
+            },
+        }
         for meth in (*METHODS, "lsc_minus_raw"):
-            v = per[meth] if meth != "lsc_minus_raw" else {key: per["lsc_sum"][key] - per["raw_sum"][key] for key in per["raw_sum"]}
+            v = (
+                per[meth]
+                if meth != "lsc_minus_raw"
+                else {key: per["lsc_sum"][key] - per["raw_sum"][key] for key in per["raw_sum"]}
+            )
             row[meth] = {
                 "raw": {m: stats.bootstrap_ci(v["raw"][:, i], n_boot, seed) for i, m in enumerate(models)},
                 "good_on_all": stats.bootstrap_ci(v["good_on_all"], n_boot, seed),
-                "worst_decile_gain": {m: stats.bootstrap_ci(v["gain"][worst[:, i], i], n_boot, seed) for i, m in enumerate(models)},
-                "other_gain": {m: stats.bootstrap_ci(v["gain"][~worst[:, i], i], n_boot, seed) for i, m in enumerate(models)},
+                "worst_decile_gain": {
+                    m: stats.bootstrap_ci(v["gain"][worst[:, i], i], n_boot, seed) for i, m in enumerate(models)
+                },
+                "other_gain": {
+                    m: stats.bootstrap_ci(v["gain"][~worst[:, i], i], n_boot, seed) for i, m in enumerate(models)
+                },
                 "length": stats.bootstrap_ci(v["length"], n_boot, seed),
             }
         table.append(row)
-    return {"models": models, "prompts": int(cand.shape[0]), "n": int(cand.shape[1]), "calibration_samples": int(calib.shape[1]),
-            "quantile": quantile, "bootstrap": n_boot, "worst_decile_prompts": int(worst[:, 0].sum()),
-            "base_good_on_all": stats.bootstrap_ci(np.all(cand > ref[:, None, :], axis=2).mean(axis=1), n_boot, seed),
-            "table": table}
+    return {
+        "models": models,
+        "prompts": int(cand.shape[0]),
+        "n": int(cand.shape[1]),
+        "calibration_samples": int(calib.shape[1]),
+        "quantile": quantile,
+        "bootstrap": n_boot,
+        "worst_decile_prompts": int(worst[:, 0].sum()),
+        "base_good_on_all": stats.bootstrap_ci(np.all(cand > ref[:, None, :], axis=2).mean(axis=1), n_boot, seed),
+        "table": table,
+    }
 
 
 def _fmt(ci: dict, digits: int = 3) -> str:
@@ -197,13 +262,26 @@ def _fmt(ci: dict, digits: int = 3) -> str:
 
 def markdown_table(result: dict) -> str:
     models = result["models"]
-    head = ["k", "method", *[f"raw {m}" for m in models], "good on all", *[f"worst-decile gain {m}" for m in models], "length"]
+    head = [
+        "k",
+        "method",
+        *[f"raw {m}" for m in models],
+        "good on all",
+        *[f"worst-decile gain {m}" for m in models],
+        "length",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["table"]:
         for meth in (*METHODS, "lsc_minus_raw"):
             r = row[meth]
-            cells = [str(row["k"]), meth.replace("_minus_", " − "), *[_fmt(r["raw"][m]) for m in models], _fmt(r["good_on_all"]),
-                     *[_fmt(r["worst_decile_gain"][m]) for m in models], _fmt(r["length"], 1)]
+            cells = [
+                str(row["k"]),
+                meth.replace("_minus_", " − "),
+                *[_fmt(r["raw"][m]) for m in models],
+                _fmt(r["good_on_all"]),
+                *[_fmt(r["worst_decile_gain"][m]) for m in models],
+                _fmt(r["length"], 1),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -248,7 +326,9 @@ def run_best_of_k(cfg: BestOfKConfig, settings=None) -> dict:
     t0 = time.perf_counter()
     rows = asyncio.run(_generate_and_score(cfg, settings, out))
     cand, calib, lengths = arrays(rows, models)
-    result = analyse(cand, calib, lengths, models, [k for k in cfg.ks if k <= cfg.n], cfg.quantile, cfg.bootstrap, cfg.seed)
+    result = analyse(
+        cand, calib, lengths, models, [k for k in cfg.ks if k <= cfg.n], cfg.quantile, cfg.bootstrap, cfg.seed
+    )
     result["config"] = dataclasses.asdict(cfg)
     result["sources"] = {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})}
     result["responses_at_length_cap"] = float(np.mean(lengths >= cfg.max_new_tokens))

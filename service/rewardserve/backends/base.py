@@ -51,7 +51,9 @@ def padded_width(lengths: list[int], multiple: int = 1, limit: int | None = None
     return w if limit is None else max(width, min(w, limit))
 
 
-def collate(batch: list[Encoded], pad_id: int, device: torch.device, width: int | None = None) -> dict[str, torch.Tensor]:
+def collate(
+    batch: list[Encoded], pad_id: int, device: torch.device, width: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments), ``width``
     tokens wide (default: the longest item)."""
     n, width = len(batch), width or max(e.length for e in batch)

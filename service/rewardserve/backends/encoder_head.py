@@ -43,6 +43,7 @@ def default_encoder_path() -> str:
 
 def pair_features(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """[p, r, p*r] from token states (B, T, H) and segment ids (B, T; 0 prompt, 1 response)."""
+
     def pooled(seg_id: int) -> torch.Tensor:
         m = (segments == seg_id).unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -59,7 +60,9 @@ class RewardHead(nn.Module):
         super().__init__()
         self.in_features, self.hidden = in_features, hidden
         if hidden:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            self.net = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
         else:
             self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, 1))
 
@@ -110,7 +113,9 @@ def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str
     on this base revision and that every tensor names an existing weight of the same shape."""
     meta = _metadata(path, DELTA_FORMAT, "encoder delta")
     if meta.get("base_revision") != base_revision:
-        raise ValueError(f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}")
+        raise ValueError(
+            f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}"
+        )
     delta = load_file(str(path))
     own = encoder.state_dict()
     bad = [k for k, v in delta.items() if k not in own or own[k].shape != v.shape]
@@ -149,12 +154,18 @@ class EncoderHeadBackend(Backend):
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.source, revision=revision, trust_remote_code=trust_remote_code
+        )
         self.tokenizer.truncation_side = "left"
         self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
-        self.encoder = AutoModel.from_pretrained(
-            self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
-        ).to(self.device, self.dtype).eval()
+        self.encoder = (
+            AutoModel.from_pretrained(
+                self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+            .to(self.device, self.dtype)
+            .eval()
+        )
         self.max_length = min(max_length, getattr(self.encoder.config, "max_position_embeddings", max_length))
         self.encoder_revision = weights_digest(self.source) if Path(self.source).is_dir() else (revision or "main")
         self._names = list(heads)
@@ -162,11 +173,17 @@ class EncoderHeadBackend(Backend):
         self._info: dict[str, ModelInfo] = {}
         hidden = self.encoder.config.hidden_size
         loaded = {mname: load_head(hpath) for mname, hpath in heads.items()}
-        deltas = {(Path(hpath).parent / loaded[m][1]["encoder_delta"]).resolve() if loaded[m][1].get("encoder_delta") else None
-                  for m, hpath in heads.items()}
+        deltas = {
+            (Path(hpath).parent / loaded[m][1]["encoder_delta"]).resolve()
+            if loaded[m][1].get("encoder_delta")
+            else None
+            for m, hpath in heads.items()
+        }
         if len(deltas) > 1:
-            raise ValueError(f"heads of backbone {name!r} need different encoders (deltas {sorted(map(str, deltas))}); "
-                             "one backbone is one encoder: put them on separate backbones")
+            raise ValueError(
+                f"heads of backbone {name!r} need different encoders (deltas {sorted(map(str, deltas))}); "
+                "one backbone is one encoder: put them on separate backbones"
+            )
         delta = deltas.pop() if deltas else None
         if delta is not None:
             apply_encoder_delta(self.encoder, delta, self.encoder_revision)
@@ -175,15 +192,21 @@ class EncoderHeadBackend(Backend):
         for mname, hpath in heads.items():
             head, meta = loaded[mname]
             if head.in_features != 3 * hidden:
-                raise ValueError(f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}")
+                raise ValueError(
+                    f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}"
+                )
             self._heads.append(head.to(self.device, self.dtype))
             self._info[mname] = ModelInfo(
                 name=mname,
                 kind="encoder_head",
                 source=str(hpath),
                 revision=f"{self.encoder_revision}-{file_digest(hpath)}",
-                extra={"encoder": self.source, **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
-                       "head_arch": meta["arch"], "card": load_card(hpath)},
+                extra={
+                    "encoder": self.source,
+                    **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
+                    "head_arch": meta["arch"],
+                    "card": load_card(hpath),
+                },
             )
         self.pad_id = self.tokenizer.pad_token_id or 0
 

@@ -45,9 +45,9 @@ class RedisStore(ReferenceStore):
     def _parse_key(key: str) -> tuple[str, str]:
         """(set, model) of a store key."""
         if key.startswith(SET_KEY_PREFIX):
-            rset, model = key[len(SET_KEY_PREFIX):].split(":", 1)
+            rset, model = key[len(SET_KEY_PREFIX) :].split(":", 1)
             return rset, model
-        return DEFAULT_SET, key[len(KEY_PREFIX):]
+        return DEFAULT_SET, key[len(KEY_PREFIX) :]
 
     async def _keys(self, reference_set: str | None):
         """The store's hash keys: of one set, or of every set."""
@@ -62,7 +62,9 @@ class RedisStore(ReferenceStore):
             keys += [k async for k in self._r.scan_iter(match=pattern)]
         return keys
 
-    async def get_many(self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET) -> dict[str, Reference]:
+    async def get_many(
+        self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
+    ) -> dict[str, Reference]:
         if not fingerprints:
             return {}
         try:
@@ -71,7 +73,9 @@ class RedisStore(ReferenceStore):
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
         return {fp: Reference(**json.loads(v)) for fp, v in zip(fingerprints, values) if v is not None}
 
-    async def put_many(self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET) -> None:
+    async def put_many(
+        self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET
+    ) -> None:
         if not entries:
             return
         now = time.time()
@@ -81,8 +85,10 @@ class RedisStore(ReferenceStore):
         except _DOWN as e:
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
         except OutOfMemoryError:  # maxmemory reached with maxmemory-policy noeviction: nothing stored, nothing evicted
-            raise StoreFull(f"redis at {self._safe_url()} is full (maxmemory reached): nothing was stored; "
-                            "raise its maxmemory or remove unused references") from None
+            raise StoreFull(
+                f"redis at {self._safe_url()} is full (maxmemory reached): nothing was stored; "
+                "raise its maxmemory or remove unused references"
+            ) from None
 
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
         rows = []

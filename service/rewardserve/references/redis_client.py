@@ -34,12 +34,15 @@ def parse_sentinel_url(url: str) -> dict:
     """``redis+sentinel://[[user]:password@]h1:p1,h2:p2/master[/db]`` -> its parts."""
     if not url.startswith(SENTINEL_SCHEME):
         raise ValueError(f"not a {SENTINEL_SCHEME} URL: {redact(url)}")
-    rest = url[len(SENTINEL_SCHEME):]
+    rest = url[len(SENTINEL_SCHEME) :]
     userinfo, _, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
     parts = [p for p in path.split("/") if p]
     if not hosts or not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ValueError(f"bad sentinel URL {redact(url)}: expected {SENTINEL_SCHEME}[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]")
+        raise ValueError(
+            f"bad sentinel URL {redact(url)}: "
+            f"expected {SENTINEL_SCHEME}[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]"
+        )
     sentinels = []
     for h in hosts.split(","):
         host, _, port = h.rpartition(":")
@@ -47,8 +50,13 @@ def parse_sentinel_url(url: str) -> dict:
             raise ValueError(f"bad sentinel address {h!r} in {redact(url)}: expected HOST:PORT")
         sentinels.append((host.strip("[]"), int(port)))
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    return {"sentinels": sentinels, "service": parts[0], "db": int(parts[1]) if len(parts) == 2 else 0,
-            "username": unquote(username) or None, "password": unquote(password) or None}
+    return {
+        "sentinels": sentinels,
+        "service": parts[0],
+        "db": int(parts[1]) if len(parts) == 2 else 0,
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+    }
 
 
 def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
@@ -59,7 +67,9 @@ def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
     common = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
     if url.startswith(SENTINEL_SCHEME):
         p = parse_sentinel_url(url)
-        sentinel = Sentinel(p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
+        sentinel = Sentinel(
+            p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        )
         return sentinel.master_for(p["service"], db=p["db"], username=p["username"], password=p["password"], **common)
     return aioredis.from_url(url, **common)
 
