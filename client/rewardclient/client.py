@@ -165,7 +165,8 @@ class RetryPolicy:
             response = outcome if isinstance(outcome, httpx.Response) else None
             if response is None:
                 if not self.should_retry(attempt, None):
-                    raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from outcome
+                    cause = outcome if isinstance(outcome, httpx.TransportError) else None
+                    raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from cause
             elif response.status_code < 400:
                 return response
             elif not self.should_retry(attempt, response):
@@ -333,11 +334,16 @@ class RewardClient(_BaseClient[httpx.Client]):
         exchange = self._exchange(call)
         step = next(exchange)
         while True:
-            outcome = self._send(call) if step is None else time.sleep(step)  # a wait's outcome is None
+            outcome: Outcome = None  # a wait's outcome is None
+            if step is None:
+                outcome = self._send(call)
+            else:
+                time.sleep(step)
             try:
                 step = exchange.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
 
     def score(
         self,
@@ -425,11 +431,16 @@ class AsyncRewardClient(_BaseClient[httpx.AsyncClient]):
         exchange = self._exchange(call)
         step = next(exchange)
         while True:
-            outcome = await self._send(call) if step is None else await asyncio.sleep(step)  # a wait's outcome is None
+            outcome: Outcome = None  # a wait's outcome is None
+            if step is None:
+                outcome = await self._send(call)
+            else:
+                await asyncio.sleep(step)
             try:
                 step = exchange.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
 
     async def score(
         self,

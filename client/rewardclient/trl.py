@@ -17,7 +17,7 @@ and transformed means are logged through ``log_metric`` as ``rewardserve/<model>
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .client import RewardClient
@@ -59,7 +59,11 @@ class RewardServeReward:
         self.last_stats: dict[str, float] = {}
 
     def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], log_metric=None, **kwargs: Any
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        log_metric: Callable[[str, float], Any] | None = None,
+        **kwargs: Any,
     ) -> list[float]:
         refs = kwargs.get(self.reference_column) if self.reference_column else None
         items = []

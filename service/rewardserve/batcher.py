@@ -55,7 +55,7 @@ class Scored:
 @dataclass(eq=False, slots=True)
 class _Pending:
     enc: Encoded
-    future: asyncio.Future
+    future: asyncio.Future[Scored]
     arrived: float = field(default_factory=time.perf_counter)
     group: int | None = None  # hash of the prompt prefix this item shares (None: shares nothing)
 
@@ -101,20 +101,20 @@ def pick_batch(
     width = real = order[i].enc.length
     while True:
         n = hi - lo + 1
-        left = order[lo - 1] if lo > 0 else None
-        right = order[hi + 1] if hi + 1 < len(order) else None
-        left_ok = left is not None and fits(n + 1, width, real + left.enc.length)
-        right_ok = right is not None and fits(n + 1, right.enc.length, real + right.enc.length)
+        left = order[lo - 1].enc.length if lo > 0 else None  # lengths of the neighbours
+        right = order[hi + 1].enc.length if hi + 1 < len(order) else None
+        left_ok = left is not None and fits(n + 1, width, real + left)
+        right_ok = right is not None and fits(n + 1, right, real + right)
         if not (left_ok or right_ok):
             break
-        left_pad = width - left.enc.length if left_ok else None  # type: ignore[union-attr]
-        right_pad = n * (right.enc.length - width) if right_ok else None  # type: ignore[union-attr]
-        if left_ok and (not right_ok or left_pad <= right_pad):  # type: ignore[operator]
+        # the side that adds less padding (left: its own; right: every item's, to the new width)
+        if left is not None and left_ok and (right is None or not right_ok or width - left <= n * (right - width)):
             lo -= 1
-            real += left.enc.length  # type: ignore[union-attr]
+            real += left
         else:
+            assert right is not None  # right_ok holds here
             hi += 1
-            width = right.enc.length  # type: ignore[union-attr]
+            width = right
             real += width
     return order[lo : hi + 1]
 
@@ -181,8 +181,8 @@ class Batcher:
         # threads per forward: (alone, shared); None leaves torch's setting alone (e.g. on a GPU)
         self.threads = None if cpu_threads is None else (cpu_threads, max(1, cpu_threads // forward_workers))
         self._executor = ThreadPoolExecutor(forward_workers, thread_name_prefix=f"forward-{self.name}")
-        self._task: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
         self.health: ForwardHealth | None = (
             None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
@@ -221,7 +221,7 @@ class Batcher:
         self._pending.clear()
         self._executor.shutdown(wait=True)
 
-    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future]:
+    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Scored]]:
         """Queue items; return one future per item, resolving to its ``Scored`` (row of raw rewards)."""
         tokens = sum(e.length for e in encoded)
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
@@ -309,7 +309,7 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._forward_done)
 
-    def _forward_done(self, task: asyncio.Task) -> None:
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._wakeup.set()
 

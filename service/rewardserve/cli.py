@@ -10,6 +10,13 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from .state import AppState
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -31,13 +38,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         log_level=a.log_level,
         timeout_graceful_shutdown=a.graceful_timeout,
         access_log=False,
-        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # uvicorn hands it to call_later: a float works
     )
     DrainingServer(config, app.state.rs, a.drain_seconds).run()
     return 0
 
 
-def DrainingServer(config, state, drain_seconds: float):
+def DrainingServer(config: uvicorn.Config, state: AppState, drain_seconds: float) -> uvicorn.Server:
     """uvicorn.Server that, on SIGTERM/SIGINT, turns /readyz to 503 at once and keeps serving for
     ``drain_seconds`` (so load balancers stop sending) before uvicorn's graceful shutdown, which
     finishes every in-flight request. A second signal exits at once."""
@@ -46,7 +53,7 @@ def DrainingServer(config, state, drain_seconds: float):
     import uvicorn
 
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if state.draining or drain_seconds <= 0:
                 state.draining = True
                 return super().handle_exit(sig, frame)
@@ -94,7 +101,7 @@ def _cmd_references(a: argparse.Namespace) -> int:
     async def import_() -> int:
         # rows without 'reference_set' (exports of earlier versions) go to set 'default';
         # --reference-set puts every row into that set
-        groups: dict[tuple[str, str], list] = {}
+        groups: dict[tuple[str, str], list[tuple[str, Reference]]] = {}
         src = open(a.file, encoding="utf-8") if a.file != "-" else sys.stdin
         for lineno, line in enumerate(src, 1):
             if line.strip():
@@ -147,7 +154,7 @@ def _cmd_references(a: argparse.Namespace) -> int:
     return asyncio.run({"export": export, "import": import_, "list": list_, "delete": delete}[a.action]())
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """The fields of dataclass ``cls`` as ``--field-name`` options (rewardlab's commands use it)."""
     import dataclasses
     import typing

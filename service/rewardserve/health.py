@@ -26,6 +26,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import HealthConfig
 
 
 @dataclass
@@ -53,7 +57,7 @@ class ForwardHealth:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg) -> ForwardHealth:
+    def from_config(cls, cfg: HealthConfig) -> ForwardHealth:
         return cls(cfg.max_consecutive_failures, cfg.max_forward_seconds, cfg.liveness_grace_seconds)
 
     @contextmanager

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import Messages, Prompt
+from rewardclient.protocol import Message, Messages, Prompt
 
 from .errors import PromptFormatError
 
@@ -75,7 +75,9 @@ def _skip(text: str, pos: int, bos: tuple[str, ...]) -> int:
             return pos
 
 
-def _tagged(turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[str, str] | None = None):
+def _tagged(
+    turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[str, str] | None = None
+) -> Callable[[str], Messages | None]:
     """A parser for templates of repeated ``<header role> content <end>`` turns: ``turn`` has groups
     ``role`` and ``content``; ``open_turn`` is the generation prompt (an open assistant header)."""
     turn_re = re.compile(turn, re.S)
@@ -83,7 +85,7 @@ def _tagged(turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[st
     roles = roles or {}
 
     def parse(text: str) -> Messages | None:
-        pos, msgs = _skip(text, 0, bos), []
+        pos, msgs = _skip(text, 0, bos), list[Message]()
         while pos < len(text):
             if open_re.match(text, pos) or not text[pos:].strip():
                 break
@@ -104,7 +106,7 @@ _LLAMA2_SYS = re.compile(r"<<SYS>>\n(?P<system>.*?)\n<</SYS>>\n\n(?P<user>.*)\Z"
 def _parse_inst(text: str) -> Messages | None:
     """Llama-2 (``<s>[INST] <<SYS>>\\nS\\n<</SYS>>\\n\\nU [/INST] A </s>``) and Mistral
     (``<s>[INST] U [/INST]A</s>``)."""
-    pos, msgs = 0, []
+    pos, msgs = 0, list[Message]()
     while True:
         pos = _skip(text, pos, ("<s>",))
         if pos >= len(text):
@@ -237,8 +239,9 @@ class TokenizerFormat:
 
     @classmethod
     def learn(cls, name: str, tokenizer: Any) -> TokenizerFormat:
-        def render(msgs, gen=True):
-            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        def render(msgs: list[dict[str, str]], gen: bool = True) -> str:
+            rendered: str = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            return rendered
 
         u1, a1, u2 = (
             {"role": "user", "content": _U1},

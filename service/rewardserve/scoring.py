@@ -20,8 +20,8 @@ import torch
 from rewardclient.protocol import Prompt, plain_prompt
 
 from . import lsc, prompt_formats
-from .backends.base import Backend, ModelInfo
-from .batcher import Batcher
+from .backends.base import Backend, Encoded, ModelInfo
+from .batcher import Batcher, Scored
 from .config import BackboneConfig, ModelConfig, Settings
 from .errors import (
     InvalidInput,
@@ -42,6 +42,10 @@ BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
 log = logging.getLogger("rewardserve")
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
+
+
+def _encode_all(backend: Backend, pairs: Sequence[tuple[Prompt, str]]) -> list[Encoded]:
+    return [backend.encode(p, r) for p, r in pairs]
 
 
 @dataclass
@@ -257,7 +261,7 @@ class Scorer:
         for j, m in enumerate(models):
             by_backbone.setdefault(self.models[m].backbone, []).append(j)
         tokens = 0
-        all_futures: list[asyncio.Future] = []
+        all_futures: list[asyncio.Future[Scored]] = []
         jobs = []
         enc_start, submitted, starts, ends = time.perf_counter(), [], [], []
         try:
@@ -266,7 +270,7 @@ class Scorer:
                 if len(pairs) <= _INLINE_ENCODE_MAX:
                     encs = [backend.encode(p, r) for p, r in pairs]
                 else:
-                    encs = await asyncio.to_thread(lambda b=backend: [b.encode(p, r) for p, r in pairs])
+                    encs = await asyncio.to_thread(_encode_all, backend, pairs)
                 tokens += sum(e.length for e in encs)
                 submitted.append(time.perf_counter())
                 futs = self.batchers[bname].submit(encs)

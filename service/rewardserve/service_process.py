@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 
 import httpx
 
@@ -16,7 +17,8 @@ import httpx
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class ServiceProcess:
@@ -48,9 +50,9 @@ class ServiceProcess:
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout = ready_timeout
         self.quiet = quiet
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
-        self.log = None
+        self.log: IO[bytes] | None = None
 
     def start(self) -> ServiceProcess:
         t0 = time.monotonic()
@@ -100,5 +102,5 @@ class ServiceProcess:
     def __enter__(self) -> ServiceProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

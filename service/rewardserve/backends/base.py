@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardclient.protocol import Prompt
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -141,7 +143,7 @@ class Backend(ABC):
     def model_info(self) -> dict[str, ModelInfo]: ...
 
     @abstractmethod
-    def encode(self, prompt: str | list[dict[str, str]], response: str) -> Encoded: ...
+    def encode(self, prompt: Prompt, response: str) -> Encoded: ...
 
     @abstractmethod
     def forward(self, batch: list[Encoded]) -> np.ndarray:

@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rewardclient.protocol import Prompt
+
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, file_digest, resolve_device, weights_digest
 from .formatting import encode_pair
 
@@ -71,7 +73,8 @@ class RewardHead(nn.Module):
         return "mlp" if self.hidden else "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        rewards: torch.Tensor = self.net(x).squeeze(-1)
+        return rewards
 
 
 def save_head(head: RewardHead, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
@@ -129,7 +132,8 @@ def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str
 def load_card(head_path: str | Path) -> dict[str, Any] | None:
     card = Path(head_path).with_suffix(".json")
     if card.exists():
-        return json.loads(card.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(card.read_text(encoding="utf-8"))
+        return data
     return None
 
 
@@ -217,7 +221,7 @@ class EncoderHeadBackend(Backend):
     def model_info(self) -> dict[str, ModelInfo]:
         return self._info
 
-    def encode(self, prompt, response: str) -> Encoded:
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
         return encode_pair(self.tokenizer, prompt, response, self.max_length)
 
     def features(self, batch: list[Encoded]) -> torch.Tensor:

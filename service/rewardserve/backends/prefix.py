@@ -18,6 +18,7 @@ import copy
 import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class TokenCount:
     )
 
     def __init__(self) -> None:
-        self.prefixes: set = set()
+        self.prefixes: set[Hashable] = set()
         self.max_p = self.prefix_sum = self.keyed = self.suffix_w = self.suffix_sum = 0
         self.rest_n = self.rest_w = self.rest_sum = self.n = self.max_len = self.total = 0
 
@@ -123,7 +124,20 @@ class TokenCount:
         )
 
     @staticmethod
-    def _result(groups, max_p, prefix_sum, keyed, suffix_w, suffix_sum, rest_n, rest_w, rest_sum, n, max_len, total):
+    def _result(
+        groups: int,
+        max_p: int,
+        prefix_sum: int,
+        keyed: int,
+        suffix_w: int,
+        suffix_sum: int,
+        rest_n: int,
+        rest_w: int,
+        rest_sum: int,
+        n: int,
+        max_len: int,
+        total: int,
+    ) -> tuple[int, int, bool]:
         plain = n * max_len
         if groups < keyed:
             shared = groups * max_p + suffix_sum + rest_n * rest_w
@@ -201,7 +215,7 @@ def pool_index(ids: Sequence[int], pad_id: int | None) -> int:
     return 0
 
 
-def supports_sharing(model) -> str | None:
+def supports_sharing(model: Any) -> str | None:  # a transformers model: its attributes are dynamic
     """None when ``model`` (a decoder ``…ForSequenceClassification``) can run a shared forward,
     else the reason it cannot: it needs a ``score`` head over a base model that takes a cache,
     position ids and a 4D mask, and full (not sliding-window) attention in every layer."""
@@ -222,12 +236,12 @@ def supports_sharing(model) -> str | None:
     return None
 
 
-def _cache_kwarg(base) -> str:
+def _cache_kwarg(base: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def shared_forward(
-    model,
+    model: Any,
     batch: Sequence[Encoded],
     p: PrefixPlan,
     pad_id: int,

@@ -15,13 +15,19 @@ tokens attend to the response).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from rewardclient.protocol import Prompt
+
 from . import prefix
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, resolve_device, weights_digest
 from .formatting import encode_chat, encode_pair, encode_single
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class SequenceClassifierBackend(Backend):
@@ -100,7 +106,7 @@ class SequenceClassifierBackend(Backend):
             )
         }
 
-    def encode(self, prompt, response: str) -> Encoded:
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
         if not self.is_decoder:
             return encode_pair(self.tokenizer, prompt, response, self.max_length)
         if self.uses_chat_template:
@@ -140,10 +146,11 @@ class SequenceClassifierBackend(Backend):
             t.pop("token_type_ids", None)
         with torch.inference_mode():
             logits = self.model(**t).logits
-        return logits.float().cpu().double().numpy().reshape(len(batch), 1)
+        rewards: np.ndarray = logits.float().cpu().double().numpy().reshape(len(batch), 1)
+        return rewards
 
 
-def is_decoder_only(config) -> bool:
+def is_decoder_only(config: PretrainedConfig) -> bool:
     """Encoders (BERT, RoBERTa, DeBERTa, …) are the architectures with a masked-LM head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

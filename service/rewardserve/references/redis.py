@@ -20,6 +20,7 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from ..errors import StoreFull, StoreUnavailable
 from .base import DEFAULT_SET, Reference, ReferenceStore
@@ -49,7 +50,7 @@ class RedisStore(ReferenceStore):
             return rset, model
         return DEFAULT_SET, key[len(KEY_PREFIX) :]
 
-    async def _keys(self, reference_set: str | None):
+    async def _keys(self, reference_set: str | None) -> list[str]:
         """The store's hash keys: of one set, or of every set."""
         if reference_set == DEFAULT_SET:
             patterns = [KEY_PREFIX + "*"]
@@ -57,7 +58,7 @@ class RedisStore(ReferenceStore):
             patterns = [f"{SET_KEY_PREFIX}{reference_set}:*"]
         else:
             patterns = [KEY_PREFIX + "*", SET_KEY_PREFIX + "*"]
-        keys = []
+        keys: list[str] = []
         for pattern in patterns:
             keys += [k async for k in self._r.scan_iter(match=pattern)]
         return keys
@@ -79,7 +80,9 @@ class RedisStore(ReferenceStore):
         if not entries:
             return
         now = time.time()
-        mapping = {fp: json.dumps({**r.to_dict(), "updated_at": r.updated_at or now}) for fp, r in entries}
+        mapping: dict[FieldT, EncodableT] = {
+            fp: json.dumps({**r.to_dict(), "updated_at": r.updated_at or now}) for fp, r in entries
+        }
         try:
             await self._r.hset(self._key(model, reference_set), mapping=mapping)
         except _DOWN as e:
@@ -118,7 +121,9 @@ class RedisStore(ReferenceStore):
         try:
             for key in await self._keys(reference_set):
                 async with self._r.pipeline(transaction=True) as p:
-                    n, _ = await p.hlen(key).delete(key).execute()
+                    p.hlen(key)
+                    p.delete(key)
+                    n, _ = await p.execute()
                 deleted += n
         except _DOWN as e:
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None

@@ -15,7 +15,7 @@ Passwords never appear in messages or logs: use ``redact`` wherever a URL is sho
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote
 
 if TYPE_CHECKING:  # redis is an optional dependency (extra `redis`); redact() works without it
@@ -30,7 +30,17 @@ def redact(url: str) -> str:
     return re.sub(r"^([a-z+]+://)[^@/]*@", r"\1***@", url)
 
 
-def parse_sentinel_url(url: str) -> dict:
+class SentinelUrl(TypedDict):
+    """The parts of a ``redis+sentinel://`` URL."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
     """``redis+sentinel://[[user]:password@]h1:p1,h2:p2/master[/db]`` -> its parts."""
     if not url.startswith(SENTINEL_SCHEME):
         raise ValueError(f"not a {SENTINEL_SCHEME} URL: {redact(url)}")
@@ -64,13 +74,16 @@ def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
     import redis.asyncio as aioredis
     from redis.asyncio.sentinel import Sentinel
 
-    common = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
+    common: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
     if url.startswith(SENTINEL_SCHEME):
         p = parse_sentinel_url(url)
         sentinel = Sentinel(
             p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
         )
-        return sentinel.master_for(p["service"], db=p["db"], username=p["username"], password=p["password"], **common)
+        master: aioredis.Redis = sentinel.master_for(
+            p["service"], db=p["db"], username=p["username"], password=p["password"], **common
+        )
+        return master
     return aioredis.from_url(url, **common)
 
 

@@ -49,7 +49,7 @@ _ALL = (
 )
 
 
-def _where_set(rset: str) -> tuple[str, str, tuple]:
+def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
     """(table, condition on the set, its arguments) for the entries of set ``rset``."""
     if rset == DEFAULT_SET:
         return "refs", "1", ()
@@ -83,7 +83,7 @@ class SQLiteStore(ReferenceStore):
 
     def _put_many(self, model: str, entries: list[tuple[str, Reference]], rset: str) -> None:
         now = time.time()
-        rows = [
+        rows: list[tuple[str | float | int | None, ...]] = [
             (model, fp, r.value, r.revision, r.quantile, r.n_samples, r.policy, r.updated_at or now)
             for fp, r in entries
         ]
@@ -105,6 +105,7 @@ class SQLiteStore(ReferenceStore):
                 raise
 
     def _all_rows(self, rset: str | None) -> list[tuple[str, str, str, Reference]]:
+        args: tuple[str, ...]
         if rset is None:
             q, args = f"SELECT * FROM ({_ALL}) ORDER BY reference_set, model, fingerprint", (DEFAULT_SET,)
         else:
