@@ -87,10 +87,11 @@ def _log_path(cfg: CalibrationConfig, policy: str) -> Path:
     return DEFAULT_LOG_DIR / f"{key}.jsonl"
 
 
-def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str) -> bool:
+def _is_current(entry: dict | None, policy: str, k: int, q: float | None, revision: str) -> bool:
+    if not entry:
+        return False
     return (
-        bool(entry)
-        and entry.get("policy") == policy
+        entry.get("policy") == policy
         and entry.get("n_samples") == k
         and entry.get("quantile") == q
         and entry.get("revision") == revision

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from rewardclient.protocol import DEFAULT_QUANTILE
 from rewardserve.cli import add_dataclass_args
@@ -16,6 +17,7 @@ from rewardserve.cli import add_dataclass_args
 def _cmd_train_head(a: argparse.Namespace) -> int:
     from .training.heads import TrainConfig, train_head
 
+    options: dict[str, Any] = {"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}
     cfg = TrainConfig(
         data=a.data,
         out=a.out,
@@ -31,7 +33,7 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
         max_epochs=a.max_epochs,
         val_fraction=a.val_fraction,
         lr=a.lr,
-        **({"weight_decays": tuple(a.weight_decay)} if a.weight_decay else {}),
+        **options,
     )
     card = train_head(cfg)
     print(
@@ -41,7 +43,7 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
 
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
-EXAMPLE_ITEMS = [
+EXAMPLE_ITEMS: list[dict[str, Any]] = [
     {
         "id": "helpful",
         "prompt": [{"role": "user", "content": "How do I boil an egg?"}],

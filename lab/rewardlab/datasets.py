@@ -84,7 +84,7 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
 def _load_hub_pairs(source: str, limit: int | None) -> list[Pair]:
     name, _, split = source.partition(":")
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError:
         raise FileNotFoundError(
             f"{source}: no such file, and the 'datasets' package is not installed to read it from the hub"

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -86,14 +87,11 @@ def reliability(margin: np.ndarray, bins: tuple[float, ...] = CALIBRATION_BINS) 
     for lo, hi in zip(bins[:-1], bins[1:]):
         sel = (q >= lo) & ((q < hi) if hi < bins[-1] else (q <= hi))
         n = int(sel.sum())
-        row = {
-            "bin": [lo, hi],
-            "pairs": n,
-            "mean_probability": float(q[sel].mean()) if n else None,
-            "empirical_rate": float(right[sel].mean()) if n else None,
-        }
-        if n:
-            ece += n / len(margin) * abs(row["empirical_rate"] - row["mean_probability"])
+        mean_q = float(q[sel].mean()) if n else None
+        rate = float(right[sel].mean()) if n else None
+        row = {"bin": [lo, hi], "pairs": n, "mean_probability": mean_q, "empirical_rate": rate}
+        if rate is not None and mean_q is not None:  # n > 0
+            ece += n / len(margin) * abs(rate - mean_q)
         rows.append(row)
     return {
         "bins": rows,
@@ -177,9 +175,10 @@ async def eval_rm(
 def update_card(settings: Settings, model: str, result: dict, key: str = "test") -> Path:
     """Write ``result`` into the JSON card of an ``encoder_head`` model under ``evaluation[key]``."""
     for cfg in settings.backbones.values():
-        if model in cfg.models and cfg.models[model].head:
-            card_path = Path(settings.resolve_path(cfg.models[model].head)).with_suffix(".json")
-            card = json.loads(card_path.read_text()) if card_path.exists() else {"name": model}
+        head = cfg.models[model].head if model in cfg.models else None
+        if head:
+            card_path = Path(settings.resolve_path(head)).with_suffix(".json")
+            card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {"name": model}
             card.setdefault("evaluation", {})[key] = result
             card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
             return card_path

@@ -19,8 +19,10 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -70,6 +72,11 @@ class BestOfKConfig:
     config: str | None = None  # service config with the reward models (default: embedded)
     models: list[str] | None = None  # default: every configured model
     out_dir: str = "runs/experiments/best-of-k"
+
+
+def per_model(key: str, model: str) -> Callable[[dict], Any]:
+    """The getter of ``row[key][model]`` (a plot panel's values)."""
+    return lambda row: row[key][model]
 
 
 def equal_shares(by_source: dict[str, list], n: int) -> list:
@@ -294,9 +301,9 @@ def plot(result: dict, out: Path) -> Path:
 
     models, table = result["models"], result["table"]
     ks = [r["k"] for r in table]
-    panels = [("good on all (fraction)", lambda r: r["good_on_all"])]
-    panels += [(f"raw {m}", lambda r, m=m: r["raw"][m]) for m in models]
-    panels += [(f"worst-decile gain {m}", lambda r, m=m: r["worst_decile_gain"][m]) for m in models]
+    panels: list[tuple[str, Callable[[dict], Any]]] = [("good on all (fraction)", lambda r: r["good_on_all"])]
+    panels += [(f"raw {m}", per_model("raw", m)) for m in models]
+    panels += [(f"worst-decile gain {m}", per_model("worst_decile_gain", m)) for m in models]
     panels += [("length (tokens)", lambda r: r["length"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     for ax, (title, get) in zip(axes, panels):

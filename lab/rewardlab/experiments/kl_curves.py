@@ -21,8 +21,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -330,7 +332,8 @@ def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[di
     from rewardserve.service_process import ServiceProcess
 
     svc = None if cfg.url else ServiceProcess(cfg.proxy_config).start()
-    url = cfg.url or svc.url
+    url = cfg.url or (svc.url if svc is not None else None)
+    assert url is not None  # cfg.url, or the service started for want of one
     try:
         with RewardClient(url, max_items_per_request=256) as client:
             served = {m["name"]: m["revision"] for m in client.models()}
@@ -491,15 +494,18 @@ def plot(result: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .best_of_k import per_model
+
     models = result["models"]
-    panels = [("gold good on all", "raw_sum", "lsc_sum", lambda p: p["gold_good_on_all"])]
-    panels += [(f"gold win rate {m} (sum)", "raw_sum", "lsc_sum", lambda p, m=m: p["gold_win_rate"][m]) for m in models]
+    panels: list[tuple[str, str, str, Callable[[dict], Any]]] = [
+        ("gold good on all", "raw_sum", "lsc_sum", lambda p: p["gold_good_on_all"])
+    ]
+    panels += [(f"gold win rate {m} (sum)", "raw_sum", "lsc_sum", per_model("gold_win_rate", m)) for m in models]
     panels += [
-        (f"over-optimisation {m} (alone)", f"raw:{m}", f"lsc:{m}", lambda p, m=m: p["overoptimisation"][m])
-        for m in models
+        (f"over-optimisation {m} (alone)", f"raw:{m}", f"lsc:{m}", per_model("overoptimisation", m)) for m in models
     ]
     panels += [
-        (f"worst-decile gold gain {m} (alone)", f"raw:{m}", f"lsc:{m}", lambda p, m=m: p["worst_decile_gold_gain"][m])
+        (f"worst-decile gold gain {m} (alone)", f"raw:{m}", f"lsc:{m}", per_model("worst_decile_gold_gain", m))
         for m in models
     ]
     cols = 3

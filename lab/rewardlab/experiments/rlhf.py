@@ -15,6 +15,7 @@ KL logged during training, and a few responses. Runs that finished are not rerun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rewardclient.protocol import DEFAULT_QUANTILE
+from rewardclient.protocol import DEFAULT_QUANTILE, AggregateMethod
 
 from . import stats
 from .best_of_k import arrays, equal_shares, select_prompts
@@ -36,7 +37,7 @@ class RLHFExperimentConfig:
     train_prompts: int = 64  # train-split prompts, equal shares per source
     max_prompt_tokens: int = 128
     policy: str | None = None
-    utilities: list[str] = field(default_factory=lambda: ["raw_sum", "lsc_sum"])
+    utilities: list[AggregateMethod] = field(default_factory=lambda: ["raw_sum", "lsc_sum"])
     betas: list[float] = field(default_factory=lambda: [0.02, 0.2])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     steps: int = 10  # a step trains on 4 sequences: ≈ 20 s on 2 CPU cores
@@ -276,7 +277,11 @@ def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
         )
     )
     with service as svc:
-        url = cfg.url or svc.url
+        if cfg.url:
+            url = cfg.url
+        else:
+            assert svc is not None  # started above: no url was given
+            url = svc.url
         train_file = _write_train_prompts(cfg, out)
         cal = calibrate(
             CalibrationConfig(
@@ -321,7 +326,10 @@ def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
                         out_dir=str(run_dir),
                     )
                     s = run_rlhf(
-                        rcfg, after_train=lambda tr, seed=seed: evaluate_policy(tr, url, eval_rows, models, cfg, seed)
+                        rcfg,
+                        after_train=functools.partial(
+                            evaluate_policy, url=url, eval_rows=eval_rows, models=models, cfg=cfg, seed=seed
+                        ),
                     )
                     run = {
                         "utility": utility,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import DEFAULT_AGGREGATE
+from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 
 @dataclass
@@ -36,7 +36,7 @@ class RLHFConfig:
     prompts: str = "../shared/data/prompts.jsonl.gz"  # prompts.jsonl(.gz) schema, or JSONL of strings
     split: str | None = "train"  # prompts of this split only (when the file has one)
     max_prompts: int | None = 256  # first N prompts
-    utility: str = DEFAULT_AGGREGATE  # lsc_sum | raw_sum | min: what the policy maximises
+    utility: AggregateMethod = DEFAULT_AGGREGATE  # lsc_sum | raw_sum | min: what the policy maximises
     models: list[str] | None = None  # reward models (default: all served)
     beta: float = 0.05  # KL coefficient to the initial policy (> 0)
     scale_rewards: str = "none"  # see the module docstring
@@ -69,7 +69,7 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     """Train; ``after_train(trainer)``, when given, runs on the trained policy before it is freed and its
     result is returned under ``"after_train"`` (experiments evaluate the policy there)."""
     import torch
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from trl import GRPOConfig, GRPOTrainer
 
     from rewardclient.trl import RewardServeReward
@@ -111,7 +111,14 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     rows: list[dict] = []
 
     class _Recorder(TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_):
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
             if not logs or "loss" not in logs and "kl" not in logs:
                 return
             row = {
@@ -124,7 +131,11 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
                 f.write(json.dumps(row) + "\n")
 
     trainer = GRPOTrainer(
-        model=policy_path, reward_funcs=[reward], args=args, train_dataset=_load_dataset(cfg), callbacks=[_Recorder()]
+        model=policy_path,
+        reward_funcs=[reward],  # type: ignore[list-item]  # TRL wants list[float | None]; list is invariant
+        args=args,
+        train_dataset=_load_dataset(cfg),
+        callbacks=[_Recorder()],
     )
     t0 = time.perf_counter()
     trainer.train()
@@ -177,7 +188,7 @@ def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
     return [{"prompt": p[-1]["content"], "response": t[0]} for p, t in zip(prompts, texts)]
 
 
-def _series(rows: list[dict], suffix: str) -> dict[str, list[float]]:
+def _series(rows: list[dict], suffix: str) -> dict[str, list[float | None]]:
     return {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r}) if k.endswith(suffix)}
 
 
@@ -199,7 +210,7 @@ def _plots(rows: list[dict], out: Path) -> None:
     ]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for k in keys:
-            ys = [r.get(k) for r in rows]
+            ys: list[Any] = [r.get(k) for r in rows]  # None where a step has no value: a gap in the line
             if any(y is not None for y in ys):
                 ax.plot(steps, ys, marker="o", label=k.replace("rewardserve/", ""))
         ax.set_xlabel("step")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from rewardserve.backends.base import collate
+from rewardserve.backends.base import Encoded, collate
 from rewardserve.backends.encoder_head import (
     DELTA_FORMAT,
     FEATURES,
@@ -100,7 +100,7 @@ class HiddenCache:
         self.backend, self.layer = backend, layer
         self.dir = Path(cache_dir).expanduser()
         self.states: dict[str, torch.Tensor] = {}
-        self.encoded: dict[str, object] = {}
+        self.encoded: dict[str, Encoded] = {}
 
     def add(self, texts: dict[str, tuple], batch_tokens: int = 4096, log=print) -> None:
         todo = [k for k in texts if k not in self.states]
@@ -415,8 +415,10 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     cards = {}
     for task in TASKS:
         head_path = out / f"{task}.safetensors"
+        head = heads[task]
+        assert isinstance(head, RewardHead)  # heads holds RewardHeads only
         save_head(
-            heads[task],
+            head,
             head_path,
             {
                 "encoder_revision": backend.encoder_revision,
@@ -479,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         elif f.default is dataclasses.MISSING:
             ap.add_argument(flag, required=True)
         else:
-            conv = {"int": int, "float": float, "int | None": int, "str | None": str, "str": str}[f.type]
+            # the annotations are strings (from __future__ import annotations)
+            conv = {"int": int, "float": float, "int | None": int, "str | None": str, "str": str}[str(f.type)]
             ap.add_argument(flag, type=conv, default=f.default)
     a = ap.parse_args(argv)
     cfg = FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})

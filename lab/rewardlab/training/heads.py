@@ -81,7 +81,7 @@ def encode_features(
     """Pooled features for (prompt, response) texts, in input order; batches sorted by length."""
     encoded: list[Encoded] = [backend.encode(p, r) for p, r in tqdm(texts, desc="tokenizing", unit="text", leave=False)]
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
-    feats: list[torch.Tensor | None] = [None] * len(encoded)
+    feats: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(encoded), desc=desc, unit="text")
     i = 0
     while i < len(order):
@@ -95,7 +95,7 @@ def encode_features(
         bar.update(len(idx))
         i = j
     bar.close()
-    return torch.stack(feats)  # type: ignore[arg-type]
+    return torch.stack([feats[k] for k in range(len(encoded))])
 
 
 def pair_features(
@@ -175,7 +175,9 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
-    head.load_state_dict(best_state)  # type: ignore[arg-type]
+    if best_state is None:  # no epoch beat an infinite loss: NaN losses, or max_epochs 0
+        raise ValueError(f"head training (weight decay {wd:g}) reached no finite validation loss")
+    head.load_state_dict(best_state)
     head.eval()
     return head, best
 
