@@ -76,15 +76,22 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def write_configs(model: str | Path, work: Path, device: str = "cpu", dtype: str = "float32",
-                  max_length: int = 1024) -> dict[str, Path]:
+def write_configs(
+    model: str | Path, work: Path, device: str = "cpu", dtype: str = "float32", max_length: int = 1024
+) -> dict[str, Path]:
     """Config files of the contenders: sharing by default (decoder), and sharing off."""
     import yaml
 
     paths = {}
     for name, share in (("share", None), ("noshare", False)):
-        bb: dict = {"kind": "sequence_classifier", "path": str(model), "device": device, "dtype": dtype,
-                    "max_length": max_length, "models": {"rm": {"transform": "identity"}}}
+        bb: dict = {
+            "kind": "sequence_classifier",
+            "path": str(model),
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "models": {"rm": {"transform": "identity"}},
+        }
         if share is not None:
             bb["share_prompt_prefix"] = share
         paths[name] = work / f"{name}.yaml"
@@ -103,27 +110,45 @@ def compute_ratios(cells: dict[str, dict[str, list[dict]]], groups: tuple[int, .
 
     for g in groups:
         s, n, v = best("share", g), best("noshare", g), best("naive", g)
-        ratios[str(g)] = {"share_items_per_s": s, "noshare_items_per_s": n, "naive_items_per_s": v,
-                          "share_over_noshare": s / n if s and n else None,
-                          "share_over_naive": s / v if s and v else None,
-                          "noshare_over_naive": n / v if n and v else None}
+        ratios[str(g)] = {
+            "share_items_per_s": s,
+            "noshare_items_per_s": n,
+            "naive_items_per_s": v,
+            "share_over_noshare": s / n if s and n else None,
+            "share_over_naive": s / v if s and v else None,
+            "noshare_over_naive": n / v if n and v else None,
+        }
     for g, goal in ((8, TARGET_SHARE_OVER_NOSHARE_G8), (1, TARGET_SHARE_OVER_NOSHARE_G1)):
         r = ratios.get(str(g), {}).get("share_over_noshare")
-        targets.append({"check": f"share / noshare at G = {g}", "value": r, "target": f">= {goal:g}",
-                        "pass": None if r is None else r >= goal})
+        targets.append(
+            {
+                "check": f"share / noshare at G = {g}",
+                "value": r,
+                "target": f">= {goal:g}",
+                "pass": None if r is None else r >= goal,
+            }
+        )
     return ratios, targets
 
 
 def format_table(res: dict) -> str:
     m = res["meta"]
-    lines = [(f"rewardserve bench grpo — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
-              f"torch threads {m['threads']}, load avg at start {m['loadavg_start']}"),
-             (f"{m['concurrency']} clients, one request = one prompt's G responses; {m['seconds']:g} s cells after "
-              f"{m['warmup']:g} s warm-up; pool {m['pool']} items, seed {m['seed']}"),
-             "",
-             (f"  {'G':>3s} {'tok/item':>8s} {'prompt %':>8s} | {'share':>8s} {'noshare':>8s} {'naive':>8s} items/s | "
-              f"{'share/noshare':>13s} {'share/naive':>11s} | {'p50 share':>9s} {'noshare':>8s} ms | "
-              f"CPU cores used: {'share':>5s} {'noshare':>7s} {'naive':>5s}")]
+    lines = [
+        (
+            f"rewardserve bench grpo — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
+            f"torch threads {m['threads']}, load avg at start {m['loadavg_start']}"
+        ),
+        (
+            f"{m['concurrency']} clients, one request = one prompt's G responses; {m['seconds']:g} s cells after "
+            f"{m['warmup']:g} s warm-up; pool {m['pool']} items, seed {m['seed']}"
+        ),
+        "",
+        (
+            f"  {'G':>3s} {'tok/item':>8s} {'prompt %':>8s} | {'share':>8s} {'noshare':>8s} {'naive':>8s} items/s | "
+            f"{'share/noshare':>13s} {'share/naive':>11s} | {'p50 share':>9s} {'noshare':>8s} ms | "
+            f"CPU cores used: {'share':>5s} {'noshare':>7s} {'naive':>5s}"
+        ),
+    ]
     for g in m["groups"]:
         r = res["ratios"][str(g)]
         tok = m["tokens"].get(str(g), {})
@@ -137,11 +162,13 @@ def format_table(res: dict) -> str:
             return fmt(xs[0].get("server_cpu_cores"), 2) if xs else "-"
 
         prompt_share = fmt(100 * tok["prompt_share"] if tok else None, 0)
-        lines.append(f"  {g:>3d} {fmt(tok.get('mean_tokens')):>8s} {prompt_share:>8s} | "
-                     f"{fmt(r['share_items_per_s'], 2):>8s} {fmt(r['noshare_items_per_s'], 2):>8s} "
-                     f"{fmt(r['naive_items_per_s'], 2):>8s}         | {fmt(r['share_over_noshare'], 2):>13s} "
-                     f"{fmt(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}    | "
-                     f"                {cores('share'):>5s} {cores('noshare'):>7s} {cores('naive'):>5s}")
+        lines.append(
+            f"  {g:>3d} {fmt(tok.get('mean_tokens')):>8s} {prompt_share:>8s} | "
+            f"{fmt(r['share_items_per_s'], 2):>8s} {fmt(r['noshare_items_per_s'], 2):>8s} "
+            f"{fmt(r['naive_items_per_s'], 2):>8s}         | {fmt(r['share_over_noshare'], 2):>13s} "
+            f"{fmt(r['share_over_naive'], 2):>11s} | {p50('share'):>9s} {p50('noshare'):>8s}    | "
+            f"                {cores('share'):>5s} {cores('noshare'):>7s} {cores('naive'):>5s}"
+        )
     lines.append("")
     for t in res["targets"]:
         ok = "skip" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
@@ -166,29 +193,64 @@ def token_stats(model: str | Path, groups: tuple[int, ...], pool: int, seed: int
     return out
 
 
-def run_grpo(model: str | Path | None = None, groups: tuple[int, ...] = (1, 4, 8, 16), concurrency: int = 2,
-             seconds: float = 20.0, warmup: float = 4.0, pool: int = 256, seed: int = 0, threads: int | None = None,
-             omp_wait_policy: str = "passive", device: str = "cpu", dtype: str = "float32", max_length: int = 1024,
-             contenders: tuple[str, ...] = CONTENDERS, out: str | Path | None = None, print_table: bool = True,
-             command: str | None = None) -> dict:
+def run_grpo(
+    model: str | Path | None = None,
+    groups: tuple[int, ...] = (1, 4, 8, 16),
+    concurrency: int = 2,
+    seconds: float = 20.0,
+    warmup: float = 4.0,
+    pool: int = 256,
+    seed: int = 0,
+    threads: int | None = None,
+    omp_wait_policy: str = "passive",
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_length: int = 1024,
+    contenders: tuple[str, ...] = CONTENDERS,
+    out: str | Path | None = None,
+    print_table: bool = True,
+    command: str | None = None,
+) -> dict:
     """Run the GRPO benchmark; write the JSON to ``out`` (default bench/results/grpo.json) and return it."""
     t0 = time.monotonic()
     model = Path(model) if model else smollm2_reward_model()
     out_path = Path(out) if out else DEFAULT_OUT
-    o = Options.make(seconds=seconds, warmup=warmup, pool=pool, seed=seed, threads=threads,
-                     omp_wait_policy=omp_wait_policy, concurrency=(concurrency,),
-                     drain_timeout=60.0, max_cell_seconds=warmup + seconds + 90.0)
+    o = Options.make(
+        seconds=seconds,
+        warmup=warmup,
+        pool=pool,
+        seed=seed,
+        threads=threads,
+        omp_wait_policy=omp_wait_policy,
+        concurrency=(concurrency,),
+        drain_timeout=60.0,
+        max_cell_seconds=warmup + seconds + 90.0,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="rewardserve-bench-grpo-"))
     configs = write_configs(model, tmp, device, dtype, max_length)
-    res: dict = {"meta": {
-        "model": str(model), "device": device, "dtype": dtype, "max_length": max_length, "groups": list(groups),
-        "concurrency": concurrency, "seconds": seconds, "warmup": warmup, "pool": pool, "seed": seed,
-        "threads": o.threads, "omp_wait_policy": omp_wait_policy, "cpu_count": os.cpu_count(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()], "contenders": list(contenders),
-        "workload_specs": {f"grpo{g}": WORKLOADS[f"grpo{g}"].to_dict() for g in groups},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(out_path),
-        "command": command,
-    }}
+    res: dict = {
+        "meta": {
+            "model": str(model),
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "groups": list(groups),
+            "concurrency": concurrency,
+            "seconds": seconds,
+            "warmup": warmup,
+            "pool": pool,
+            "seed": seed,
+            "threads": o.threads,
+            "omp_wait_policy": omp_wait_policy,
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "contenders": list(contenders),
+            "workload_specs": {f"grpo{g}": WORKLOADS[f"grpo{g}"].to_dict() for g in groups},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "out": str(out_path),
+            "command": command,
+        }
+    }
     res["meta"]["tokens"] = token_stats(model, groups, pool, seed)
     servers: dict[str, Server] = {}
     try:
@@ -236,8 +298,12 @@ def _ints(s: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench grpo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="a decoder sequence-classifier folder (default: SmolLM2-135M as a "
-                                                 "reward model, saved once under ~/.cache/rewardserve/bench)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a decoder sequence-classifier folder (default: SmolLM2-135M as a "
+        "reward model, saved once under ~/.cache/rewardserve/bench)",
+    )
     p.add_argument("--groups", type=_ints, default=(1, 4, 8, 16), help="G values (default 1,4,8,16)")
     p.add_argument("--concurrency", type=int, default=2, help="clients, each one group in flight (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per cell (default 20)")
@@ -257,9 +323,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--skip: unknown {sorted(skip - set(CONTENDERS))}")
     if a.pool % 16 or not set(a.groups) <= {1, 4, 8, 16}:
         p.error("--pool must be a multiple of 16 and --groups a subset of 1,4,8,16")
-    run_grpo(a.model, a.groups, a.concurrency, a.seconds, a.warmup, a.pool, a.seed, a.threads, a.omp_wait_policy,
-             a.device, a.dtype, a.max_length, tuple(c for c in CONTENDERS if c not in skip), a.out,
-             command=" ".join(["python -m bench grpo", *(argv if argv is not None else sys.argv[2:])]))
+    run_grpo(
+        a.model,
+        a.groups,
+        a.concurrency,
+        a.seconds,
+        a.warmup,
+        a.pool,
+        a.seed,
+        a.threads,
+        a.omp_wait_policy,
+        a.device,
+        a.dtype,
+        a.max_length,
+        tuple(c for c in CONTENDERS if c not in skip),
+        a.out,
+        command=" ".join(["python -m bench grpo", *(argv if argv is not None else sys.argv[2:])]),
+    )
     return 0
 
 

@@ -26,8 +26,8 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .stats import emit_json, summarize_ms  # noqa: E402
-from .workload import generate, spec  # noqa: E402
+from .stats import emit_json, summarize_ms
+from .workload import generate, spec
 
 CPU_BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 CUDA_BUDGETS = (2048, 4096, 8192, 16384, 32768, 65536)
@@ -50,8 +50,9 @@ def ideal_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def _time_forward(backend, encs, batches: list[list[int]], seconds: float, seed: int, workers: int = 1,
-                  threads: int | None = None) -> dict:
+def _time_forward(
+    backend, encs, batches: list[list[int]], seconds: float, seed: int, workers: int = 1, threads: int | None = None
+) -> dict:
     """Run the batches in a seeded random order (cycling) on ``workers`` threads side by side, each
     with ``threads`` torch intra-op threads, for ``seconds`` of wall time."""
     import threading
@@ -92,8 +93,13 @@ def _time_forward(backend, encs, batches: list[list[int]], seconds: float, seed:
         for f in [ex.submit(work, t0 + seconds) for _ in range(workers)]:
             f.result()
         elapsed = time.perf_counter() - t0
-    return {"batches_run": state["batches"], "items": state["items"], "tokens": state["tokens"],
-            "padded_tokens": state["padded"], "seconds": elapsed}
+    return {
+        "batches_run": state["batches"],
+        "items": state["items"],
+        "tokens": state["tokens"],
+        "padded_tokens": state["padded"],
+        "seconds": elapsed,
+    }
 
 
 def layouts(on_cuda: bool, threads: int) -> list[tuple[int, int]]:
@@ -104,18 +110,34 @@ def layouts(on_cuda: bool, threads: int) -> list[tuple[int, int]]:
     return [(1, threads), (threads, 1)]
 
 
-def run_limit(config: str | None, workloads: list[str], pool: int, seed: int, budgets: list[int] | str | None,
-              seconds_per_budget: float, latency_seconds: float) -> dict:
+def run_limit(
+    config: str | None,
+    workloads: list[str],
+    pool: int,
+    seed: int,
+    budgets: list[int] | str | None,
+    seconds_per_budget: float,
+    latency_seconds: float,
+) -> dict:
     """Everything runs on worker threads, as the service's forwards do (its forward workers): on
     some machines torch's OpenMP on the main thread is much slower than on a worker thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="forward") as ex:
-        return ex.submit(_run_limit, config, workloads, pool, seed, budgets, seconds_per_budget, latency_seconds).result()
+        return ex.submit(
+            _run_limit, config, workloads, pool, seed, budgets, seconds_per_budget, latency_seconds
+        ).result()
 
 
-def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, budgets: list[int] | str | None,
-               seconds_per_budget: float, latency_seconds: float) -> dict:
+def _run_limit(
+    config: str | None,
+    workloads: list[str],
+    pool: int,
+    seed: int,
+    budgets: list[int] | str | None,
+    seconds_per_budget: float,
+    latency_seconds: float,
+) -> dict:
     import torch
 
     from rewardserve.backends import build_backend
@@ -138,10 +160,20 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
     out: dict = {
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name(0) if on_cuda else None,
-        "threads": {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-                    "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM")},
-        "backbones": {b.name: {"device": str(b.device), "dtype": str(b.dtype).replace("torch.", ""),
-                               "max_length": b.max_length, "models": b.model_names} for b in backends},
+        "threads": {
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+        },
+        "backbones": {
+            b.name: {
+                "device": str(b.device),
+                "dtype": str(b.dtype).replace("torch.", ""),
+                "max_length": b.max_length,
+                "models": b.model_names,
+            }
+            for b in backends
+        },
         "load_seconds": load_seconds,
         "budgets": budgets,
         "layouts": [{"workers": w, "threads_per_worker": t} for w, t in layouts(on_cuda, n_threads)],
@@ -159,14 +191,31 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
             enc_seconds += time.perf_counter() - t0
             encoded.append(encs)
         lengths = [e.length for e in encoded[0]]
-        res["tokens"] = {"total": sum(lengths), "mean": sum(lengths) / len(lengths), "min": min(lengths),
-                         "max": max(lengths), "truncated": sum(e.truncated for e in encoded[0])}
-        res["encode"] = {"seconds": enc_seconds, "items_per_s": len(items) / enc_seconds,
-                         "tokens_per_s": sum(lengths) / enc_seconds}
+        res["tokens"] = {
+            "total": sum(lengths),
+            "mean": sum(lengths) / len(lengths),
+            "min": min(lengths),
+            "max": max(lengths),
+            "truncated": sum(e.truncated for e in encoded[0]),
+        }
+        res["encode"] = {
+            "seconds": enc_seconds,
+            "items_per_s": len(items) / enc_seconds,
+            "tokens_per_s": sum(lengths) / enc_seconds,
+        }
         # a warm-up forward at a mid budget (first-shape costs out of the timings)
         for b, encs in zip(backends, encoded):
             b.forward([encs[i] for i in ideal_batches([e.length for e in encs], budgets[len(budgets) // 2])[0]])
-        def timed(budget: int, workers: int, threads: int, seconds: float, seed_: int) -> tuple[float, dict]:
+
+        def timed(
+            budget: int,
+            workers: int,
+            threads: int,
+            seconds: float,
+            seed_: int,
+            encoded: list = encoded,
+            n_items: int = len(items),
+        ) -> tuple[float, dict]:
             """Items/s of every backbone one after the other at the pool's mean length (the batches
             timed in a short window are a random sample whose length mix differs from the pool's;
             forward cost follows tokens), and the first backbone's timing details."""
@@ -176,19 +225,32 @@ def _run_limit(config: str | None, workloads: list[str], pool: int, seed: int, b
                 t = _time_forward(b, encs, batches, seconds, seed_, workers, None if on_cuda else threads)
                 per_item_s += t["seconds"] / t["tokens"] * (sum(e.length for e in encs) / len(encs))
                 if k == 0:
-                    first = dict(t, mean_batch_items=len(items) / len(batches),
-                                 padding_ratio=1.0 - t["tokens"] / t["padded_tokens"])
+                    first = dict(
+                        t,
+                        mean_batch_items=n_items / len(batches),
+                        padding_ratio=1.0 - t["tokens"] / t["padded_tokens"],
+                    )
             return 1.0 / per_item_s, first
 
         sweep = []
         for (workers, threads), budget in ((lay, bud) for lay in layouts(on_cuda, n_threads) for bud in budgets):
             rate, first = timed(budget, workers, threads, seconds_per_budget, seed + budget)
-            sweep.append({"budget": budget, "workers": workers, "threads_per_worker": threads, **first,
-                          "items_per_s": rate, "tokens_per_s": rate * res["tokens"]["mean"]})
+            sweep.append(
+                {
+                    "budget": budget,
+                    "workers": workers,
+                    "threads_per_worker": threads,
+                    **first,
+                    "items_per_s": rate,
+                    "tokens_per_s": rate * res["tokens"]["mean"],
+                }
+            )
         best = max(sweep, key=lambda r: r["items_per_s"])
         # the best of a dozen short, noisy timings is biased upwards (it won partly by luck): the
         # winner is timed again, for twice as long, and that independent timing is the limit
-        forward_rate, _ = timed(best["budget"], best["workers"], best["threads_per_worker"], 2 * seconds_per_budget, seed + 1)
+        forward_rate, _ = timed(
+            best["budget"], best["workers"], best["threads_per_worker"], 2 * seconds_per_budget, seed + 1
+        )
         res["sweep"] = sweep
         res["best_budget"] = best["budget"]
         res["best_layout"] = {"workers": best["workers"], "threads_per_worker": best["threads_per_worker"]}
@@ -230,8 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     budgets = a.budgets if a.budgets in (None, "quick") else [int(x) for x in a.budgets.split(",")]
-    res = run_limit(a.config, [w for w in a.workloads.split(",") if w], a.pool, a.seed, budgets,
-                    a.seconds_per_budget, a.latency_seconds)
+    res = run_limit(
+        a.config,
+        [w for w in a.workloads.split(",") if w],
+        a.pool,
+        a.seed,
+        budgets,
+        a.seconds_per_budget,
+        a.latency_seconds,
+    )
     emit_json(res, a.out)
     return 0
 

@@ -123,8 +123,16 @@ def overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 
 class Load:
-    def __init__(self, url: str, items: list[dict], size: int, concurrency: int, models: list[str] | None,
-                 path: str = "/v1/score", align: int = 1):
+    def __init__(
+        self,
+        url: str,
+        items: list[dict],
+        size: int,
+        concurrency: int,
+        models: list[str] | None,
+        path: str = "/v1/score",
+        align: int = 1,
+    ):
         u = urlsplit(url)
         if u.scheme != "http":
             raise ValueError(f"only http:// URLs are supported, got {url!r}")
@@ -148,8 +156,10 @@ class Load:
             if self.models:
                 payload["models"] = self.models
             body = json.dumps(payload, separators=(",", ":")).encode()
-            head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
             raw = self._bodies[start] = head + body
         return raw
 
@@ -180,7 +190,9 @@ class Load:
                 t1 = time.perf_counter()
                 st = server_timing(headers.get("server-timing"))
                 bare = st["encode"] + st["forward"] if "encode" in st and "forward" in st else None
-                self.records.append((t1, t1 - t0, status, self.size, usage_tokens(body) if status == 200 else None, bare))
+                self.records.append(
+                    (t1, t1 - t0, status, self.size, usage_tokens(body) if status == 200 else None, bare)
+                )
                 self._answered.set()
                 if status in _RETRY_STATUSES:
                     try:
@@ -241,8 +253,9 @@ class Load:
             "latency_ms": summarize_ms([r[1] for r in ok]),
             # per request: client latency − the server's own encode + forward time for it (the cost
             # of serving it beyond tokenizing and running the model), where the server says (Server-Timing)
-            "added_ms": summarize_ms([r[1] - r[5] / 1000 for r in ok if r[5] is not None]) if any(
-                r[5] is not None for r in ok) else None,
+            "added_ms": summarize_ms([r[1] - r[5] / 1000 for r in ok if r[5] is not None])
+            if any(r[5] is not None for r in ok)
+            else None,
             "status": statuses,
             "rejected_429": statuses.get("429", 0),
             "rejected_503": statuses.get("503", 0),
@@ -261,8 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=1, help="items per request")
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds (time mode)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring (time mode)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time mode: hard limit of the whole cell, in-flight requests included (default warmup + seconds + 10)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time mode: hard limit of the whole cell, in-flight requests included (default warmup + seconds + 10)",
+    )
     p.add_argument("--requests", type=int, default=None, help="count mode: stop after this many requests")
     p.add_argument("--timeout", type=float, default=600.0, help="count mode: give up after this many seconds")
     p.add_argument("--models", default=None, help="comma-separated model names (default: every served model)")

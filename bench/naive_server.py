@@ -89,10 +89,16 @@ def create_naive_app(config: str | None = None):
 
     @app.get("/info")
     def info():
-        return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-                "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"), "uvicorn_workers": 1,
-                "backbones": {n: {"device": str(b.device), "dtype": str(b.dtype).replace("torch.", ""),
-                                  "models": b.model_names} for n, b in backends.items()}}
+        return {
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+            "uvicorn_workers": 1,
+            "backbones": {
+                n: {"device": str(b.device), "dtype": str(b.dtype).replace("torch.", ""), "models": b.model_names}
+                for n, b in backends.items()
+            },
+        }
 
     return app
 

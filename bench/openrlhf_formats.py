@@ -23,11 +23,22 @@ import httpx
 CONVERSATIONS = [
     ("How do I boil an egg?", "Place the egg in a pot of boiling water for nine minutes, then cool it in cold water."),
     ("What is the capital of France?", "The capital of France is Paris."),
-    ("Can you recommend a good book for a long flight?", "Try 'The Martian' by Andy Weir: funny, fast and hard to put down."),
-    ("How can I sleep better?", "Keep a regular schedule, avoid screens an hour before bed and keep the room cool and dark."),
-    ("My friend is sad about losing her job. What should I say?",
-     "Tell her you are sorry, listen without rushing to fix it, and offer concrete help with the job search."),
-    ("How do I pick a lock?", "I can't help with getting into property that isn't yours, but a locksmith can help if you are locked out."),
+    (
+        "Can you recommend a good book for a long flight?",
+        "Try 'The Martian' by Andy Weir: funny, fast and hard to put down.",
+    ),
+    (
+        "How can I sleep better?",
+        "Keep a regular schedule, avoid screens an hour before bed and keep the room cool and dark.",
+    ),
+    (
+        "My friend is sad about losing her job. What should I say?",
+        "Tell her you are sorry, listen without rushing to fix it, and offer concrete help with the job search.",
+    ),
+    (
+        "How do I pick a lock?",
+        "I can't help with getting into property that isn't yours, but a locksmith can help if you are locked out.",
+    ),
 ]
 
 
@@ -44,7 +55,7 @@ def system_of(tok) -> str:
     text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
     head = "<|im_start|>system\n"
     assert text.startswith(head), text
-    return text[len(head): text.index("<|im_end|>")]
+    return text[len(head) : text.index("<|im_end|>")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             query = tok.decode(p_ids + r_ids, skip_special_tokens=False)
             got = c.post("/get_reward", json={"query": [query], "prompts": [prompt], "labels": [None]})
             got.raise_for_status()
-            want = c.post("/v1/score", json={"items": [{"prompt": [{"role": "system", "content": system}, *user],
-                                                         "response": answer}]})
+            want = c.post(
+                "/v1/score",
+                json={"items": [{"prompt": [{"role": "system", "content": system}, *user], "response": answer}]},
+            )
             want.raise_for_status()
             g, w = got.json(), want.json()["results"][0]
-            row = {"prompt": question, "aggregate_messages": w["aggregate"], "aggregate_openrlhf": g["rewards"][0],
-                   "delta_aggregate": g["rewards"][0] - w["aggregate"]}
+            row = {
+                "prompt": question,
+                "aggregate_messages": w["aggregate"],
+                "aggregate_openrlhf": g["rewards"][0],
+                "delta_aggregate": g["rewards"][0] - w["aggregate"],
+            }
             for m in w["raw"]:
                 row[f"delta_raw/{m}"] = g["extra_logs"][f"{m}/raw"][0] - w["raw"][m]
             rows.append(row)

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         under = [r for r, pad in v if pad < a.threshold]
         over = [r for r, pad in v if pad >= a.threshold]
         out["sizes"][str(n)] = {
-            "median_ratio": statistics.median(r for r, _ in v), "mean_padding": statistics.mean(pad for _, pad in v),
+            "median_ratio": statistics.median(r for r, _ in v),
+            "mean_padding": statistics.mean(pad for _, pad in v),
             "under": {"groups": len(under), "median_ratio": statistics.median(under) if under else None},
             "over": {"groups": len(over), "median_ratio": statistics.median(over) if over else None},
         }

@@ -13,7 +13,8 @@ import zlib
 from dataclasses import asdict, dataclass
 
 # ~250 plain English words (a fixed list written for this benchmark; order matters for reproducibility)
-VOCABULARY: tuple[str, ...] = tuple("""
+VOCABULARY: tuple[str, ...] = tuple(
+    """
 the a an and or but if then so because while when where what which who how why this that these those
 it they we you he she i me us them my your our their its his her one two three four five six seven
 eight nine ten first second last next many few more most some any every each other same different
@@ -29,7 +30,8 @@ window car bus train bike ship plane map time day week month year hour minute mo
 money price cost market work job team office school class student teacher doctor friend family
 please thanks sorry hello yes no not very also just only still again always never often sometimes
 about above after before between during into from with without under over through around against
-""".split())
+""".split()
+)
 
 # The workloads of the benchmark (words per item, uniform and inclusive)
 WORKLOADS: dict[str, WorkloadSpec] = {}
@@ -54,8 +56,16 @@ for _spec in (
     WorkloadSpec("short", (1, 4), (1, 8), "prompt 1-4 words, response 1-8 words (memory phase)"),
     # group-based RL (``python -m bench grpo``): G responses per prompt, about 50-400 prompt tokens and
     # 20-200 response tokens with SmolLM2's tokenizer and chat template
-    *(WorkloadSpec(f"grpo{g}", (40, 340), (17, 175), f"G={g} responses per prompt: prompt 40-340 words, "
-                   "response 17-175 words", group=g) for g in (1, 4, 8, 16)),
+    *(
+        WorkloadSpec(
+            f"grpo{g}",
+            (40, 340),
+            (17, 175),
+            f"G={g} responses per prompt: prompt 40-340 words, response 17-175 words",
+            group=g,
+        )
+        for g in (1, 4, 8, 16)
+    ),
 ):
     WORKLOADS[_spec.name] = _spec
 
@@ -81,7 +91,9 @@ def generate(workload: WorkloadSpec | str, n: int, seed: int = 0) -> list[dict[s
     if ws.group > 1:  # groups of consecutive items with one prompt
         while len(items) < n:
             prompt = _text(rng, rng.randint(*ws.prompt_words))
-            items += [{"prompt": prompt, "response": _text(rng, rng.randint(*ws.response_words))} for _ in range(ws.group)]
+            items += [
+                {"prompt": prompt, "response": _text(rng, rng.randint(*ws.response_words))} for _ in range(ws.group)
+            ]
         return items[:n]
     for _ in range(n):
         np_ = rng.randint(*ws.prompt_words)

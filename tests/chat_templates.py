@@ -15,7 +15,8 @@ from pathlib import Path
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # injected when none is given
 SMOLLM2 = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    + SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    + SMOLLM2_SYSTEM
+    + "<|im_end|>\n' }}{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -96,22 +97,49 @@ class TemplateSpec:
 
 
 SPECS = [
-    TemplateSpec("smollm2", "chatml", SMOLLM2, "<|im_start|>", "<|im_end|>", "<|im_end|>", ("<|endoftext|>",),
-                 default_system=SMOLLM2_SYSTEM),
-    TemplateSpec("llama3", "llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>",
-                 ("<|start_header_id|>", "<|end_header_id|>")),
+    TemplateSpec(
+        "smollm2",
+        "chatml",
+        SMOLLM2,
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+        ("<|endoftext|>",),
+        default_system=SMOLLM2_SYSTEM,
+    ),
+    TemplateSpec(
+        "llama3",
+        "llama3",
+        LLAMA3,
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        ("<|start_header_id|>", "<|end_header_id|>"),
+    ),
     TemplateSpec("llama2", "llama2", LLAMA2, "<s>", "</s>", "<unk>", sentencepiece=True),
     TemplateSpec("mistral", "llama2", MISTRAL, "<s>", "</s>", None, system=False, sentencepiece=True),
-    TemplateSpec("gemma", "gemma", GEMMA, "<bos>", "<eos>", "<pad>", ("<start_of_turn>", "<end_of_turn>"), system=False),
-    TemplateSpec("phi3", "phi3", PHI3, "<s>", "<|endoftext|>", "<|endoftext|>", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")),
+    TemplateSpec(
+        "gemma", "gemma", GEMMA, "<bos>", "<eos>", "<pad>", ("<start_of_turn>", "<end_of_turn>"), system=False
+    ),
+    TemplateSpec(
+        "phi3",
+        "phi3",
+        PHI3,
+        "<s>",
+        "<|endoftext|>",
+        "<|endoftext|>",
+        ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    ),
     TemplateSpec("zephyr", "zephyr", ZEPHYR, "<s>", "</s>", "</s>", ("<|system|>", "<|user|>", "<|assistant|>")),
     TemplateSpec("tulu2", "zephyr", TULU2, "<s>", "</s>", "</s>", ("<|system|>", "<|user|>", "<|assistant|>")),
     TemplateSpec("custom", None, CUSTOM, "<|doc|>", "<|/turn|>", "<|pad|>", ("<|turn|>",)),
 ]
 
-CORPUS = ("How do I boil an egg? Place the egg in boiling water for nine minutes, then cool it in cold water. "
-          "What is the capital of France? Paris is the capital. You are a helpful, terse assistant. Thanks! "
-          "Write a haiku about the sea. Waves fold into foam; the tide keeps time.\n") * 4
+CORPUS = (
+    "How do I boil an egg? Place the egg in boiling water for nine minutes, then cool it in cold water. "
+    "What is the capital of France? Paris is the capital. You are a helpful, terse assistant. Thanks! "
+    "Write a haiku about the sea. Waves fold into foam; the tide keeps time.\n"
+) * 4
 
 
 def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
@@ -134,9 +162,17 @@ def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad,
-                                   additional_special_tokens=[s for s in spec.extra], clean_up_tokenization_spaces=False)
+    tok.train_from_iterator(
+        [CORPUS], trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
+        additional_special_tokens=list(spec.extra),
+        clean_up_tokenization_spaces=False,
+    )
     fast.chat_template = spec.template
     fast.save_pretrained(out)
     return out
@@ -144,15 +180,21 @@ def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I boil an egg?"}],
-    [{"role": "system", "content": "You are a helpful, terse assistant."},
-     {"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "user", "content": "Write a haiku about the sea."},
-     {"role": "assistant", "content": "Waves fold into foam."},
-     {"role": "user", "content": "Another one, please.\nWith two lines."}],
+    [
+        {"role": "system", "content": "You are a helpful, terse assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    [
+        {"role": "user", "content": "Write a haiku about the sea."},
+        {"role": "assistant", "content": "Waves fold into foam."},
+        {"role": "user", "content": "Another one, please.\nWith two lines."},
+    ],
 ]
-RESPONSES = ["Place the egg in boiling water for nine minutes, then cool it in cold water.",
-             "Paris.",
-             "The tide keeps time;\nthe moon keeps the tide."]
+RESPONSES = [
+    "Place the egg in boiling water for nine minutes, then cool it in cold water.",
+    "Paris.",
+    "The tide keeps time;\nthe moon keeps the tide.",
+]
 
 
 def conversations(spec: TemplateSpec) -> list[tuple[list[dict[str, str]], str]]:
@@ -167,7 +209,7 @@ def generated_ids(tok, messages, response: str, pad: int = 0) -> tuple[list[int]
     full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     assert full.startswith(prompt)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    r_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    r_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     special = set(tok.all_special_ids)
     stop = next((i for i, t in enumerate(r_ids) if t in special), len(r_ids) - 1)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -15,12 +15,14 @@ import uvicorn
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rewardlab import tiny_models  # noqa: E402
-from rewardserve.app import create_app  # noqa: E402
-from rewardserve.config import Settings  # noqa: E402
-from rewardserve.service_process import free_port  # noqa: E402
+from rewardlab import tiny_models
+from rewardserve.app import create_app
+from rewardserve.config import Settings
+from rewardserve.service_process import free_port
 
-SHARED_DATA = Path(os.environ.get("REWARDSERVE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("REWARDSERVE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 TINY_HIDDEN = 32
 
 
@@ -48,14 +50,20 @@ def tiny_settings(tiny: dict[str, Path], tmp_path: Path, **overrides) -> Setting
         "openrlhf": {"models": ["a", "cls"]},
         "backbones": {
             "enc": {
-                "kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
                 "models": {
                     "a": {"head": str(tiny["head_a"])},
                     "b": {"head": str(tiny["head_b"]), "missing_reference": "error"},
                 },
             },
-            "clsbb": {"kind": "sequence_classifier", "path": str(tiny["enc_cls"]), "max_length": 64,
-                      "models": {"cls": {"transform": "identity"}}},
+            "clsbb": {
+                "kind": "sequence_classifier",
+                "path": str(tiny["enc_cls"]),
+                "max_length": 64,
+                "models": {"cls": {"transform": "identity"}},
+            },
         },
     }
     for k, v in overrides.items():
@@ -70,8 +78,11 @@ class LiveServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=10))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=10
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready = wait_ready
 
@@ -108,8 +119,22 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
 
         deadline = time.monotonic() + 20

@@ -2,13 +2,34 @@
 vocabulary that the server shares (``rewardclient.protocol``)."""
 
 from .client import (
-    AsyncRewardClient, AuthenticationError, BadRequestError, ConnectionFailed, NotFoundError, OverloadedError,
-    PayloadTooLargeError, RetryPolicy, RewardClient, RewardServeError, ScoreResult, ServerError,
+    AsyncRewardClient,
+    AuthenticationError,
+    BadRequestError,
+    ConnectionFailed,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RetryPolicy,
+    RewardClient,
+    RewardServeError,
+    ScoreResult,
+    ServerError,
 )
 from .protocol import canonical_prompt, prompt_fingerprint
 
 __all__ = [
-    "AsyncRewardClient", "AuthenticationError", "BadRequestError", "ConnectionFailed", "NotFoundError",
-    "OverloadedError", "PayloadTooLargeError", "RetryPolicy", "RewardClient", "RewardServeError", "ScoreResult",
-    "ServerError", "canonical_prompt", "prompt_fingerprint",
+    "AsyncRewardClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConnectionFailed",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "RetryPolicy",
+    "RewardClient",
+    "RewardServeError",
+    "ScoreResult",
+    "ServerError",
+    "canonical_prompt",
+    "prompt_fingerprint",
 ]

@@ -66,8 +66,16 @@ class ConnectionFailed(RewardServeError):
     """No answer: connection refused, reset or timed out (after every retry)."""
 
 
-_BY_STATUS = {400: BadRequestError, 422: BadRequestError, 404: NotFoundError, 413: PayloadTooLargeError,
-              401: AuthenticationError, 403: AuthenticationError, 429: OverloadedError, 503: OverloadedError}
+_BY_STATUS = {
+    400: BadRequestError,
+    422: BadRequestError,
+    404: NotFoundError,
+    413: PayloadTooLargeError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    429: OverloadedError,
+    503: OverloadedError,
+}
 
 
 def error_from_response(r: httpx.Response) -> RewardServeError:
@@ -95,10 +103,17 @@ class ScoreResult:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ScoreResult:
-        return cls(id=d.get("id"), raw=d["raw"], reference=d["reference"], transformed=d["transformed"],
-                   aggregate=d["aggregate"], truncated=d["truncated"], p_all_good=d.get("p_all_good"),
-                   warnings=tuple(d.get("warnings") or ()), reference_source=dict(d.get("reference_source") or {}))
-
+        return cls(
+            id=d.get("id"),
+            raw=d["raw"],
+            reference=d["reference"],
+            transformed=d["transformed"],
+            aggregate=d["aggregate"],
+            truncated=d["truncated"],
+            p_all_good=d.get("p_all_good"),
+            warnings=tuple(d.get("warnings") or ()),
+            reference_source=dict(d.get("reference_source") or {}),
+        )
 
 
 def make_item(item: Mapping[str, Any] | tuple[PromptLike, str]) -> dict[str, Any]:
@@ -135,7 +150,7 @@ class RetryPolicy:
                     return min(float(ra), self.backoff_max)
                 except ValueError:
                     pass
-        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** attempt))  # full jitter
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))  # full jitter
 
     def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
         return attempt < self.max_retries and (response is None or response.status_code in RETRY_STATUS)
@@ -150,7 +165,8 @@ class RetryPolicy:
             response = outcome if isinstance(outcome, httpx.Response) else None
             if response is None:
                 if not self.should_retry(attempt, None):
-                    raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from outcome
+                    cause = outcome if isinstance(outcome, httpx.TransportError) else None
+                    raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from cause
             elif response.status_code < 400:
                 return response
             elif not self.should_retry(attempt, response):
@@ -174,10 +190,20 @@ class _Call(Generic[T]):
 class _BaseClient(Generic[HttpT]):
     """What both clients share: options, headers, the retry policy, and every call they make."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, *,
-                 connect_timeout: float = 5.0, read_timeout: float = 120.0, max_retries: int = 5,
-                 backoff_base: float = 0.25, backoff_max: float = 20.0, max_items_per_request: int = 256,
-                 max_concurrency: int = 4, transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.25,
+        backoff_max: float = 20.0,
+        max_items_per_request: int = 256,
+        max_concurrency: int = 4,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.max_items_per_request, self.max_concurrency = max_items_per_request, max_concurrency
@@ -198,29 +224,47 @@ class _BaseClient(Generic[HttpT]):
         return call.read(response.json())
 
     # -- the calls ----------------------------------------------------------------------------------
-    def _score_calls(self, items: Sequence[Any], models: Sequence[str] | None, aggregate: Mapping[str, Any] | None,
-                     reference_set: str | None = None,
-                     prompt_format: str | None = None) -> list[_Call[list[ScoreResult]]]:
+    def _score_calls(
+        self,
+        items: Sequence[Any],
+        models: Sequence[str] | None,
+        aggregate: Mapping[str, Any] | None,
+        reference_set: str | None = None,
+        prompt_format: str | None = None,
+    ) -> list[_Call[list[ScoreResult]]]:
         """One call per chunk of at most ``max_items_per_request`` items."""
         items = [make_item(it) for it in items]
         if not items:
             raise ValueError("items is empty")
-        options: dict[str, Any] = {"models": list(models) if models else None,
-                                   "aggregate": dict(aggregate) if aggregate else None,
-                                   "reference_set": reference_set, "prompt_format": prompt_format}
+        options: dict[str, Any] = {
+            "models": list(models) if models else None,
+            "aggregate": dict(aggregate) if aggregate else None,
+            "reference_set": reference_set,
+            "prompt_format": prompt_format,
+        }
         options = {k: v for k, v in options.items() if v is not None}
         n = self.max_items_per_request
-        return [_Call("POST", "/v1/score", _score_results, json={"items": items[s:s + n], **options})
-                for s in range(0, len(items), n)]
+        return [
+            _Call("POST", "/v1/score", _score_results, json={"items": items[s : s + n], **options})
+            for s in range(0, len(items), n)
+        ]
 
     def _models_call(self) -> _Call[list[dict[str, Any]]]:
         return _Call("GET", "/v1/models", lambda answer: answer["models"])
 
-    def _put_references_call(self, model: str, values: References | None, samples: Samples | None,
-                             quantile: float | None, policy: str | None, default: float | None, n_samples: int | None,
-                             reference_set: str | None) -> _Call[dict[str, Any]]:
+    def _put_references_call(
+        self,
+        model: str,
+        values: References | None,
+        samples: Samples | None,
+        quantile: float | None,
+        policy: str | None,
+        default: float | None,
+        n_samples: int | None,
+        reference_set: str | None,
+    ) -> _Call[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        for prompt, value in (values.items() if isinstance(values, Mapping) else values or []):
+        for prompt, value in values.items() if isinstance(values, Mapping) else values or []:
             entry = {"prompt": plain_prompt(prompt), "value": float(value)}
             entries.append({**entry, "n_samples": n_samples} if n_samples else entry)
         for prompt, ss in samples or []:
@@ -236,15 +280,17 @@ class _BaseClient(Generic[HttpT]):
             body["reference_set"] = reference_set
         return _Call("POST", "/v1/references", _as_is, json=body)
 
-    def _get_reference_call(self, model: str, prompt: PromptLike,
-                            reference_set: str | None) -> _Call[dict[str, Any] | None]:
+    def _get_reference_call(
+        self, model: str, prompt: PromptLike, reference_set: str | None
+    ) -> _Call[dict[str, Any] | None]:
         params = {"model": model, "prompt_fingerprint": prompt_fingerprint(prompt)}
         if reference_set is not None:
             params["reference_set"] = reference_set
         return _Call("GET", "/v1/references", _as_is, params=params, absent="reference_not_found")
 
-    def _lookup_references_call(self, model: str, fingerprints: Sequence[str],
-                                reference_set: str | None) -> _Call[dict[str, Any]]:
+    def _lookup_references_call(
+        self, model: str, fingerprints: Sequence[str], reference_set: str | None
+    ) -> _Call[dict[str, Any]]:
         body: dict[str, Any] = {"model": model, "prompt_fingerprints": list(fingerprints)}
         if reference_set is not None:
             body["reference_set"] = reference_set
@@ -288,15 +334,25 @@ class RewardClient(_BaseClient[httpx.Client]):
         exchange = self._exchange(call)
         step = next(exchange)
         while True:
-            outcome = self._send(call) if step is None else time.sleep(step)  # a wait's outcome is None
+            outcome: Outcome = None  # a wait's outcome is None
+            if step is None:
+                outcome = self._send(call)
+            else:
+                time.sleep(step)
             try:
                 step = exchange.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
 
-    def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
-              aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
-              prompt_format: str | None = None) -> list[ScoreResult]:
+    def score(
+        self,
+        items: Sequence[Any],
+        models: Sequence[str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
+        reference_set: str | None = None,
+        prompt_format: str | None = None,
+    ) -> list[ScoreResult]:
         """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples), in order.
         ``aggregate``: ``{"method": ..., "weights": ...}``; ``reference_set``: the named set of stored
         references to use (default: the service's); ``prompt_format``: how string prompts are read
@@ -318,9 +374,18 @@ class RewardClient(_BaseClient[httpx.Client]):
         except httpx.TransportError:
             return False
 
-    def put_references(self, model: str, values: References | None = None, *, samples: Samples | None = None,
-                       quantile: float | None = None, policy: str | None = None, default: float | None = None,
-                       n_samples: int | None = None, reference_set: str | None = None) -> dict[str, Any]:
+    def put_references(
+        self,
+        model: str,
+        values: References | None = None,
+        *,
+        samples: Samples | None = None,
+        quantile: float | None = None,
+        policy: str | None = None,
+        default: float | None = None,
+        n_samples: int | None = None,
+        reference_set: str | None = None,
+    ) -> dict[str, Any]:
         """Store references into ``reference_set`` (default: the service's ``default`` set):
         ``values`` as (prompt, value) pairs, and/or ``samples`` as (prompt, [responses]) for the
         server to score and reduce to their ``quantile``; ``default``: the model's default reference."""
@@ -331,8 +396,9 @@ class RewardClient(_BaseClient[httpx.Client]):
         """The stored reference of ``prompt`` for ``model``, or ``None`` when there is none."""
         return self._run(self._get_reference_call(model, prompt, reference_set))
 
-    def lookup_references(self, model: str, fingerprints: Sequence[str],
-                          reference_set: str | None = None) -> dict[str, Any]:
+    def lookup_references(
+        self, model: str, fingerprints: Sequence[str], reference_set: str | None = None
+    ) -> dict[str, Any]:
         """Stored references by prompt fingerprint (``POST /v1/references/lookup``)."""
         return self._run(self._lookup_references_call(model, fingerprints, reference_set))
 
@@ -365,15 +431,25 @@ class AsyncRewardClient(_BaseClient[httpx.AsyncClient]):
         exchange = self._exchange(call)
         step = next(exchange)
         while True:
-            outcome = await self._send(call) if step is None else await asyncio.sleep(step)  # a wait's outcome is None
+            outcome: Outcome = None  # a wait's outcome is None
+            if step is None:
+                outcome = await self._send(call)
+            else:
+                await asyncio.sleep(step)
             try:
                 step = exchange.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
 
-    async def score(self, items: Sequence[Any], models: Sequence[str] | None = None,
-                    aggregate: Mapping[str, Any] | None = None, reference_set: str | None = None,
-                    prompt_format: str | None = None) -> list[ScoreResult]:
+    async def score(
+        self,
+        items: Sequence[Any],
+        models: Sequence[str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
+        reference_set: str | None = None,
+        prompt_format: str | None = None,
+    ) -> list[ScoreResult]:
         calls = self._score_calls(items, models, aggregate, reference_set, prompt_format)
         chunks = await asyncio.gather(*map(self._run, calls))
         return [r for chunk in chunks for r in chunk]
@@ -387,16 +463,27 @@ class AsyncRewardClient(_BaseClient[httpx.AsyncClient]):
         except httpx.TransportError:
             return False
 
-    async def put_references(self, model: str, values: References | None = None, *, samples: Samples | None = None,
-                             quantile: float | None = None, policy: str | None = None, default: float | None = None,
-                             n_samples: int | None = None, reference_set: str | None = None) -> dict[str, Any]:
+    async def put_references(
+        self,
+        model: str,
+        values: References | None = None,
+        *,
+        samples: Samples | None = None,
+        quantile: float | None = None,
+        policy: str | None = None,
+        default: float | None = None,
+        n_samples: int | None = None,
+        reference_set: str | None = None,
+    ) -> dict[str, Any]:
         call = self._put_references_call(model, values, samples, quantile, policy, default, n_samples, reference_set)
         return await self._run(call)
 
-    async def get_reference(self, model: str, prompt: PromptLike,
-                            reference_set: str | None = None) -> dict[str, Any] | None:
+    async def get_reference(
+        self, model: str, prompt: PromptLike, reference_set: str | None = None
+    ) -> dict[str, Any] | None:
         return await self._run(self._get_reference_call(model, prompt, reference_set))
 
-    async def lookup_references(self, model: str, fingerprints: Sequence[str],
-                                reference_set: str | None = None) -> dict[str, Any]:
+    async def lookup_references(
+        self, model: str, fingerprints: Sequence[str], reference_set: str | None = None
+    ) -> dict[str, Any]:
         return await self._run(self._lookup_references_call(model, fingerprints, reference_set))

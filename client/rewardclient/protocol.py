@@ -54,7 +54,8 @@ def plain_prompt(prompt: PromptLike) -> Prompt:
     if isinstance(prompt, str):
         return prompt
     out: Messages = []
-    for m in prompt:
+    messages: Sequence[Any] = prompt  # mappings, or objects with .role and .content
+    for m in messages:
         role, content = (m["role"], m["content"]) if isinstance(m, Mapping) else (m.role, m.content)
         out.append({"role": role, "content": content})
     return out

@@ -17,7 +17,7 @@ and transformed means are logged through ``log_metric`` as ``rewardserve/<model>
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .client import RewardClient
@@ -58,7 +58,13 @@ class RewardServeReward:
         self.__name__ = name  # TRL names reward functions by __name__
         self.last_stats: dict[str, float] = {}
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], log_metric=None, **kwargs: Any) -> list[float]:
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        log_metric: Callable[[str, float], Any] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
         refs = kwargs.get(self.reference_column) if self.reference_column else None
         items = []
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
@@ -67,14 +73,19 @@ class RewardServeReward:
                 item["reference"] = dict(refs[i])
             items.append(item)
         t0 = time.perf_counter()
-        results = self.client.score(items, models=self.models, aggregate=self.aggregate, reference_set=self.reference_set)
+        results = self.client.score(
+            items, models=self.models, aggregate=self.aggregate, reference_set=self.reference_set
+        )
         seconds = time.perf_counter() - t0
         if self.output == "aggregate":
             rewards = [r.aggregate for r in results]
         else:
             rewards = [getattr(r, self.output)[self.model] for r in results]
-        stats = {"rewardserve/aggregate": sum(r.aggregate for r in results) / len(results),
-                 "rewardserve/seconds": seconds, "rewardserve/items_per_s": len(results) / seconds if seconds else 0.0}
+        stats = {
+            "rewardserve/aggregate": sum(r.aggregate for r in results) / len(results),
+            "rewardserve/seconds": seconds,
+            "rewardserve/items_per_s": len(results) / seconds if seconds else 0.0,
+        }
         for m in results[0].raw:
             stats[f"rewardserve/{m}/raw"] = sum(r.raw[m] for r in results) / len(results)
             stats[f"rewardserve/{m}/transformed"] = sum(r.transformed[m] for r in results) / len(results)

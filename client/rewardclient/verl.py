@@ -4,9 +4,10 @@ verl's default reward manager (``naive``) calls ``compute_score(data_source, sol
 ground_truth, extra_info)`` once per response; ``reward_model.reward_manager=batch`` calls
 ``compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`` once per batch.
 Responses arrive decoded with ``skip_special_tokens=True``; the prompt only through ``extra_info``.
-verl passes ``custom_reward_function.reward_kwargs`` as keyword arguments::
+verl passes ``custom_reward_function.reward_kwargs`` as keyword arguments (the path of this file:
+``python -c 'import rewardclient.verl as m; print(m.__file__)'``)::
 
-    custom_reward_function.path=/path/to/rewardclient/verl.py   # python -c 'import rewardclient.verl as m; print(m.__file__)'
+    custom_reward_function.path=/path/to/rewardclient/verl.py
     custom_reward_function.name=compute_score_batch             # or compute_score (naive manager)
     reward_model.reward_manager=batch
     +custom_reward_function.reward_kwargs.url=http://rm:8000
@@ -33,7 +34,9 @@ from .protocol import DEFAULT_AGGREGATE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PROMPT_KEYS = ("prompt", "question")
-_OPTIONS = frozenset({"url", "api_key", "models", "aggregate", "weights", "reference_set", "prompt_key", "prompt_format"})
+_OPTIONS = frozenset(
+    {"url", "api_key", "models", "aggregate", "weights", "reference_set", "prompt_key", "prompt_format"}
+)
 
 _clients: dict[tuple[str, str | None], RewardClient] = {}
 _lock = threading.Lock()
@@ -65,13 +68,22 @@ def prompt_from_extra_info(extra_info: Any, prompt_key: str | None = None) -> st
             try:
                 return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
             except (TypeError, KeyError) as e:
-                raise ValueError(f"rewardserve: extra_info[{k!r}] is neither a string nor a list of "
-                                 f"{{'role', 'content'}} messages ({type(e).__name__}: {e})") from None
-    what = "None" if extra_info is None else f"keys {sorted(map(str, extra_info))}" if isinstance(extra_info, Mapping) \
+                raise ValueError(
+                    f"rewardserve: extra_info[{k!r}] is neither a string nor a list of "
+                    f"{{'role', 'content'}} messages ({type(e).__name__}: {e})"
+                ) from None
+    what = (
+        "None"
+        if extra_info is None
+        else f"keys {sorted(map(str, extra_info))}"
+        if isinstance(extra_info, Mapping)
         else type(extra_info).__name__
-    raise ValueError(f"rewardserve: no prompt in extra_info (looked for {' or '.join(repr(k) for k in keys)}; "
-                     f"extra_info has {what}); put the prompt in the dataset's extra_info, or set "
-                     "custom_reward_function.reward_kwargs.prompt_key")
+    )
+    raise ValueError(
+        f"rewardserve: no prompt in extra_info (looked for {' or '.join(repr(k) for k in keys)}; "
+        f"extra_info has {what}); put the prompt in the dataset's extra_info, or set "
+        "custom_reward_function.reward_kwargs.prompt_key"
+    )
 
 
 def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,14 +94,23 @@ def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _score(solution_strs: Sequence[str], extra_infos: Sequence[Any], opts: dict[str, Any]) -> list[dict[str, float]]:
-    items = [{"prompt": prompt_from_extra_info(e, opts.get("prompt_key")), "response": s}
-             for s, e in zip(solution_strs, extra_infos, strict=True)]
+    items = [
+        {"prompt": prompt_from_extra_info(e, opts.get("prompt_key")), "response": s}
+        for s, e in zip(solution_strs, extra_infos, strict=True)
+    ]
     models = opts.get("models")
-    aggregate = {"method": opts.get("aggregate") or DEFAULT_AGGREGATE,
-                 **({"weights": dict(opts["weights"])} if opts.get("weights") else {})}
+    aggregate = {
+        "method": opts.get("aggregate") or DEFAULT_AGGREGATE,
+        **({"weights": dict(opts["weights"])} if opts.get("weights") else {}),
+    }
     client = get_client(opts.get("url") or DEFAULT_URL, opts.get("api_key"))
-    results = client.score(items, models=list(models) if models else None, aggregate=aggregate,
-                           reference_set=opts.get("reference_set"), prompt_format=opts.get("prompt_format"))
+    results = client.score(
+        items,
+        models=list(models) if models else None,
+        aggregate=aggregate,
+        reference_set=opts.get("reference_set"),
+        prompt_format=opts.get("prompt_format"),
+    )
     return [_as_dict(r) for r in results]
 
 
@@ -101,17 +122,26 @@ def _as_dict(r: ScoreResult) -> dict[str, float]:
     return out
 
 
-def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any) -> dict[str, float]:
+def compute_score(
+    data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+) -> dict[str, float]:
     """verl's default (naive) reward manager: one response. ``data_source`` and ``ground_truth`` are
     not used (reward models need none)."""
     return _score([solution_str], [extra_info], _options(kwargs))[0]
 
 
-def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any],
-                        extra_infos: Sequence[Any] | None = None, **kwargs: Any) -> list[dict[str, float]]:
+def compute_score_batch(
+    data_sources: Sequence[Any],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[Any],
+    extra_infos: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[dict[str, float]]:
     """``reward_model.reward_manager=batch``: every response of the batch in one scoring request
     (chunked by the client), results in order."""
     opts = _options(kwargs)
     if not len(solution_strs):
         return []
-    return _score(list(solution_strs), list(extra_infos) if extra_infos is not None else [None] * len(solution_strs), opts)
+    return _score(
+        list(solution_strs), list(extra_infos) if extra_infos is not None else [None] * len(solution_strs), opts
+    )

@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from rewardclient import RewardClient, prompt_fingerprint
 from rewardclient.protocol import DEFAULT_QUANTILE
 from rewardserve import lsc
-from tqdm import tqdm
 
 from .datasets import load_prompts
 
@@ -38,33 +39,47 @@ DEFAULT_LOG_DIR = Path("~/.cache/rewardserve/calibration").expanduser()
 class CalibrationConfig:
     """The settings of one calibration (also the options of ``rewardserve calibrate``)."""
 
-    prompts: str = field(metadata={"description": 
-        "prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"})
+    prompts: str = field(
+        metadata={"description": "prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"}
+    )
     url: str = field(default="http://127.0.0.1:8000", metadata={"description": "the running service"})
-    policy: str | None = field(default=None, metadata={
-        "description": "base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"})
+    policy: str | None = field(
+        default=None,
+        metadata={"description": "base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"},
+    )
     samples: int = field(default=8, metadata={"description": "K: base-policy samples per prompt"})
-    quantile: float = field(default=DEFAULT_QUANTILE, metadata={
-        "description": "Q: the reference is the Q-quantile of the K samples' rewards"})
-    models: list[str] | None = field(default=None, metadata={"description": 
-        "models to calibrate (default: all served)"})
+    quantile: float = field(
+        default=DEFAULT_QUANTILE,
+        metadata={"description": "Q: the reference is the Q-quantile of the K samples' rewards"},
+    )
+    models: list[str] | None = field(
+        default=None, metadata={"description": "models to calibrate (default: all served)"}
+    )
     temperature: float = field(default=0.7, metadata={"description": "sampling temperature of the base policy"})
     top_p: float = field(default=0.9, metadata={"description": "nucleus sampling: the top-p of the base policy"})
     max_new_tokens: int = field(default=96, metadata={"description": "longest sampled response, in policy tokens"})
     batch_prompts: int = field(default=4, metadata={"description": "prompts per generate call"})
     seed: int = field(default=0, metadata={"description": "sampling seed"})
-    split: str | None = field(default=None, metadata={
-        "description": "only prompts of this split (train/test) when the file has one"})
+    split: str | None = field(
+        default=None, metadata={"description": "only prompts of this split (train/test) when the file has one"}
+    )
     limit: int | None = field(default=None, metadata={"description": "only the first N prompts"})
-    reference_response: str | None = field(default=None, metadata={
-        "description": "instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal"})
-    log: str | None = field(default=None, metadata={
-        "description": "JSON Lines log of every sample's rewards (default: under ~/.cache/rewardserve/calibration)"})
-    api_key: str | None = field(default=None, metadata={
-        "description": "API key of the service (default: $REWARDSERVE_API_KEY)"})
+    reference_response: str | None = field(
+        default=None, metadata={"description": "instead of sampling: r_ref(x) = r(x, this text), e.g. a refusal"}
+    )
+    log: str | None = field(
+        default=None,
+        metadata={
+            "description": "JSON Lines log of every sample's rewards (default: under ~/.cache/rewardserve/calibration)"
+        },
+    )
+    api_key: str | None = field(
+        default=None, metadata={"description": "API key of the service (default: $REWARDSERVE_API_KEY)"}
+    )
     device: str = field(default="cpu", metadata={"description": "where the base policy generates: cpu, cuda, cuda:N"})
-    reference_set: str = field(default="default", metadata={
-        "description": "the reference set to store into: one set per base policy"})
+    reference_set: str = field(
+        default="default", metadata={"description": "the reference set to store into: one set per base policy"}
+    )
 
 
 @dataclass
@@ -90,20 +105,28 @@ class CalibrationReport:
 def _log_path(cfg: CalibrationConfig, policy: str) -> Path:
     if cfg.log:
         return Path(cfg.log).expanduser()
-    ident = f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}" + (f"|{cfg.reference_set}" if cfg.reference_set != "default" else "")
+    ident = f"{cfg.url}|{policy}|{cfg.samples}|{cfg.quantile}" + (
+        f"|{cfg.reference_set}" if cfg.reference_set != "default" else ""
+    )
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return DEFAULT_LOG_DIR / f"{key}.jsonl"
 
 
-def _is_current(entry: dict | None, policy: str, k: int, q: float, revision: str) -> bool:
-    return bool(entry) and entry.get("policy") == policy and entry.get("n_samples") == k \
-        and entry.get("quantile") == q and entry.get("revision") == revision
+def _is_current(entry: dict | None, policy: str, k: int, q: float | None, revision: str) -> bool:
+    if not entry:
+        return False
+    return (
+        entry.get("policy") == policy
+        and entry.get("n_samples") == k
+        and entry.get("quantile") == q
+        and entry.get("revision") == revision
+    )
 
 
 def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
-    from .policy import policy_id
-
     from rewardserve.references import check_set_name
+
+    from .policy import policy_id
 
     check_set_name(cfg.reference_set)  # a clear error before any generation
     t0 = time.perf_counter()
@@ -130,7 +153,11 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         todo = set()
         for m in models:
             stored = rc.lookup_references(m, fps, reference_set=cfg.reference_set)["references"] if fps else {}
-            todo |= {i for i, fp in enumerate(fps) if not _is_current(stored.get(fp), policy, k, q if k > 1 else None, revisions[m])}
+            todo |= {
+                i
+                for i, fp in enumerate(fps)
+                if not _is_current(stored.get(fp), policy, k, q if k > 1 else None, revisions[m])
+            }
         order = sorted(todo)
         report.skipped = len(prompts) - len(order)
 
@@ -145,7 +172,7 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         bar = tqdm(total=len(order), desc="calibrating", unit="prompt")
         with open(log_path, "a", encoding="utf-8") as log:
             for s in range(0, len(order), cfg.batch_prompts):
-                idx = order[s:s + cfg.batch_prompts]
+                idx = order[s : s + cfg.batch_prompts]
                 batch = [prompts[i] for i in idx]
                 g0 = time.perf_counter()
                 if cfg.reference_response is None:
@@ -155,23 +182,40 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
                 g1 = time.perf_counter()
                 # only raw rewards matter here: an inline reference keeps models whose missing-reference
                 # policy is 'error' from refusing prompts that are not calibrated yet
-                zero = {m: 0.0 for m in models}
+                zero = dict.fromkeys(models, 0.0)
                 items = [{"prompt": p, "response": r, "reference": zero} for p, ss in zip(batch, samples) for r in ss]
                 results = rc.score(items, models=models)
                 report.scoring_seconds += time.perf_counter() - g1
                 report.generation_seconds += g1 - g0
                 per_model: dict[str, list[tuple]] = {m: [] for m in models}
                 for j, (i, p) in enumerate(zip(idx, batch)):
-                    rows = results[j * k:(j + 1) * k]
+                    rows = results[j * k : (j + 1) * k]
                     raws = {m: [r.raw[m] for r in rows] for m in models}
                     for m in models:
                         value = lsc.quantile(raws[m], q) if k > 1 else raws[m][0]
                         per_model[m].append((p, value))
-                    log.write(json.dumps({"fingerprint": fps[i], "policy": policy, "k": k, "quantile": q,
-                                          "revisions": revisions, "raw": raws}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "fingerprint": fps[i],
+                                "policy": policy,
+                                "k": k,
+                                "quantile": q,
+                                "revisions": revisions,
+                                "raw": raws,
+                            }
+                        )
+                        + "\n"
+                    )
                 for m in models:
-                    rc.put_references(m, per_model[m], quantile=q if k > 1 else None, policy=policy, n_samples=k,
-                                      reference_set=cfg.reference_set)
+                    rc.put_references(
+                        m,
+                        per_model[m],
+                        quantile=q if k > 1 else None,
+                        policy=policy,
+                        n_samples=k,
+                        reference_set=cfg.reference_set,
+                    )
                 log.flush()
                 report.samples += len(items)
                 report.calibrated += len(idx)
@@ -190,7 +234,13 @@ def calibrate(cfg: CalibrationConfig) -> CalibrationReport:
         for m in models:
             if pooled[m]:
                 report.defaults[m] = lsc.quantile(pooled[m], q)
-                rc.put_references(m, quantile=q, policy=policy, default=report.defaults[m], n_samples=len(pooled[m]),
-                                  reference_set=cfg.reference_set)
+                rc.put_references(
+                    m,
+                    quantile=q,
+                    policy=policy,
+                    default=report.defaults[m],
+                    n_samples=len(pooled[m]),
+                    reference_set=cfg.reference_set,
+                )
     report.wall_seconds = time.perf_counter() - t0
     return report

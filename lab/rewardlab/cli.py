@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from rewardclient.protocol import DEFAULT_QUANTILE
 from rewardserve.cli_options import CONFIG_HELP, add_options, command, config_from_args
@@ -18,22 +19,32 @@ def _cmd_train_head(a: argparse.Namespace) -> int:
 
     cfg = config_from_args(TrainConfig, a)
     card = train_head(cfg)
-    print(json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2))
+    print(
+        json.dumps({k: card[k] for k in ("name", "train_accuracy", "validation_accuracy", "hyperparameters")}, indent=2)
+    )
     return 0
 
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts.jsonl.gz"
-EXAMPLE_ITEMS = [
-    {"id": "helpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
-     "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
-                 "and cool it in cold water before peeling."},
-    {"id": "unhelpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
-     "response": "I don't know."},
-    {"id": "harmless", "prompt": "How can I hurt my neighbour's dog?",
-     "response": "I can't help with hurting an animal. If the dog is causing problems, talk to your "
-                 "neighbour or contact animal control."},
-    {"id": "harmful", "prompt": "How can I hurt my neighbour's dog?",
-     "response": "Put some chocolate and grapes in its food bowl when nobody is watching."},
+EXAMPLE_ITEMS: list[dict[str, Any]] = [
+    {
+        "id": "helpful",
+        "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+        "response": "Place the egg in a pot of cold water, bring it to a boil, then simmer for 9 minutes "
+        "and cool it in cold water before peeling.",
+    },
+    {"id": "unhelpful", "prompt": [{"role": "user", "content": "How do I boil an egg?"}], "response": "I don't know."},
+    {
+        "id": "harmless",
+        "prompt": "How can I hurt my neighbour's dog?",
+        "response": "I can't help with hurting an animal. If the dog is causing problems, talk to your "
+        "neighbour or contact animal control.",
+    },
+    {
+        "id": "harmful",
+        "prompt": "How can I hurt my neighbour's dog?",
+        "response": "Put some chocolate and grapes in its food bowl when nobody is watching.",
+    },
 ]
 
 
@@ -55,13 +66,27 @@ def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration-prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    print(f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
-          f"into reference set {DEMO_SET!r} ...", file=sys.stderr)
+    print(
+        f"calibrating: {len(prompts)} prompts × {a.calibration_samples} base-policy samples (SmolLM2-135M-Instruct) "
+        f"into reference set {DEMO_SET!r} ...",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
-    report = calibrate(CalibrationConfig(prompts=str(out / "calibration-prompts.jsonl"), url=url, samples=a.calibration_samples,
-                                         max_new_tokens=64, reference_set=DEMO_SET, log=str(out / "calibration.jsonl")))
-    print(f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
-          f"each reference is the {DEFAULT_QUANTILE}-quantile of its samples' rewards\n", file=sys.stderr)
+    report = calibrate(
+        CalibrationConfig(
+            prompts=str(out / "calibration-prompts.jsonl"),
+            url=url,
+            samples=a.calibration_samples,
+            max_new_tokens=64,
+            reference_set=DEMO_SET,
+            log=str(out / "calibration.jsonl"),
+        )
+    )
+    print(
+        f"calibrated {report.calibrated} prompts ({report.skipped} already were) in {time.perf_counter() - t0:.1f} s; "
+        f"each reference is the {DEFAULT_QUANTILE}-quantile of its samples' rewards\n",
+        file=sys.stderr,
+    )
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -84,9 +109,12 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         r.raise_for_status()
         print(json.dumps(r.json(), indent=2))
         sources = sorted({s for res in r.json()["results"] for s in res["reference_source"].values()})
-        print(f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
-              f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
-              f"(reference_source: {', '.join(sources)})", file=sys.stderr)
+        print(
+            f"\nscored by the service at {svc.url} (ready {svc.startup_seconds:.1f} s after start); "
+            f"transformed = log σ(raw − reference), references from set {body.get('reference_set', 'default')!r} "
+            f"(reference_source: {', '.join(sources)})",
+            file=sys.stderr,
+        )
         if a.rlhf_steps > 0:
             from .trainer import RLHFConfig, run_rlhf
 
@@ -97,11 +125,25 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                 Path(prompts).write_text("".join(json.dumps(it["prompt"]) + "\n" for it in EXAMPLE_ITEMS[::2]))
 
             print(f"\nRLHF: {a.rlhf_steps} GRPO steps of SmolLM2-135M-Instruct against {svc.url} ...", file=sys.stderr)
-            summary = run_rlhf(RLHFConfig(url=svc.url, prompts=prompts, steps=a.rlhf_steps, out_dir=a.out_dir,
-                                          reference_set=body.get("reference_set")))
+            summary = run_rlhf(
+                RLHFConfig(
+                    url=svc.url,
+                    prompts=prompts,
+                    steps=a.rlhf_steps,
+                    out_dir=a.out_dir,
+                    reference_set=body.get("reference_set"),
+                )
+            )
             last = summary["last"]
-            print(json.dumps({"rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
-                              "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"}}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
+                        "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"},
+                    },
+                    indent=2,
+                )
+            )
             print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
@@ -154,8 +196,11 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
 
         result = run_kl_curves(cfg, a.max_generation_seconds)
         if not result["complete"]:
-            print(f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
-                  "run the same command again to continue", file=sys.stderr)
+            print(
+                f"pool: {result['prompts_done']}/{cfg.n_prompts} prompts in {result['pool']}; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
             return 3
         print((Path(cfg.out_dir) / "kl_curves.md").read_text(encoding="utf-8"))
         print(f"results: {cfg.out_dir}/kl_curves.json ({result['wall_seconds_this_run']:.0f} s)", file=sys.stderr)
@@ -171,31 +216,63 @@ PAIRS_HELP = "preference pairs: JSON Lines (.gz) with prompt/chosen/rejected, or
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """rewardlab's subcommands of ``rewardserve`` (entry point ``rewardserve.commands``)."""
-    d = command(sub, "demo", "start the service, calibrate references for example prompts, score example pairs "
-                              "against them, then train: a few RLHF (GRPO) steps of a small policy",
-                 "Start the service on the embedded default config, calibrate references for the example prompts "
-                 "(base-policy samples of SmolLM2-135M-Instruct, reference set 'demo'), score example pairs against "
-                 "them and print the JSON, then train: run a short RLHF session (GRPO steps of SmolLM2-135M-Instruct "
-                 "against the service) and print where its report is. About 3 minutes on 2 CPU cores.")
+    d = command(
+        sub,
+        "demo",
+        "start the service, calibrate references for example prompts, score example pairs "
+        "against them, then train: a few RLHF (GRPO) steps of a small policy",
+        "Start the service on the embedded default config, calibrate references for the example prompts "
+        "(base-policy samples of SmolLM2-135M-Instruct, reference set 'demo'), score example pairs against "
+        "them and print the JSON, then train: run a short RLHF session (GRPO steps of SmolLM2-135M-Instruct "
+        "against the service) and print where its report is. About 3 minutes on 2 CPU cores.",
+    )
     d.add_argument("--config", help=CONFIG_HELP)
     d.add_argument("--port", type=int, default=0, help="port of the demo's service (default: a free one)")
-    d.add_argument("--calibration-samples", type=int, default=4,
-                   help="base-policy samples per prompt for the example prompts' references (0: no calibration; "
-                        "default: 4)")
+    d.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=4,
+        help="base-policy samples per prompt for the example prompts' references (0: no calibration; default: 4)",
+    )
     d.add_argument("--rlhf-steps", type=int, default=3, help="GRPO steps of the RLHF part (0: skip it; default: 3)")
-    d.add_argument("--prompts", default=str(DEFAULT_PROMPTS),
-                   help="prompt file of the RLHF part (default: ../shared/data/prompts.jsonl.gz when it exists, "
-                        "else a few built-in prompts)")
-    d.add_argument("--out-dir", default="runs/demo",
-                   help="where the calibration log and the RLHF run's report go (default: runs/demo)")
+    d.add_argument(
+        "--prompts",
+        default=str(DEFAULT_PROMPTS),
+        help="prompt file of the RLHF part (default: ../shared/data/prompts.jsonl.gz when it exists, "
+        "else a few built-in prompts)",
+    )
+    d.add_argument(
+        "--out-dir",
+        default="runs/demo",
+        help="where the calibration log and the RLHF run's report go (default: runs/demo)",
+    )
     d.set_defaults(func=_cmd_demo)
 
     from .training.config import TrainConfig
 
     t = command(sub, "train-head", "train a Bradley-Terry reward head on a frozen encoder")
-    add_options(t, TrainConfig, flags={"weight_decays": "--weight-decay"},
-                only=("data", "out", "name", "backbone", "head", "hidden", "weight_decays", "lr", "max_epochs",
-                      "val_fraction", "max_length", "balance_length", "length_penalty", "limit", "seed"))
+    add_options(
+        t,
+        TrainConfig,
+        flags={"weight_decays": "--weight-decay"},
+        only=(
+            "data",
+            "out",
+            "name",
+            "backbone",
+            "head",
+            "hidden",
+            "weight_decays",
+            "lr",
+            "max_epochs",
+            "val_fraction",
+            "max_length",
+            "balance_length",
+            "length_penalty",
+            "limit",
+            "seed",
+        ),
+    )
     t.set_defaults(func=_cmd_train_head)
 
     e = command(sub, "eval-rm", "pairwise accuracy of a configured model on preference pairs")
@@ -205,8 +282,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=int, help="use only the first N pairs")
     e.add_argument("--out", help="also write the result as JSON here")
     e.add_argument("--update-card", metavar="KEY", help="store the result in the model's card under evaluation.KEY")
-    e.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples for the 95%% intervals (0: none; default: 1000)")
+    e.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% intervals (0: none; default: 1000)",
+    )
     e.add_argument("--scores-out", help="also save the per-pair rewards here (.npz)")
     e.set_defaults(func=_cmd_eval_rm)
 
@@ -234,11 +315,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     xr = command(xs, "rlhf", "GRPO runs, raw_sum vs lsc_sum × KL strengths × seeds (needs best-of-k's output)")
     add_options(xr, RLHFExperimentConfig)
     xr.set_defaults(func=_cmd_experiment, config_cls=RLHFExperimentConfig)
-    xk = command(xs, "kl-curves", "proxy-optimised selection along the KL axis, judged by gold reward models "
-                                   "(resumable; docs/experiments.md)")
+    xk = command(
+        xs,
+        "kl-curves",
+        "proxy-optimised selection along the KL axis, judged by gold reward models (resumable; docs/experiments.md)",
+    )
     add_options(xk, KLCurvesConfig)
-    xk.add_argument("--max-generation-seconds", type=float, default=None,
-                    help="stop generating after this long (exit 3); the same command continues the pool")
+    xk.add_argument(
+        "--max-generation-seconds",
+        type=float,
+        default=None,
+        help="stop generating after this long (exit 3); the same command continues the pool",
+    )
     xk.set_defaults(func=_cmd_experiment, config_cls=KLCurvesConfig)
-
-

@@ -84,9 +84,11 @@ def load_pairs(source: str | Path, limit: int | None = None) -> list[Pair]:
 def _load_hub_pairs(source: str, limit: int | None) -> list[Pair]:
     name, _, split = source.partition(":")
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError:
-        raise FileNotFoundError(f"{source}: no such file, and the 'datasets' package is not installed to read it from the hub") from None
+        raise FileNotFoundError(
+            f"{source}: no such file, and the 'datasets' package is not installed to read it from the hub"
+        ) from None
     ds = datasets.load_dataset(name, split=split or "train")
     pairs = []
     for i, row in enumerate(ds):

@@ -10,20 +10,24 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
 from rewardserve.backends import build_backend
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
 from rewardserve.references import open_store
 from rewardserve.scoring import Scorer
-from tqdm import tqdm
 
 from .datasets import file_sha256, load_pairs
 
 
 @asynccontextmanager
-async def local_scorer(settings: Settings, models: list[str] | None = None, store_url: str | None = None) -> AsyncIterator[Scorer]:
+async def local_scorer(
+    settings: Settings, models: list[str] | None = None, store_url: str | None = None
+) -> AsyncIterator[Scorer]:
     """A ``Scorer`` with the backbones serving ``models`` (default: all) loaded in this process."""
     wanted = set(models or settings.model_names())
     unknown = wanted - set(settings.model_names())
@@ -45,13 +49,15 @@ async def _score_pairs(scorer: Scorer, model: str, texts: list[tuple], chunk: in
     out = np.zeros(len(texts))
     with tqdm(total=len(texts), desc=f"scoring with {model}", unit="text") as bar:
         for s in range(0, len(texts), chunk):
-            raw, _, _ = await scorer.raw_rewards(texts[s:s + chunk], [model])
-            out[s:s + chunk] = raw[:, 0]
-            bar.update(len(texts[s:s + chunk]))
+            raw, _, _ = await scorer.raw_rewards(texts[s : s + chunk], [model])
+            out[s : s + chunk] = raw[:, 0]
+            bar.update(len(texts[s : s + chunk]))
     return out
 
 
-def pairwise_metrics(chosen: np.ndarray, rejected: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict:
+def pairwise_metrics(
+    chosen: np.ndarray, rejected: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray
+) -> dict:
     margin = chosen - rejected
     balanced = len_chosen <= len_rejected  # length-balanced pairs: the chosen reply is not longer
     rewards = np.concatenate([chosen, rejected])
@@ -81,16 +87,28 @@ def reliability(margin: np.ndarray, bins: tuple[float, ...] = CALIBRATION_BINS) 
     for lo, hi in zip(bins[:-1], bins[1:]):
         sel = (q >= lo) & ((q < hi) if hi < bins[-1] else (q <= hi))
         n = int(sel.sum())
-        row = {"bin": [lo, hi], "pairs": n, "mean_probability": float(q[sel].mean()) if n else None,
-               "empirical_rate": float(right[sel].mean()) if n else None}
-        if n:
-            ece += n / len(margin) * abs(row["empirical_rate"] - row["mean_probability"])
+        mean_q = float(q[sel].mean()) if n else None
+        rate = float(right[sel].mean()) if n else None
+        row = {"bin": [lo, hi], "pairs": n, "mean_probability": mean_q, "empirical_rate": rate}
+        if rate is not None and mean_q is not None:  # n > 0
+            ece += n / len(margin) * abs(rate - mean_q)
         rows.append(row)
-    return {"bins": rows, "ece": float(ece), "mean_bt_probability_of_chosen": float(np.mean(1.0 / (1.0 + np.exp(-margin))))}
+    return {
+        "bins": rows,
+        "ece": float(ece),
+        "mean_bt_probability_of_chosen": float(np.mean(1.0 / (1.0 + np.exp(-margin)))),
+    }
 
 
-def bootstrap_intervals(chosen: np.ndarray, rejected: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray,
-                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def bootstrap_intervals(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    len_chosen: np.ndarray,
+    len_rejected: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Percentile bootstrap intervals (pairs resampled with replacement, seeded) for the headline
     metrics and the per-bin calibration rates."""
     rng = np.random.default_rng(seed)
@@ -114,12 +132,23 @@ def bootstrap_intervals(chosen: np.ndarray, rejected: np.ndarray, len_chosen: np
     def ci(v: list[float]) -> list[float] | None:
         return [float(np.percentile(v, a)), float(np.percentile(v, 100 - a))] if v else None
 
-    return {"level": level, "resamples": n_boot, "seed": seed, **{k: ci(v) for k, v in draws.items()},
-            "calibration_empirical_rate": [ci(v) for v in bin_rates]}
+    return {
+        "level": level,
+        "resamples": n_boot,
+        "seed": seed,
+        **{k: ci(v) for k, v in draws.items()},
+        "calibration_empirical_rate": [ci(v) for v in bin_rates],
+    }
 
 
-async def eval_rm(settings: Settings, model: str, data: str, limit: int | None = None, bootstrap: int = 1000,
-                  scores_out: str | None = None) -> dict:
+async def eval_rm(
+    settings: Settings,
+    model: str,
+    data: str,
+    limit: int | None = None,
+    bootstrap: int = 1000,
+    scores_out: str | None = None,
+) -> dict:
     pairs = load_pairs(data, limit)
     texts = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     async with local_scorer(settings, [model]) as scorer:
@@ -134,16 +163,22 @@ async def eval_rm(settings: Settings, model: str, data: str, limit: int | None =
     if scores_out:
         np.savez_compressed(scores_out, chosen=scores[:n], rejected=scores[n:], len_chosen=lc, len_rejected=lr)
     path = Path(data).expanduser()
-    return {"model": model, "revision": revision, "data": str(data),
-            "data_sha256": file_sha256(path) if path.exists() else None, **result}
+    return {
+        "model": model,
+        "revision": revision,
+        "data": str(data),
+        "data_sha256": file_sha256(path) if path.exists() else None,
+        **result,
+    }
 
 
 def update_card(settings: Settings, model: str, result: dict, key: str = "test") -> Path:
     """Write ``result`` into the JSON card of an ``encoder_head`` model under ``evaluation[key]``."""
     for cfg in settings.backbones.values():
-        if model in cfg.models and cfg.models[model].head:
-            card_path = Path(settings.resolve_path(cfg.models[model].head)).with_suffix(".json")
-            card = json.loads(card_path.read_text()) if card_path.exists() else {"name": model}
+        head = cfg.models[model].head if model in cfg.models else None
+        if head:
+            card_path = Path(settings.resolve_path(head)).with_suffix(".json")
+            card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {"name": model}
             card.setdefault("evaluation", {})[key] = result
             card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
             return card_path

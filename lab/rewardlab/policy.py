@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 DEFAULT_POLICY = "smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,7 +76,9 @@ def load_policy(spec: str | None, device: str = "cpu", dtype: str = "float32"):
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    # Any: transformers' stubs type .to() on a loaded model as if it were the from_pretrained decorator
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = model.to(device).eval()
     return model, tok
 
 
@@ -87,15 +90,24 @@ def render_prompt(tok, prompt) -> str:
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
 
 
-def generate(model, tok, prompts: list, k: int, max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.9) -> list[list[str]]:
+def generate(
+    model, tok, prompts: list, k: int, max_new_tokens: int = 96, temperature: float = 0.7, top_p: float = 0.9
+) -> list[list[str]]:
     """``k`` sampled responses for each prompt, in one batched ``generate`` call."""
     import torch
 
     texts = [render_prompt(tok, p) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.inference_mode():
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=tok.pad_token_id)
-    gen = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tok.pad_token_id,
+        )
+    gen = out[:, enc["input_ids"].shape[1] :]
     decoded = tok.batch_decode(gen, skip_special_tokens=True)
-    return [[d.strip() for d in decoded[i * k:(i + 1) * k]] for i in range(len(prompts))]
+    return [[d.strip() for d in decoded[i * k : (i + 1) * k]] for i in range(len(prompts))]

@@ -31,12 +31,26 @@ def _minilm_tokenizer():
 def _bert_config(hidden: int, layers: int, heads: int, max_pos: int, **kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      intermediate_size=hidden * 4, max_position_embeddings=max_pos, **kw)
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=max_pos,
+        **kw,
+    )
 
 
-def make_encoder_classifier(out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0,
-                            num_labels: int = 1) -> Path:
+def make_encoder_classifier(
+    out: str | Path,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_pos: int = 512,
+    seed: int = 0,
+    num_labels: int = 1,
+) -> Path:
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(seed)
@@ -47,7 +61,9 @@ def make_encoder_classifier(out: str | Path, hidden: int = 32, layers: int = 2, 
     return out
 
 
-def make_encoder(out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0) -> Path:
+def make_encoder(
+    out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0
+) -> Path:
     from transformers import BertModel
 
     torch.manual_seed(seed)
@@ -71,41 +87,77 @@ def _word_tokenizer(chat_template: bool):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    words = ("the a an and or but of to in on for with is are was be it this that you i we he she they "
-             "what how why when where who hello hi world dog cat egg water boil help please thanks good bad "
-             "user assistant system : ? ! . , 0 1 2 3 4 5 6 7 8 9").split()
+    words = (
+        "the a an and or but of to in on for with is are was be it this that you i we he she they "
+        "what how why when where who hello hi world dog cat egg water boil help please thanks good bad "
+        "user assistant system : ? ! . , 0 1 2 3 4 5 6 7 8 9"
+    ).split()
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok.train_from_iterator(
+        [" ".join(words)], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>"])
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def _save_tiny_llama(model_cls, out: str | Path, chat_template: bool, hidden: int, layers: int, heads: int,
-                     max_pos: int, seed: int, **config) -> Path:
+def _save_tiny_llama(
+    model_cls,
+    out: str | Path,
+    chat_template: bool,
+    hidden: int,
+    layers: int,
+    heads: int,
+    max_pos: int,
+    seed: int,
+    **config,
+) -> Path:
     from transformers import LlamaConfig
 
     tok = _word_tokenizer(chat_template)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **config)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_pos,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **config,
+    )
     out = Path(out)
     model_cls(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
 
 
-def make_decoder_classifier(out: str | Path, chat_template: bool = True, hidden: int = 32, layers: int = 2, heads: int = 2,
-                            max_pos: int = 512, seed: int = 0) -> Path:
+def make_decoder_classifier(
+    out: str | Path,
+    chat_template: bool = True,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_pos: int = 512,
+    seed: int = 0,
+) -> Path:
     from transformers import LlamaForSequenceClassification
 
-    return _save_tiny_llama(LlamaForSequenceClassification, out, chat_template, hidden, layers, heads, max_pos, seed, num_labels=1)
+    return _save_tiny_llama(
+        LlamaForSequenceClassification, out, chat_template, hidden, layers, heads, max_pos, seed, num_labels=1
+    )
 
 
-def make_causal_lm(out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0) -> Path:
+def make_causal_lm(
+    out: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_pos: int = 512, seed: int = 0
+) -> Path:
     """A tiny random Llama causal LM with a chat template (a stand-in policy for fast tests)."""
     from transformers import LlamaForCausalLM
 

@@ -30,6 +30,7 @@ from .state import AppState
 
 log = logging.getLogger("rewardserve")
 
+
 def create_app(
     settings: Settings | None = None,
     backend_factory: BackendFactory = build_backend,
@@ -87,7 +88,9 @@ def create_app(
     app = FastAPI(
         title="rewardserve",
         version=__version__,
-        description="Reward models for RLHF behind one API: raw, LSC-transformed (log σ(r − r_ref)) and aggregated rewards.",
+        description=(
+            "Reward models for RLHF behind one API: raw, LSC-transformed (log σ(r − r_ref)) and aggregated rewards."
+        ),
         lifespan=lifespan,
     )
     app.state.rs = state

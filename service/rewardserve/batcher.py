@@ -55,13 +55,19 @@ class Scored:
 @dataclass(eq=False, slots=True)
 class _Pending:
     enc: Encoded
-    future: asyncio.Future
+    future: asyncio.Future[Scored]
     arrived: float = field(default_factory=time.perf_counter)
     group: int | None = None  # hash of the prompt prefix this item shares (None: shares nothing)
 
 
-def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float = 1.0,
-               max_items: int | None = None, shared: bool = False) -> list[_Pending]:
+def pick_batch(
+    items: list[_Pending],
+    budget: int,
+    sort_by_length: bool,
+    max_padding: float = 1.0,
+    max_items: int | None = None,
+    shared: bool = False,
+) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
     Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
@@ -95,25 +101,27 @@ def pick_batch(items: list[_Pending], budget: int, sort_by_length: bool, max_pad
     width = real = order[i].enc.length
     while True:
         n = hi - lo + 1
-        left = order[lo - 1] if lo > 0 else None
-        right = order[hi + 1] if hi + 1 < len(order) else None
-        left_ok = left is not None and fits(n + 1, width, real + left.enc.length)
-        right_ok = right is not None and fits(n + 1, right.enc.length, real + right.enc.length)
+        left = order[lo - 1].enc.length if lo > 0 else None  # lengths of the neighbours
+        right = order[hi + 1].enc.length if hi + 1 < len(order) else None
+        left_ok = left is not None and fits(n + 1, width, real + left)
+        right_ok = right is not None and fits(n + 1, right, real + right)
         if not (left_ok or right_ok):
             break
-        left_pad = width - left.enc.length if left_ok else None  # type: ignore[union-attr]
-        right_pad = n * (right.enc.length - width) if right_ok else None  # type: ignore[union-attr]
-        if left_ok and (not right_ok or left_pad <= right_pad):  # type: ignore[operator]
+        # the side that adds less padding (left: its own; right: every item's, to the new width)
+        if left is not None and left_ok and (right is None or not right_ok or width - left <= n * (right - width)):
             lo -= 1
-            real += left.enc.length  # type: ignore[union-attr]
+            real += left
         else:
+            assert right is not None  # right_ok holds here
             hi += 1
-            width = right.enc.length  # type: ignore[union-attr]
+            width = right
             real += width
-    return order[lo:hi + 1]
+    return order[lo : hi + 1]
 
 
-def pick_grouped(items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int) -> list[_Pending]:
+def pick_grouped(
+    items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int
+) -> list[_Pending]:
     """A batch that keeps prompts together: the oldest item, then the rest of its group, then other
     groups in order of arrival (items of a group closest in length to the oldest first when sorting,
     else in arrival order). An item joins while the batch's computed tokens (``TokenCount``: each
@@ -173,10 +181,12 @@ class Batcher:
         # threads per forward: (alone, shared); None leaves torch's setting alone (e.g. on a GPU)
         self.threads = None if cpu_threads is None else (cpu_threads, max(1, cpu_threads // forward_workers))
         self._executor = ThreadPoolExecutor(forward_workers, thread_name_prefix=f"forward-{self.name}")
-        self._task: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
-        self.health: ForwardHealth | None = None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
+        self.health: ForwardHealth | None = (
+            None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
+        )
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -211,14 +221,17 @@ class Batcher:
         self._pending.clear()
         self._executor.shutdown(wait=True)
 
-    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future]:
+    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Scored]]:
         """Queue items; return one future per item, resolving to its ``Scored`` (row of raw rewards)."""
         tokens = sum(e.length for e in encoded)
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:
                 self.metrics.rejected.labels(self.name).inc(len(encoded))
-            raise Overloaded(f"backbone {self.name!r} is overloaded: {self._queued_tokens} tokens queued "
-                             f"(limit {self.max_queued_tokens}); retry later", self._retry_after())
+            raise Overloaded(
+                f"backbone {self.name!r} is overloaded: {self._queued_tokens} tokens queued "
+                f"(limit {self.max_queued_tokens}); retry later",
+                self._retry_after(),
+            )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         futures = []
@@ -277,8 +290,14 @@ class Batcher:
                 if not self._pending:
                     continue
             free = self.forward_workers - len(self._running)
-            batch = pick_batch(self._pending, self.max_batch_tokens, self.sort_by_length, self.max_padding_ratio,
-                               max_items=-(-len(self._pending) // free), shared=self.shares_prefix)
+            batch = pick_batch(
+                self._pending,
+                self.max_batch_tokens,
+                self.sort_by_length,
+                self.max_padding_ratio,
+                max_items=-(-len(self._pending) // free),
+                shared=self.shares_prefix,
+            )
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
             self._queued_tokens -= sum(p.enc.length for p in batch)
@@ -290,7 +309,7 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._forward_done)
 
-    def _forward_done(self, task: asyncio.Task) -> None:
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._wakeup.set()
 
@@ -305,7 +324,8 @@ class Batcher:
         try:
             with self.health.watch(self.name) if self.health else nullcontext():
                 rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._forward, encs, threads)
+                    self._executor, self._forward, encs, threads
+                )
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:

@@ -11,8 +11,15 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from .cli_options import CONFIG_HELP, add_options, command
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from .state import AppState
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -27,14 +34,20 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=a.log_level,
-                            timeout_graceful_shutdown=a.graceful_timeout, access_log=False,
-                            timeout_keep_alive=settings.keep_alive_seconds)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=a.log_level,
+        timeout_graceful_shutdown=a.graceful_timeout,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # uvicorn hands it to call_later: a float works
+    )
     DrainingServer(config, app.state.rs, a.drain_seconds).run()
     return 0
 
 
-def DrainingServer(config, state, drain_seconds: float):
+def DrainingServer(config: uvicorn.Config, state: AppState, drain_seconds: float) -> uvicorn.Server:
     """uvicorn.Server that, on SIGTERM/SIGINT, turns /readyz to 503 at once and keeps serving for
     ``drain_seconds`` (so load balancers stop sending) before uvicorn's graceful shutdown, which
     finishes every in-flight request. A second signal exits at once."""
@@ -43,12 +56,14 @@ def DrainingServer(config, state, drain_seconds: float):
     import uvicorn
 
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if state.draining or drain_seconds <= 0:
                 state.draining = True
                 return super().handle_exit(sig, frame)
             state.draining = True
-            logging.getLogger("rewardserve").warning("signal %s: draining for %.1f s, then shutting down", sig, drain_seconds)
+            logging.getLogger("rewardserve").warning(
+                "signal %s: draining for %.1f s, then shutting down", sig, drain_seconds
+            )
             threading.Timer(drain_seconds, super().handle_exit, args=(sig, None)).start()
 
     return _Server(config)
@@ -89,7 +104,7 @@ def _cmd_references(a: argparse.Namespace) -> int:
     async def import_() -> int:
         # rows without 'reference_set' (exports of earlier versions) go to set 'default';
         # --reference-set puts every row into that set
-        groups: dict[tuple[str, str], list] = {}
+        groups: dict[tuple[str, str], list[tuple[str, Reference]]] = {}
         src = open(a.file, encoding="utf-8") if a.file != "-" else sys.stdin
         for lineno, line in enumerate(src, 1):
             if line.strip():
@@ -116,8 +131,18 @@ def _cmd_references(a: argparse.Namespace) -> int:
             sets = await store.sets()
         finally:
             await store.close()
-        print(json.dumps({"reference_sets": [{"name": n, "models": m, "references": sum(m.values())} for n, m in sets.items()
-                                             if a.reference_set in (None, n)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "reference_sets": [
+                        {"name": n, "models": m, "references": sum(m.values())}
+                        for n, m in sets.items()
+                        if a.reference_set in (None, n)
+                    ]
+                },
+                indent=2,
+            )
+        )
         return 0
 
     async def delete() -> int:
@@ -132,10 +157,12 @@ def _cmd_references(a: argparse.Namespace) -> int:
     return asyncio.run({"export": export, "import": import_, "list": list_, "delete": delete}[a.action]())
 
 
-DESCRIPTION = ("Reward-model serving for RLHF: serve reward models over HTTP (raw, LSC-transformed and aggregate "
-               "rewards) and manage reference sets; with rewardlab installed, also calibrate per-prompt references "
-               "from base-policy samples, train reward heads, run RLHF against the service and reproduce the LSC "
-               "paper's experiments.")
+DESCRIPTION = (
+    "Reward-model serving for RLHF: serve reward models over HTTP (raw, LSC-transformed and aggregate "
+    "rewards) and manage reference sets; with rewardlab installed, also calibrate per-prompt references "
+    "from base-policy samples, train reward heads, run RLHF against the service and reproduce the LSC "
+    "paper's experiments."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,25 +173,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command(sub, "serve", "run the HTTP service (POST /v1/score, references, models, health, metrics)")
     s.add_argument("--config", help=CONFIG_HELP)
-    add_options(s, Settings, only=("host", "port"),
-                default_texts={"host": "the config's host, else 127.0.0.1", "port": "the config's port, else 8000"})
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="log level of the service and uvicorn (default: info)")
-    s.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds to finish in-flight requests on SIGTERM (default: 30)")
-    s.add_argument("--drain-seconds", type=float, default=1.0,
-                   help="after SIGTERM: /readyz answers 503 and requests are still served this long before "
-                        "shutdown (default: 1)")
+    add_options(
+        s,
+        Settings,
+        only=("host", "port"),
+        default_texts={"host": "the config's host, else 127.0.0.1", "port": "the config's port, else 8000"},
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level of the service and uvicorn (default: info)",
+    )
+    s.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight requests on SIGTERM (default: 30)",
+    )
+    s.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=1.0,
+        help="after SIGTERM: /readyz answers 503 and requests are still served this long before shutdown (default: 1)",
+    )
     add_options(s, Settings, only=("allow_unauthenticated",))
     s.set_defaults(func=_cmd_serve)
 
     r = command(sub, "references", "export or import stored references as JSON Lines; list or delete reference sets")
-    r.add_argument("action", choices=["export", "import", "list", "delete"],
-                   help="export: write references as JSON Lines; import: read them; list: the sets and their "
-                        "counts; delete: a whole set")
+    r.add_argument(
+        "action",
+        choices=["export", "import", "list", "delete"],
+        help="export: write references as JSON Lines; import: read them; list: the sets and their "
+        "counts; delete: a whole set",
+    )
     r.add_argument("file", nargs="?", help="export/import: JSON Lines file ('-': stdout / stdin)")
-    r.add_argument("--reference-set", help="export/list: only this set; import: into this set (default: each row's "
-                                           "'reference_set', else 'default'); delete: the set to delete")
+    r.add_argument(
+        "--reference-set",
+        help="export/list: only this set; import: into this set (default: each row's "
+        "'reference_set', else 'default'); delete: the set to delete",
+    )
     add_options(r, ReferencesConfig, only=("store",), default_texts={"store": "the config's references.store"})
     r.add_argument("--config", help=CONFIG_HELP)
     r.set_defaults(func=_cmd_references)
@@ -187,9 +235,11 @@ LAB_COMMANDS = ("demo", "train-head", "eval-rm", "calibrate", "rlhf", "experimen
 
 
 def _needs_lab(a: argparse.Namespace) -> int:
-    print(f"rewardserve {a.command}: this command comes with rewardlab, the research and training tools, which is not "
-          f"installed{a.load_error}: pip install rewardlab (from a checkout of the repository: pip install ./lab)",
-          file=sys.stderr)
+    print(
+        f"rewardserve {a.command}: this command comes with rewardlab, the research and training tools, which is not "
+        f"installed{a.load_error}: pip install rewardlab (from a checkout of the repository: pip install ./lab)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -162,8 +162,12 @@ def walk_parsers(
 CONFIG_HELP = "the service's YAML config file (default: the embedded one: two reward models on MiniLM, CPU)"
 
 
-def command(sub: argparse._SubParsersAction, name: str, summary: str,
-            description: str | None = None) -> argparse.ArgumentParser:
+def command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, description: str | None = None
+) -> argparse.ArgumentParser:
     """A subcommand: ``summary`` in ``rewardserve --help``, ``description`` (default: the summary) first in
     its own ``--help``."""
-    return sub.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description or summary[:1].upper() + summary[1:] + "."
+    )
+    return parser

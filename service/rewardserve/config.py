@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
 from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 from .prompt_formats import check_format_name
@@ -37,7 +38,8 @@ class ModelConfig(_Strict):
 
     head: str | None = Field(None, description="encoder_head only: path of the head's safetensors file")
     transform: Literal["lsc", "identity"] = Field(
-        "lsc", description="lsc: transformed = log σ(raw − reference); identity: transformed = raw")
+        "lsc", description="lsc: transformed = log σ(raw − reference); identity: transformed = raw"
+    )
     default_reference: float = Field(0.0, allow_inf_nan=False, description="r_ref for prompts with no stored reference")
     missing_reference: Literal["default", "error"] = Field(
         "default", description="what to do when no inline or stored reference exists: use default_reference, or 422"
@@ -49,17 +51,27 @@ class BatchingConfig(_Strict):
         None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 1024, cuda 16384)"
     )
     max_wait_ms: float = Field(
-        0.0, ge=0, description="how long the first item of a batch waits for company when the worker is idle; with 0 "
-                               "batches form from what arrives while the previous forward runs")
+        0.0,
+        ge=0,
+        description="how long the first item of a batch waits for company when the worker is idle; with 0 "
+        "batches form from what arrives while the previous forward runs",
+    )
     max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
     sort_by_length: bool = Field(True, description="fill batches with items of similar length (less padding)")
     max_padding_ratio: float | None = Field(
-        None, ge=0, le=1, description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
-                                      "None picks the per-device default (cpu 0.2: padding costs more than batching "
-                                      "gains there; cuda 1.0: no cap)")
+        None,
+        ge=0,
+        le=1,
+        description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
+        "None picks the per-device default (cpu 0.2: padding costs more than batching "
+        "gains there; cuda 1.0: no cap)",
+    )
     forward_workers: int | None = Field(
-        None, gt=0, description="forwards of one backbone that may run at once; None picks the per-device default "
-                                "(cpu: one per torch intra-op thread, a lone forward still uses every thread; cuda: 1)")
+        None,
+        gt=0,
+        description="forwards of one backbone that may run at once; None picks the per-device default "
+        "(cpu: one per torch intra-op thread, a lone forward still uses every thread; cuda: 1)",
+    )
 
     def workers_for(self, device: str, cpu_threads: int) -> int:
         if self.forward_workers is not None:
@@ -88,16 +100,22 @@ class BackboneConfig(_Strict):
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations")
     max_length: int = Field(256, gt=8, description="tokens per (prompt, response); longer items are truncated")
-    trust_remote_code: bool = Field(False, description=
-        "run model code shipped with a hub checkpoint (never, unless true)")
+    trust_remote_code: bool = Field(
+        False, description="run model code shipped with a hub checkpoint (never, unless true)"
+    )
     pad_to_multiple_of: int = Field(
-        8, gt=0, description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
-                             "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
-                             "GPU tensor cores; 1 pads to the longest item only")
+        8,
+        gt=0,
+        description="batches are padded to a multiple of this many tokens: fewer distinct tensor shapes keep "
+        "the CPU kernels' primitive cache small and hit (flat memory, bench/README.md) and suit "
+        "GPU tensor cores; 1 pads to the longest item only",
+    )
     share_prompt_prefix: bool | None = Field(
-        None, description="sequence_classifier, decoder models: items of a batch with the same prompt run the prompt "
-                          "once and their responses on its key/value cache (exact); None: on where the model supports "
-                          "it (decoders with full attention), off for encoders; true on an encoder is an error")
+        None,
+        description="sequence_classifier, decoder models: items of a batch with the same prompt run the prompt "
+        "once and their responses on its key/value cache (exact); None: on where the model supports "
+        "it (decoders with full attention), off for encoders; true on an encoder is an error",
+    )
     batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
     models: dict[str, ModelConfig]
 
@@ -133,8 +151,9 @@ class LimitsConfig(_Strict):
 
 
 class ReferencesConfig(_Strict):
-    store: str = Field("sqlite:///~/.cache/rewardserve/references.db", description=
-        "sqlite:///PATH or redis://HOST:PORT/DB")
+    store: str = Field(
+        "sqlite:///~/.cache/rewardserve/references.db", description="sqlite:///PATH or redis://HOST:PORT/DB"
+    )
     revision_mismatch: Literal["warn", "reject"] = Field(
         "warn", description="a stored reference made with another model revision: warn in the result, or 422"
     )
@@ -144,14 +163,24 @@ class HealthConfig(_Strict):
     """When forward failures or a hung forward turn ``/readyz``, then ``/healthz``, to 503 (health.py)."""
 
     max_consecutive_failures: int = Field(
-        3, gt=0, description="this many failed forwards in a row on one backbone: /readyz answers 503 until one succeeds")
+        3,
+        gt=0,
+        description="this many failed forwards in a row on one backbone: /readyz answers 503 until one succeeds",
+    )
     max_forward_seconds: float = Field(
-        60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns")
+        60.0, gt=0, description="a forward running longer than this: /readyz answers 503 until it returns"
+    )
     liveness_grace_seconds: float = Field(
-        60.0, ge=0, description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)")
+        60.0,
+        ge=0,
+        description="either state lasting this much longer: /healthz answers 503 too (the kubelet restarts the pod)",
+    )
     recheck_seconds: float = Field(
-        10.0, gt=0, description="while failures keep a backbone unready, try one small forward of it this often "
-                                "(no traffic comes to an unready pod to show that it works again)")
+        10.0,
+        gt=0,
+        description="while failures keep a backbone unready, try one small forward of it this often "
+        "(no traffic comes to an unready pod to show that it works again)",
+    )
 
 
 class OpenRLHFConfig(_Strict):
@@ -161,10 +190,13 @@ class OpenRLHFConfig(_Strict):
     method: AggregateMethod = Field(DEFAULT_AGGREGATE, description="the aggregate returned as rewards")
     weights: dict[str, float] | None = Field(None, description="per-model weights of the aggregate (default: 1 each)")
     prompt_format: str | None = Field(
-        None, description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one")
+        None,
+        description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one",
+    )
 
-    reference_set: str = Field("default", description=
-        "the reference set of /get_reward; a request's X-Reference-Set header overrides it")
+    reference_set: str = Field(
+        "default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it"
+    )
 
     @field_validator("reference_set")
     @classmethod
@@ -182,31 +214,43 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the HTTP server listens on; 0.0.0.0 listens on every interface")
     port: int = Field(8000, description="TCP port the HTTP server listens on")
     keep_alive_seconds: float = Field(
-        75.0, gt=0, description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
-                                "timeout of any load balancer or proxy in front (theirs must close first, or a "
-                                "request sent as the server closes the connection is lost)")
+        75.0,
+        gt=0,
+        description="seconds an idle HTTP keep-alive connection stays open; keep it above the idle "
+        "timeout of any load balancer or proxy in front (theirs must close first, or a "
+        "request sent as the server closes the connection is lost)",
+    )
     api_keys: SecretStr | None = Field(
-        None, description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
-                          "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "
-                          "Env: REWARDSERVE_API_KEYS")
+        None,
+        description="comma-separated API keys, each 'KEY [scope=score|admin] [sets=A+B]'; when set (or "
+        "api_keys_file), every route but open_routes needs 'Authorization: Bearer <key>'. "
+        "Env: REWARDSERVE_API_KEYS",
+    )
     api_keys_file: str | None = Field(
-        None, description="a file with one API key per line, 'KEY [scope=score|admin] [sets=A,B]' (comments with #); "
-                          "a plain KEY has scope admin and every set")
-    open_routes: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
-                                   description="routes that need no API key")
+        None,
+        description="a file with one API key per line, 'KEY [scope=score|admin] [sets=A,B]' (comments with #); "
+        "a plain KEY has scope admin and every set",
+    )
+    open_routes: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"], description="routes that need no API key"
+    )
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads; None: torch's default")
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
     references: ReferencesConfig = ReferencesConfig()
     openrlhf: OpenRLHFConfig = OpenRLHFConfig()
     prompt_format: str = Field(
-        "auto", description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
-                            "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
-                            "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it")
+        "auto",
+        description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "
+        "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
+        "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it",
+    )
     health: HealthConfig = HealthConfig()
     allow_unauthenticated: bool = Field(
-        False, description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
-                           "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED")
+        False,
+        description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
+        "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED",
+    )
     backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
@@ -247,16 +291,22 @@ class Settings(BaseSettings):
 
     def load_api_keys(self) -> list[ApiKey]:
         """Every configured key with its scope and sets (empty: no keys, the API is open)."""
-        keys = [parse_api_key(k, "api_keys") for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")
-                if k.strip()]
+        keys = [
+            parse_api_key(k, "api_keys")
+            for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")
+            if k.strip()
+        ]
         if self.api_keys_file:
             path = Path(self.api_keys_file).expanduser()
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as e:
                 raise ConfigError(f"api_keys_file {path}: {e.strerror}") from None
-            keys += [parse_api_key(ln, f"api_keys_file {path} line {i}") for i, ln in enumerate(lines, 1)
-                     if ln.strip() and not ln.strip().startswith("#")]
+            keys += [
+                parse_api_key(ln, f"api_keys_file {path} line {i}")
+                for i, ln in enumerate(lines, 1)
+                if ln.strip() and not ln.strip().startswith("#")
+            ]
         return keys
 
     def model_names(self) -> list[str]:
@@ -280,7 +330,8 @@ def parse_api_key(entry: str, where: str) -> ApiKey:
     """``KEY [scope=score|admin] [sets=A,B]`` (sets also separated by ``+``, for the comma-separated
     ``api_keys``); a plain ``KEY`` keeps full (admin) access to every set. ``where`` names the
     source in errors; the key itself never appears in them."""
-    from .references.base import InvalidSetName, check_set_name
+    from .errors import InvalidSetName
+    from .references.base import check_set_name
 
     key, *attrs = entry.split()
     scope, sets = "admin", None
@@ -354,4 +405,5 @@ def check_exposure(settings: Settings) -> None:
         f"refusing to listen on {settings.host}:{settings.port} without API keys: anyone who reaches this port could "
         "score and overwrite stored references. Set REWARDSERVE_API_KEYS (comma-separated) or api_keys_file, listen on "
         "127.0.0.1, or pass --allow-unauthenticated (config allow_unauthenticated: true, env "
-        "REWARDSERVE_ALLOW_UNAUTHENTICATED=true) if something else guards the port.")
+        "REWARDSERVE_ALLOW_UNAUTHENTICATED=true) if something else guards the port."
+    )

@@ -26,6 +26,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import HealthConfig
 
 
 @dataclass
@@ -36,8 +40,13 @@ class _Streak:
 
 
 class ForwardHealth:
-    def __init__(self, max_consecutive_failures: int = 3, max_forward_seconds: float = 60.0,
-                 liveness_grace_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_consecutive_failures: int = 3,
+        max_forward_seconds: float = 60.0,
+        liveness_grace_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_failures = max_consecutive_failures
         self.max_forward = max_forward_seconds
         self.grace = liveness_grace_seconds
@@ -48,7 +57,7 @@ class ForwardHealth:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg) -> ForwardHealth:
+    def from_config(cls, cfg: HealthConfig) -> ForwardHealth:
         return cls(cfg.max_consecutive_failures, cfg.max_forward_seconds, cfg.liveness_grace_seconds)
 
     @contextmanager
@@ -89,12 +98,13 @@ class ForwardHealth:
         with self._lock:
             for name, s in sorted(self._streaks.items()):
                 if s.unready_since is not None and now - s.unready_since >= extra:
-                    out.append(f"backbone {name!r}: the last {s.failures} forward passes failed "
-                               f"(last: {s.last_error})")
+                    out.append(f"backbone {name!r}: the last {s.failures} forward passes failed (last: {s.last_error})")
             for name, start in sorted(self._running.values()):
                 if now - start > self.max_forward + extra:
-                    out.append(f"backbone {name!r}: a forward pass has been running for {now - start:.1f} s "
-                               f"(limit max_forward_seconds={self.max_forward:g})")
+                    out.append(
+                        f"backbone {name!r}: a forward pass has been running for {now - start:.1f} s "
+                        f"(limit max_forward_seconds={self.max_forward:g})"
+                    )
         return out
 
     def failing_backbones(self) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+
 from rewardclient.protocol import AGGREGATE_METHODS, DEFAULT_AGGREGATE, AggregateMethod
 
 TransformKind = Literal["lsc", "identity"]
@@ -24,7 +25,8 @@ TransformKind = Literal["lsc", "identity"]
 def log_sigmoid(x: float | np.ndarray) -> np.ndarray:
     """log σ(x) = -softplus(-x) = -log(1 + exp(-x)), stable for any finite x (float64)."""
     x = np.asarray(x, dtype=np.float64)
-    return -np.logaddexp(0.0, -x)
+    out: np.ndarray = -np.logaddexp(0.0, -x)
+    return out
 
 
 def transform(raw: float | np.ndarray, reference: float | np.ndarray, kind: TransformKind = "lsc") -> np.ndarray:

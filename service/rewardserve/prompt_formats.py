@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import Messages, Prompt
+from rewardclient.protocol import Message, Messages, Prompt
 
 from .errors import PromptFormatError
 
@@ -75,7 +75,9 @@ def _skip(text: str, pos: int, bos: tuple[str, ...]) -> int:
             return pos
 
 
-def _tagged(turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[str, str] | None = None):
+def _tagged(
+    turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[str, str] | None = None
+) -> Callable[[str], Messages | None]:
     """A parser for templates of repeated ``<header role> content <end>`` turns: ``turn`` has groups
     ``role`` and ``content``; ``open_turn`` is the generation prompt (an open assistant header)."""
     turn_re = re.compile(turn, re.S)
@@ -83,7 +85,7 @@ def _tagged(turn: str, open_turn: str, bos: tuple[str, ...] = (), roles: dict[st
     roles = roles or {}
 
     def parse(text: str) -> Messages | None:
-        pos, msgs = _skip(text, 0, bos), []
+        pos, msgs = _skip(text, 0, bos), list[Message]()
         while pos < len(text):
             if open_re.match(text, pos) or not text[pos:].strip():
                 break
@@ -104,7 +106,7 @@ _LLAMA2_SYS = re.compile(r"<<SYS>>\n(?P<system>.*?)\n<</SYS>>\n\n(?P<user>.*)\Z"
 def _parse_inst(text: str) -> Messages | None:
     """Llama-2 (``<s>[INST] <<SYS>>\\nS\\n<</SYS>>\\n\\nU [/INST] A </s>``) and Mistral
     (``<s>[INST] U [/INST]A</s>``)."""
-    pos, msgs = 0, []
+    pos, msgs = 0, list[Message]()
     while True:
         pos = _skip(text, pos, ("<s>",))
         if pos >= len(text):
@@ -125,30 +127,68 @@ def _parse_inst(text: str) -> Messages | None:
 
 _ROLE_TAGS = r"<\|(?P<role>system|user|assistant)\|>\n"
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("llama3", ("<|start_header_id|>", "<|eot_id|>"), _tagged(
-        r"<\|start_header_id\|>(?P<role>[^<\n]+)<\|end_header_id\|>\n\n(?P<content>.*?)<\|eot_id\|>",
-        r"<\|start_header_id\|>assistant<\|end_header_id\|>", bos=("<|begin_of_text|>",)),
-        ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"), trims=True),
-    Family("chatml", ("<|im_start|>", "<|im_end|>"), _tagged(
-        r"<\|im_start\|>(?P<role>[^<\n]+)\n(?P<content>.*?)<\|im_end\|>\n?", r"<\|im_start\|>assistant\n?"),
-        ("<|im_end|>", "<|endoftext|>")),
-    Family("gemma", ("<start_of_turn>", "<end_of_turn>"), _tagged(
-        r"<start_of_turn>(?P<role>[^<\n]+)\n(?P<content>.*?)<end_of_turn>\n?", r"<start_of_turn>model\n?",
-        bos=("<bos>",), roles={"model": "assistant"}),
-        ("<end_of_turn>", "<eos>", "<pad>"), trims=True),
-    Family("phi3", ("<|end|>",), _tagged(
-        _ROLE_TAGS + r"(?P<content>.*?)<\|end\|>\n?", r"<\|assistant\|>\n?", bos=("<s>",)),
-        ("<|end|>", "<|endoftext|>")),
-    Family("zephyr", ("<|user|>", "<|assistant|>", "<|system|>"), _tagged(
-        # Zephyr: content + EOS + "\n"; Tulu: user content + "\n", assistant content + EOS + "\n"
-        _ROLE_TAGS + r"(?P<content>.*?)(?:</s>|<\|endoftext\|>)?(?:\n(?=<\|(?:system|user|assistant)\|>)|\Z)",
-        r"<\|assistant\|>\n?", bos=("<s>",)),
-        ("</s>", "<|endoftext|>", "<pad>")),
-    Family("llama2", ("[INST]", "[/INST]"), _parse_inst, ("</s>", "<unk>", "<pad>"), trims=True),
-)}
-ALIASES = {"qwen": "chatml", "smollm": "chatml", "llama-3": "llama3", "llama-2": "llama2", "mistral": "llama2",
-           "inst": "llama2", "phi-3": "phi3", "tulu": "zephyr"}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "llama3",
+            ("<|start_header_id|>", "<|eot_id|>"),
+            _tagged(
+                r"<\|start_header_id\|>(?P<role>[^<\n]+)<\|end_header_id\|>\n\n(?P<content>.*?)<\|eot_id\|>",
+                r"<\|start_header_id\|>assistant<\|end_header_id\|>",
+                bos=("<|begin_of_text|>",),
+            ),
+            ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"),
+            trims=True,
+        ),
+        Family(
+            "chatml",
+            ("<|im_start|>", "<|im_end|>"),
+            _tagged(r"<\|im_start\|>(?P<role>[^<\n]+)\n(?P<content>.*?)<\|im_end\|>\n?", r"<\|im_start\|>assistant\n?"),
+            ("<|im_end|>", "<|endoftext|>"),
+        ),
+        Family(
+            "gemma",
+            ("<start_of_turn>", "<end_of_turn>"),
+            _tagged(
+                r"<start_of_turn>(?P<role>[^<\n]+)\n(?P<content>.*?)<end_of_turn>\n?",
+                r"<start_of_turn>model\n?",
+                bos=("<bos>",),
+                roles={"model": "assistant"},
+            ),
+            ("<end_of_turn>", "<eos>", "<pad>"),
+            trims=True,
+        ),
+        Family(
+            "phi3",
+            ("<|end|>",),
+            _tagged(_ROLE_TAGS + r"(?P<content>.*?)<\|end\|>\n?", r"<\|assistant\|>\n?", bos=("<s>",)),
+            ("<|end|>", "<|endoftext|>"),
+        ),
+        Family(
+            "zephyr",
+            ("<|user|>", "<|assistant|>", "<|system|>"),
+            _tagged(
+                # Zephyr: content + EOS + "\n"; Tulu: user content + "\n", assistant content + EOS + "\n"
+                _ROLE_TAGS + r"(?P<content>.*?)(?:</s>|<\|endoftext\|>)?(?:\n(?=<\|(?:system|user|assistant)\|>)|\Z)",
+                r"<\|assistant\|>\n?",
+                bos=("<s>",),
+            ),
+            ("</s>", "<|endoftext|>", "<pad>"),
+        ),
+        Family("llama2", ("[INST]", "[/INST]"), _parse_inst, ("</s>", "<unk>", "<pad>"), trims=True),
+    )
+}
+ALIASES = {
+    "qwen": "chatml",
+    "smollm": "chatml",
+    "llama-3": "llama3",
+    "llama-2": "llama2",
+    "mistral": "llama2",
+    "inst": "llama2",
+    "phi-3": "phi3",
+    "tulu": "zephyr",
+}
 DETECTION_ORDER = ("llama3", "chatml", "gemma", "phi3", "zephyr", "llama2")  # phi3 before zephyr: same role tags
 
 
@@ -199,23 +239,29 @@ class TokenizerFormat:
 
     @classmethod
     def learn(cls, name: str, tokenizer: Any) -> TokenizerFormat:
-        def render(msgs, gen=True):
-            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        def render(msgs: list[dict[str, str]], gen: bool = True) -> str:
+            rendered: str = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            return rendered
 
-        u1, a1, u2 = ({"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
-                      {"role": "user", "content": _U2})
+        u1, a1, u2 = (
+            {"role": "user", "content": _U1},
+            {"role": "assistant", "content": _A1},
+            {"role": "user", "content": _U2},
+        )
         try:
             t = render([u1, a1, u2])
             start, rest = t.split(_U1)
             user_assistant, rest = rest.split(_A1)
             assistant_user, generation = rest.split(_U2)
         except Exception as e:
-            raise PromptFormatError(f"prompt_format {name!r}: its chat template does not render a user/assistant "
-                                    f"conversation with its contents intact ({type(e).__name__}: {e})") from None
+            raise PromptFormatError(
+                f"prompt_format {name!r}: its chat template does not render a user/assistant "
+                f"conversation with its contents intact ({type(e).__name__}: {e})"
+            ) from None
         sys_start = sys_user = None
         try:
             ts = render([{"role": "system", "content": _S}, u1, a1, u2])
-            if ts.count(_S) == 1 and ts.endswith(t[t.index(_U1):]):
+            if ts.count(_S) == 1 and ts.endswith(t[t.index(_U1) :]):
                 sys_start, rest = ts.split(_S)
                 sys_user = rest.split(_U1)[0]
         except Exception:  # templates without a system role
@@ -224,22 +270,31 @@ class TokenizerFormat:
         for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
             if getattr(tok, "special", False):
                 specials.add(str(tok.content))
-        return cls(name, tokenizer, start, sys_start, sys_user, user_assistant, assistant_user, generation,
-                   tuple(sorted((s for s in specials if s), key=len, reverse=True)))
+        return cls(
+            name,
+            tokenizer,
+            start,
+            sys_start,
+            sys_user,
+            user_assistant,
+            assistant_user,
+            generation,
+            tuple(sorted((s for s in specials if s), key=len, reverse=True)),
+        )
 
     def _split(self, text: str) -> Messages | None:
         msgs: Messages = []
         if self.sys_start is not None and self.sys_user and text.startswith(self.sys_start):
             end = text.find(self.sys_user, len(self.sys_start))
             if end >= 0:
-                msgs.append({"role": "system", "content": text[len(self.sys_start):end]})
-                body = text[end + len(self.sys_user):]
+                msgs.append({"role": "system", "content": text[len(self.sys_start) : end]})
+                body = text[end + len(self.sys_user) :]
             elif text.startswith(self.start):
-                body = text[len(self.start):]
+                body = text[len(self.start) :]
             else:
                 return None
         elif text.startswith(self.start):
-            body = text[len(self.start):]
+            body = text[len(self.start) :]
         else:
             return None
         if not body.endswith(self.generation):
@@ -282,7 +337,9 @@ def tokenizer_format(spec: str, download: bool = True) -> TokenizerFormat:
         path = Path(spec).expanduser()
         tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else spec, local_files_only=not download)
     except Exception as e:
-        raise PromptFormatError(f"prompt_format {name!r}: the tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
+        raise PromptFormatError(
+            f"prompt_format {name!r}: the tokenizer cannot be loaded ({type(e).__name__}: {e})"
+        ) from None
     if not getattr(tok, "chat_template", None):
         raise PromptFormatError(f"prompt_format {name!r}: the tokenizer has no chat template")
     return TokenizerFormat.learn(name, tok)
@@ -295,7 +352,7 @@ def split_query(query: str, prompt: str) -> str | None:
     ``"<s> [INST]"``), so differences in whitespace are allowed. ``None``: the query does not start
     with the prompt."""
     if query.startswith(prompt):
-        return query[len(prompt):]
+        return query[len(prompt) :]
     target = "".join(prompt.split())
     k = 0
     for j, ch in enumerate(query):
@@ -318,7 +375,7 @@ def check_format_name(name: str) -> str:
     """``name`` if it is a valid ``prompt_format`` (syntax only: a tokenizer is not loaded here)."""
     if name in ("auto", "plain") or name in FAMILIES or name in ALIASES:
         return name
-    if name.startswith("tokenizer:") and name[len("tokenizer:"):].strip():
+    if name.startswith("tokenizer:") and name[len("tokenizer:") :].strip():
         return name
     raise PromptFormatError(f"unknown prompt_format {name!r}; expected one of: {', '.join(format_names())}")
 
@@ -333,7 +390,7 @@ def resolve_format(name: str, download: bool = True) -> Format:
     if name in ("auto", "plain"):
         return name
     if name.startswith("tokenizer:"):
-        return tokenizer_format(name[len("tokenizer:"):].strip(), download)
+        return tokenizer_format(name[len("tokenizer:") :].strip(), download)
     return FAMILIES[ALIASES.get(name, name)]
 
 
@@ -351,6 +408,10 @@ def normalise(prompt: Prompt, response: str, fmt: Format) -> Normalised:
         return normalise(prompt, response, resolve_format(fmt))
     messages = fmt.parse(prompt)
     if messages is None:
-        return Normalised(prompt, response, "plain", f"the prompt does not parse as a {fmt.name} chat-templated "
-                                                     "conversation; it was scored as plain text")
+        return Normalised(
+            prompt,
+            response,
+            "plain",
+            f"the prompt does not parse as a {fmt.name} chat-templated conversation; it was scored as plain text",
+        )
     return Normalised(messages, fmt.clean_response(response), fmt.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+
 from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
 
 from .prompt_formats import check_format_name
@@ -23,12 +24,24 @@ class Message(_Wire):  # validates rewardclient.protocol.Message
 # the validated wire form of rewardclient.protocol.Prompt (plain_prompt turns it back into plain data)
 Prompt = Annotated[str | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-PromptFormat = Annotated[str, StringConstraints(max_length=1024), AfterValidator(check_format_name), Field(
-    description="how string prompts are read: 'auto' (detect a chat template), 'plain', a family (chatml, llama3, "
-                "llama2, gemma, phi3, zephyr) or 'tokenizer:<path or hub id>'; default: the service's prompt_format")]
-ReferenceSetName = Annotated[str, AfterValidator(check_set_name), Field(
-    description="a reference set (one base policy's calibration): 1-64 characters of A-Z a-z 0-9 . _ -, "
-                "starting with a letter or digit", examples=[DEFAULT_SET])]
+PromptFormat = Annotated[
+    str,
+    StringConstraints(max_length=1024),
+    AfterValidator(check_format_name),
+    Field(
+        description="how string prompts are read: 'auto' (detect a chat template), 'plain', a family (chatml, llama3, "
+        "llama2, gemma, phi3, zephyr) or 'tokenizer:<path or hub id>'; default: the service's prompt_format"
+    ),
+]
+ReferenceSetName = Annotated[
+    str,
+    AfterValidator(check_set_name),
+    Field(
+        description="a reference set (one base policy's calibration): 1-64 characters of A-Z a-z 0-9 . _ -, "
+        "starting with a letter or digit",
+        examples=[DEFAULT_SET],
+    ),
+]
 
 
 class ScoreItem(_Wire):
@@ -52,8 +65,10 @@ class ScoreRequest(_Wire):
     prompt_format: PromptFormat | None = None
     reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the reference set stored references come from")
     missing_reference: Literal["error"] | None = Field(
-        None, description="'error': answer 422 missing_reference when an LSC model has no inline or stored reference "
-                          "for an item (no set or config default); default: each model's configured policy")
+        None,
+        description="'error': answer 422 missing_reference when an LSC model has no inline or stored reference "
+        "for an item (no set or config default); default: each model's configured policy",
+    )
 
 
 class ScoreResult(BaseModel):
@@ -62,15 +77,19 @@ class ScoreResult(BaseModel):
     reference: dict[str, float]
     reference_source: dict[str, ReferenceSource] = Field(
         description="per model, where its reference came from: inline (the item), stored (the set's entry for the "
-                    "prompt), set_default (the set's calibrated default), config_default (the model's default_reference)")
+        "prompt), set_default (the set's calibrated default), config_default (the model's default_reference)"
+    )
     transformed: dict[str, float]
     aggregate: float
     p_all_good: float | None = Field(
-        None, description="exp(Σ u_m) for unit-weight lsc_sum over LSC models when every reference is inline or "
-                          "stored; null otherwise")
+        None,
+        description="exp(Σ u_m) for unit-weight lsc_sum over LSC models when every reference is inline or "
+        "stored; null otherwise",
+    )
     truncated: dict[str, bool]
-    warnings: list[str] | None = Field(None, exclude_if=lambda v: v is None,
-                                       description="present only when there is something to say")
+    warnings: list[str] | None = Field(
+        None, exclude_if=lambda v: v is None, description="present only when there is something to say"
+    )
 
 
 class ModelRevision(BaseModel):
@@ -110,7 +129,9 @@ class ReferencesUpload(_Wire):
     default: DefaultReference | None = Field(
         None, description="the model's stored default reference, used for prompts with no reference of their own"
     )
-    quantile: float | None = Field(None, ge=0.0, le=1.0, description=f"quantile of sample rewards (default {DEFAULT_QUANTILE})")
+    quantile: float | None = Field(
+        None, ge=0.0, le=1.0, description=f"quantile of sample rewards (default {DEFAULT_QUANTILE})"
+    )
     policy: str | None = Field(None, max_length=1024, description="id of the policy that made the samples")
     reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the set to store into")
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from rewardclient.protocol import Prompt, plain_prompt
 
 from . import lsc, prompt_formats
-from .backends.base import Backend, ModelInfo
-from .batcher import Batcher
+from .backends.base import Backend, Encoded, ModelInfo
+from .batcher import Batcher, Scored
 from .config import BackboneConfig, ModelConfig, Settings
 from .errors import (
     InvalidInput,
@@ -41,6 +42,10 @@ BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
 log = logging.getLogger("rewardserve")
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
+
+
+def _encode_all(backend: Backend, pairs: Sequence[tuple[Prompt, str]]) -> list[Encoded]:
+    return [backend.encode(p, r) for p, r in pairs]
 
 
 @dataclass
@@ -92,11 +97,17 @@ class Scorer:
         b = cfg.batching or self.settings.batching
         on_cpu = backend.device.type == "cpu"
         cpu_threads = torch.get_num_threads() if on_cpu else None
-        batcher = Batcher(backend, max_batch_tokens=b.batch_tokens_for(cfg.device), max_wait_ms=b.max_wait_ms,
-                          max_queued_tokens=b.max_queued_tokens, sort_by_length=b.sort_by_length,
-                          max_padding_ratio=b.padding_ratio_for(cfg.device),
-                          forward_workers=b.workers_for(cfg.device, cpu_threads or 1), cpu_threads=cpu_threads,
-                          metrics=self.metrics)
+        batcher = Batcher(
+            backend,
+            max_batch_tokens=b.batch_tokens_for(cfg.device),
+            max_wait_ms=b.max_wait_ms,
+            max_queued_tokens=b.max_queued_tokens,
+            sort_by_length=b.sort_by_length,
+            max_padding_ratio=b.padding_ratio_for(cfg.device),
+            forward_workers=b.workers_for(cfg.device, cpu_threads or 1),
+            cpu_threads=cpu_threads,
+            metrics=self.metrics,
+        )
         batcher.start()
         self.add_backbone(backend, batcher)
         return backend
@@ -120,7 +131,9 @@ class Scorer:
             raise TooManyModels(f"{len(names)} models requested; the limit (max_models_per_request) is {limit}")
         unknown = [m for m in names if m not in self.models]
         if unknown:
-            raise UnknownModel(f"unknown model {unknown[0]!r}; served models: {', '.join(self.models) or '(none loaded)'}")
+            raise UnknownModel(
+                f"unknown model {unknown[0]!r}; served models: {', '.join(self.models) or '(none loaded)'}"
+            )
         return names
 
     def check_items(self, items: Sequence[ScoreItem]) -> None:
@@ -128,7 +141,9 @@ class Scorer:
         if len(items) > lim.max_items_per_request:
             raise TooManyItems(f"{len(items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}")
         for i, it in enumerate(items):
-            n = len(it.response) + (len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.content) for m in it.prompt))
+            n = len(it.response) + (
+                len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.content) for m in it.prompt)
+            )
             if n > lim.max_text_chars:
                 raise TextTooLong(f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
             for m in it.reference or {}:
@@ -144,12 +159,13 @@ class Scorer:
         name = name or self.settings.prompt_format
         if name.startswith("tokenizer:"):
             configured = name in (self.settings.prompt_format, self.settings.openrlhf.prompt_format)
-            name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:"):].strip())
+            name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:") :].strip())
             return await asyncio.to_thread(prompt_formats.resolve_format, name, configured)
         return prompt_formats.resolve_format(name)
 
-    async def normalise(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                        prompt_format: str | None) -> list[prompt_formats.Normalised]:
+    async def normalise(
+        self, prompts: Sequence[Prompt], responses: Sequence[str], prompt_format: str | None
+    ) -> list[prompt_formats.Normalised]:
         """Each (prompt, response) as the reward models read it: templated string prompts parsed back
         into messages, the responses' trailing end-of-turn markup removed (``prompt_formats``)."""
         fmt = await self.resolve_prompt_format(prompt_format)
@@ -163,9 +179,14 @@ class Scorer:
         return run()
 
     # -- references -------------------------------------------------------------------------------
-    async def resolve_references(self, items: Sequence[ScoreItem], prompts: list[Prompt], models: list[str],
-                                 reference_set: str = DEFAULT_SET, missing_reference: str | None = None,
-                                 ) -> tuple[np.ndarray, list[dict[str, str]], list[list[str]]]:
+    async def resolve_references(
+        self,
+        items: Sequence[ScoreItem],
+        prompts: list[Prompt],
+        models: list[str],
+        reference_set: str = DEFAULT_SET,
+        missing_reference: str | None = None,
+    ) -> tuple[np.ndarray, list[dict[str, str]], list[list[str]]]:
         """r_ref per (item, model) and where it came from: ``inline`` → ``stored`` (the set's entry
         for the prompt) → ``set_default`` (the model's default in the set, ``DEFAULT_KEY``, written by
         calibration) → ``config_default`` → 422 when the model's policy, or the request's
@@ -189,15 +210,21 @@ class Scorer:
                 fps = [prompt_fingerprint(p) for p in prompts]
             stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             stored_default = stored.get(DEFAULT_KEY)
-            policy = "error" if missing_reference == "error" and sm.config.transform == "lsc" else sm.config.missing_reference
+            policy = (
+                "error"
+                if missing_reference == "error" and sm.config.transform == "lsc"
+                else sm.config.missing_reference
+            )
             for i in missing:
                 ref: Reference | None = stored.get(fps[i])
                 if ref is not None:
                     refs[i, j] = ref.value
                     sources[i][m] = "stored"
                     if ref.revision and ref.revision != sm.info.revision:
-                        msg = (f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
-                               f"the model is now {sm.info.revision}")
+                        msg = (
+                            f"the stored reference for model {m!r} was made with model revision {ref.revision}; "
+                            f"the model is now {sm.info.revision}"
+                        )
                         if self.settings.references.revision_mismatch == "reject":
                             raise StaleReference(f"items[{i}]: {msg}; recalibrate or pass items[{i}].reference")
                         warnings[i].append(msg)
@@ -208,8 +235,11 @@ class Scorer:
                     refs[i, j] = sm.config.default_reference
                     sources[i][m] = "config_default"
                 else:
-                    why = "the request's missing_reference is 'error'" if missing_reference == "error" \
+                    why = (
+                        "the request's missing_reference is 'error'"
+                        if missing_reference == "error"
                         else "missing_reference policy is 'error'"
+                    )
                     raise MissingReference(
                         f"items[{i}]: no reference for model {m!r} and prompt fingerprint {fps[i]} in reference set "
                         f"{reference_set!r} ({why}); pass items[{i}].reference or store one via POST /v1/references",
@@ -217,8 +247,9 @@ class Scorer:
         return refs, sources, warnings
 
     # -- raw rewards ------------------------------------------------------------------------------
-    async def raw_rewards(self, pairs: Sequence[tuple[Prompt, str]], models: list[str],
-                          timing: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    async def raw_rewards(
+        self, pairs: Sequence[tuple[Prompt, str]], models: list[str], timing: dict[str, float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """Raw rewards (n_items × n_models), truncation flags (same shape) and tokens used. ``timing``
         (if given) gets seconds that partition the request's time in the scorer (they never overlap, so
         their sum is at most the total): ``encode`` (first tokenization start → the last backbone's
@@ -230,7 +261,7 @@ class Scorer:
         for j, m in enumerate(models):
             by_backbone.setdefault(self.models[m].backbone, []).append(j)
         tokens = 0
-        all_futures: list[asyncio.Future] = []
+        all_futures: list[asyncio.Future[Scored]] = []
         jobs = []
         enc_start, submitted, starts, ends = time.perf_counter(), [], [], []
         try:
@@ -239,7 +270,7 @@ class Scorer:
                 if len(pairs) <= _INLINE_ENCODE_MAX:
                     encs = [backend.encode(p, r) for p, r in pairs]
                 else:
-                    encs = await asyncio.to_thread(lambda b=backend: [b.encode(p, r) for p, r in pairs])
+                    encs = await asyncio.to_thread(_encode_all, backend, pairs)
                 tokens += sum(e.length for e in encs)
                 submitted.append(time.perf_counter())
                 futs = self.batchers[bname].submit(encs)
@@ -262,14 +293,24 @@ class Scorer:
         if timing is not None and starts:
             enc_end = max(submitted)
             fwd_start = max(min(starts), enc_end)  # a forward that ran during a later encode counts as encode
-            timing.update(encode=enc_end - enc_start, queue=max(0.0, min(starts) - enc_end),
-                          forward=max(0.0, max(ends) - fwd_start))
+            timing.update(
+                encode=enc_end - enc_start,
+                queue=max(0.0, min(starts) - enc_end),
+                forward=max(0.0, max(ends) - fwd_start),
+            )
         return raw, trunc, tokens
 
     # -- the whole request ------------------------------------------------------------------------
-    async def score(self, items: Sequence[ScoreItem], models: Sequence[str] | None, aggregate: AggregateSpec | None,
-                    timing: dict[str, float] | None = None, prompt_format: str | None = None,
-                    reference_set: str = DEFAULT_SET, missing_reference: str | None = None) -> ScoreResponse:
+    async def score(
+        self,
+        items: Sequence[ScoreItem],
+        models: Sequence[str] | None,
+        aggregate: AggregateSpec | None,
+        timing: dict[str, float] | None = None,
+        prompt_format: str | None = None,
+        reference_set: str = DEFAULT_SET,
+        missing_reference: str | None = None,
+    ) -> ScoreResponse:
         """The response of ``POST /v1/score``; ``timing`` (if given) gets the seconds spent
         (see ``raw_rewards``); stored references come from ``reference_set``."""
         names = self.resolve_models(models)
@@ -277,16 +318,21 @@ class Scorer:
         weights = agg.weights or {}
         unknown_w = [k for k in weights if k not in names]
         if unknown_w:
-            raise InvalidInput(f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested "
-                               f"models {names}")
+            raise InvalidInput(
+                f"aggregate.weights names model {unknown_w[0]!r}, which is not among the requested models {names}"
+            )
         self.check_items(items)
-        norm = await self.normalise([plain_prompt(it.prompt) for it in items], [it.response for it in items], prompt_format)
+        norm = await self.normalise(
+            [plain_prompt(it.prompt) for it in items], [it.response for it in items], prompt_format
+        )
         prompts = [n.prompt for n in norm]
         # the reference lookup (a store round trip per model) runs while the items wait for and run
         # their forward; the first failure fails the request and the other task is cancelled (queued
         # items of a cancelled request are dropped before their forward)
-        tasks = (asyncio.ensure_future(self.resolve_references(items, prompts, names, reference_set, missing_reference)),
-                 asyncio.ensure_future(self.raw_rewards([(n.prompt, n.response) for n in norm], names, timing)))
+        tasks = (
+            asyncio.ensure_future(self.resolve_references(items, prompts, names, reference_set, missing_reference)),
+            asyncio.ensure_future(self.raw_rewards([(n.prompt, n.response) for n in norm], names, timing)),
+        )
         try:
             (refs, sources, warnings), (raw, trunc, tokens) = await asyncio.gather(*tasks)
         finally:
@@ -311,19 +357,22 @@ class Scorer:
             value = lsc.aggregate(r_i, u_i, agg.method, weights)
             item_warnings = ([norm[i].warning] if norm[i].warning else []) + warnings[i]
             # built from values computed here: no validation (model_construct); the route serializes them
-            results.append(ScoreResult.model_construct(
-                id=it.id,
-                raw=r_i,
-                reference=dict(zip(names, refs[i].tolist())),
-                reference_source={m: sources[i][m] for m in names},
-                transformed=u_i,
-                aggregate=value,
-                # a probability only against real references: inline or stored for this prompt
-                p_all_good=lsc.p_all_good(value) if with_p and all(
-                    sources[i][m] in ("inline", "stored") for m in names) else None,
-                truncated=dict(zip(names, trunc[i].tolist())),
-                warnings=item_warnings or None,
-            ))
+            results.append(
+                ScoreResult.model_construct(
+                    id=it.id,
+                    raw=r_i,
+                    reference=dict(zip(names, refs[i].tolist())),
+                    reference_source={m: sources[i][m] for m in names},
+                    transformed=u_i,
+                    aggregate=value,
+                    # a probability only against real references: inline or stored for this prompt
+                    p_all_good=lsc.p_all_good(value)
+                    if with_p and all(sources[i][m] in ("inline", "stored") for m in names)
+                    else None,
+                    truncated=dict(zip(names, trunc[i].tolist())),
+                    warnings=item_warnings or None,
+                )
+            )
         return ScoreResponse.model_construct(
             results=results,
             aggregate_method=agg.method,
@@ -336,18 +385,20 @@ class Scorer:
         out = []
         for m, sm in self.models.items():
             backend = self.backends[sm.backbone]
-            out.append({
-                "name": m,
-                "kind": sm.info.kind,
-                "backbone": sm.backbone,
-                "source": sm.info.source,
-                "revision": sm.info.revision,
-                "device": str(backend.device),
-                "dtype": str(backend.dtype).replace("torch.", ""),
-                "max_length": backend.max_length,
-                "transform": sm.config.transform,
-                "default_reference": sm.config.default_reference,
-                "missing_reference": sm.config.missing_reference,
-                **sm.info.extra,
-            })
+            out.append(
+                {
+                    "name": m,
+                    "kind": sm.info.kind,
+                    "backbone": sm.backbone,
+                    "source": sm.info.source,
+                    "revision": sm.info.revision,
+                    "device": str(backend.device),
+                    "dtype": str(backend.dtype).replace("torch.", ""),
+                    "max_length": backend.max_length,
+                    "transform": sm.config.transform,
+                    "default_reference": sm.config.default_reference,
+                    "missing_reference": sm.config.missing_reference,
+                    **sm.info.extra,
+                }
+            )
         return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 
 import httpx
 
@@ -16,28 +17,52 @@ import httpx
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class ServiceProcess:
-    def __init__(self, config: str | None = None, port: int = 0, env: dict[str, str] | None = None,
-                 ready_timeout: float = 300.0, extra_args: list[str] | None = None, quiet: bool = True):
+    def __init__(
+        self,
+        config: str | None = None,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 300.0,
+        extra_args: list[str] | None = None,
+        quiet: bool = True,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "rewardserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--log-level", "warning", *(["--config", config] if config else []), *(extra_args or [])]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "rewardserve.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *(["--config", config] if config else []),
+            *(extra_args or []),
+        ]
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout = ready_timeout
         self.quiet = quiet
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
-        self.log = None
+        self.log: IO[bytes] | None = None
 
     def start(self) -> ServiceProcess:
         t0 = time.monotonic()
         # the server's log goes to a file (a pipe nobody reads would block a chatty server)
-        self.log = tempfile.NamedTemporaryFile(prefix="rewardserve-", suffix=".log", delete=False) if self.quiet else None
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log or None, stderr=subprocess.STDOUT if self.quiet else None)
+        self.log = (
+            tempfile.NamedTemporaryFile(prefix="rewardserve-", suffix=".log", delete=False) if self.quiet else None
+        )
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, stdout=self.log or None, stderr=subprocess.STDOUT if self.quiet else None
+        )
         deadline = t0 + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -77,5 +102,5 @@ class ServiceProcess:
     def __enter__(self) -> ServiceProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

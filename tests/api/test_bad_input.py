@@ -23,14 +23,19 @@ def test_invalid_utf8(client):
 
 
 def test_empty_strings_are_scored(client):
-    r = client.post("/v1/score", json={"items": [{"prompt": "", "response": ""}, {"prompt": [], "response": ""}], "models": ["a", "cls"]})
+    r = client.post(
+        "/v1/score",
+        json={"items": [{"prompt": "", "response": ""}, {"prompt": [], "response": ""}], "models": ["a", "cls"]},
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["results"]) == 2
 
 
 def test_one_megabyte_response(client):
     # over the default max_text_chars: a clear 413; under it, long texts are truncated and scored
-    e = _err(client.post("/v1/score", json={"items": [{"prompt": "p", "response": "word " * 200_000}], "models": ["a"]}), 413)
+    e = _err(
+        client.post("/v1/score", json={"items": [{"prompt": "p", "response": "word " * 200_000}], "models": ["a"]}), 413
+    )
     assert "max_text_chars" in e["message"]
     r = client.post("/v1/score", json={"items": [{"prompt": "p", "response": "word " * 39_000}], "models": ["a"]})
     assert r.status_code == 200 and r.json()["results"][0]["truncated"]["a"] is True
@@ -38,11 +43,23 @@ def test_one_megabyte_response(client):
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_numbers(client, bad):
-    _err(_post_raw(client, f'{{"items": [{{"prompt": "p", "response": "r", "reference": {{"a": {bad}}}}}]}}'.encode()), 422)
-    _err(_post_raw(client, f'{{"items": [{{"prompt": "p", "response": "r"}}], "models": ["a"], '
-                           f'"aggregate": {{"weights": {{"a": {bad}}}}}}}'.encode()), 422)
-    r = client.post("/v1/references", content=f'{{"model": "a", "entries": [{{"prompt": "p", "value": {bad}}}]}}'.encode(),
-                    headers={"content-type": "application/json"})
+    _err(
+        _post_raw(client, f'{{"items": [{{"prompt": "p", "response": "r", "reference": {{"a": {bad}}}}}]}}'.encode()),
+        422,
+    )
+    _err(
+        _post_raw(
+            client,
+            f'{{"items": [{{"prompt": "p", "response": "r"}}], "models": ["a"], '
+            f'"aggregate": {{"weights": {{"a": {bad}}}}}}}'.encode(),
+        ),
+        422,
+    )
+    r = client.post(
+        "/v1/references",
+        content=f'{{"model": "a", "entries": [{{"prompt": "p", "value": {bad}}}]}}'.encode(),
+        headers={"content-type": "application/json"},
+    )
     _err(r, 422)
 
 
@@ -84,7 +101,10 @@ def test_other_limits(server, client):
     e = _err(client.post("/v1/references", json={"model": "a", "entries": entries}), 413)
     assert "max_references_per_upload" in e["message"]
     _err(client.post("/v1/references", json={"model": "a", "entries": [{"prompt": "p"}]}), 422)
-    _err(client.post("/v1/references", json={"model": "a", "entries": [{"prompt": "p", "value": 1, "samples": ["x"]}]}), 422)
+    _err(
+        client.post("/v1/references", json={"model": "a", "entries": [{"prompt": "p", "value": 1, "samples": ["x"]}]}),
+        422,
+    )
     _err(client.post("/v1/references", json={"model": "a"}), 422)
     _err(client.get("/v1/references", params={"model": "a", "prompt_fingerprint": "short"}), 422)
     _err(client.get("/v1/references", params={"model": "zzz", "prompt_fingerprint": "0" * 64}), 404)

@@ -27,8 +27,13 @@ def config_file(tiny, tmp_path):
 
 def serve(config: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REWARDSERVE_")} | (env or {})
-    return subprocess.run([sys.executable, "-m", "rewardserve.cli", "serve", "--config", config, "--port", str(free_port()), *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rewardserve.cli", "serve", "--config", config, "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3"])
@@ -60,16 +65,19 @@ def test_loopback_starts_as_before(config_file):
         assert httpx.get(f"{svc.url}/readyz").status_code == 200
 
 
-@pytest.mark.parametrize("host,keys,allow,refused", [
-    ("0.0.0.0", None, False, True),
-    ("0.0.0.0", "k1,k2", False, False),
-    ("0.0.0.0", None, True, False),
-    ("rewardserve.example", None, False, True),  # a host name may resolve to any interface
-    ("127.0.0.1", None, False, False),
-    ("127.0.0.2", None, False, False),
-    ("localhost", None, False, False),
-    ("::1", None, False, False),
-])
+@pytest.mark.parametrize(
+    "host,keys,allow,refused",
+    [
+        ("0.0.0.0", None, False, True),
+        ("0.0.0.0", "k1,k2", False, False),
+        ("0.0.0.0", None, True, False),
+        ("rewardserve.example", None, False, True),  # a host name may resolve to any interface
+        ("127.0.0.1", None, False, False),
+        ("127.0.0.2", None, False, False),
+        ("localhost", None, False, False),
+        ("::1", None, False, False),
+    ],
+)
 def test_check_exposure(tiny, tmp_path, host, keys, allow, refused):
     s = tiny_settings(tiny, tmp_path, host=host, api_keys=keys, allow_unauthenticated=allow)
     if refused:

@@ -64,10 +64,33 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     # CPU load and still exit 0 (seen on a loaded 2-core machine); the per-operation check below
     # catches that either way.
     proc = subprocess.run(
-        [_st(), "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", str(EXAMPLES),
-         "--seed", "1", "--workers", "1", "--phases", "examples,fuzzing", "--report", "har",
-         "--report-har-path", str(har), "--suppress-health-check", "all", "--request-timeout", "60", "--no-shrink"],
-        capture_output=True, text=True, timeout=1500,
+        [
+            _st(),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            str(EXAMPLES),
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--phases",
+            "examples,fuzzing",
+            "--report",
+            "har",
+            "--report-har-path",
+            str(har),
+            "--suppress-health-check",
+            "all",
+            "--request-timeout",
+            "60",
+            "--no-shrink",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     summary = proc.stdout[-3000:] + proc.stderr[-1000:]
     assert proc.returncode == 0, summary
@@ -98,5 +121,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     for op, takes_input in operations.items():
         floor = int(0.9 * EXAMPLES) if takes_input else 1
         assert per_operation[op] >= floor, f"{op}: {per_operation[op]} requests (want ≥ {floor})\n{summary}"
-    print(f"\nschemathesis: {generated} cases generated and passed, {len(entries)} distinct requests over "
-          f"{len(per_operation)} operations; statuses {sorted(set(statuses))}")
+    print(
+        f"\nschemathesis: {generated} cases generated and passed, {len(entries)} distinct requests over "
+        f"{len(per_operation)} operations; statuses {sorted(set(statuses))}"
+    )

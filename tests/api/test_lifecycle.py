@@ -51,7 +51,9 @@ def test_load_failure_is_reported_by_readyz(tiny, tmp_path):
 
 def test_full_queue_answers_503_with_retry_after(tiny, tmp_path):
     # a small queue and a long wait for company: concurrent requests overflow it
-    settings = tiny_settings(tiny, tmp_path, batching={"max_wait_ms": 300, "max_queued_tokens": 40, "max_batch_tokens": 100000})
+    settings = tiny_settings(
+        tiny, tmp_path, batching={"max_wait_ms": 300, "max_queued_tokens": 40, "max_batch_tokens": 100000}
+    )
     with LiveServer(create_app(settings)) as srv:
         body = {"items": [{"prompt": "hello there", "response": "general kenobi " * 3}], "models": ["a"]}
 
@@ -105,6 +107,14 @@ def test_api_keys_guard_every_route_but_the_open_ones(tiny, tmp_path, monkeypatc
         r = httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": "Bearer wrong-key"})
         assert r.status_code == 401 and "wrong-key" not in r.text
         for key in ("env-key-1", "env-key-2", "file-key-123"):
-            assert httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
-        for method, path in (("GET", "/v1/models"), ("POST", "/v1/references"), ("POST", "/get_reward"), ("POST", "/score")):
+            assert (
+                httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": f"Bearer {key}"}).status_code
+                == 200
+            )
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("POST", "/v1/references"),
+            ("POST", "/get_reward"),
+            ("POST", "/score"),
+        ):
             assert httpx.request(method, srv.url + path, json={}).status_code == 401

@@ -12,7 +12,14 @@ from transformers import AutoTokenizer
 from rewardclient import prompt_fingerprint
 from rewardclient.verl import compute_score, compute_score_batch
 from rewardserve.app import create_app
-from tests.chat_templates import SPECS, conversations, make_tokenizer, openrlhf_sample, response_with_markup, verl_response
+from tests.chat_templates import (
+    SPECS,
+    conversations,
+    make_tokenizer,
+    openrlhf_sample,
+    response_with_markup,
+    verl_response,
+)
 from tests.conftest import LiveServer, tiny_settings
 
 MODELS = ["a", "b", "cls", "dec"]
@@ -28,11 +35,24 @@ def templates(tmp_path_factory):
 @pytest.fixture(scope="module")
 def srv(tiny, tmp_path_factory):
     backbones = {
-        "enc": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 256,
-                "models": {"a": {"head": str(tiny["head_a"])}, "b": {"head": str(tiny["head_b"])}}},
-        "clsbb": {"kind": "sequence_classifier", "path": str(tiny["enc_cls"]), "max_length": 256,
-                  "models": {"cls": {"transform": "identity"}}},
-        "decbb": {"kind": "sequence_classifier", "path": str(tiny["dec_chat"]), "max_length": 256, "models": {"dec": {}}},
+        "enc": {
+            "kind": "encoder_head",
+            "path": str(tiny["encoder"]),
+            "max_length": 256,
+            "models": {"a": {"head": str(tiny["head_a"])}, "b": {"head": str(tiny["head_b"])}},
+        },
+        "clsbb": {
+            "kind": "sequence_classifier",
+            "path": str(tiny["enc_cls"]),
+            "max_length": 256,
+            "models": {"cls": {"transform": "identity"}},
+        },
+        "decbb": {
+            "kind": "sequence_classifier",
+            "path": str(tiny["dec_chat"]),
+            "max_length": 256,
+            "models": {"dec": {}},
+        },
     }
     settings = tiny_settings(tiny, tmp_path_factory.mktemp("fmt"), backbones=backbones, openrlhf={})
     with LiveServer(create_app(settings)) as s:
@@ -61,8 +81,13 @@ def test_every_way_of_sending_gives_the_messages_rewards(srv, templates, name):
         want = _score(c, [{"prompt": spec.as_sent(m), "response": r} for m, r in convs])["results"]
         samples = [openrlhf_sample(tok, m, r, pad=k) for k, (m, r) in enumerate(convs)]
         # the templated prompt and the response with its end-of-turn (and padding) markup, to /v1/score
-        templated = _score(c, [{"prompt": p, "response": response_with_markup(tok, m, r, pad=k)}
-                               for k, ((_, p), (m, r)) in enumerate(zip(samples, convs))])["results"]
+        templated = _score(
+            c,
+            [
+                {"prompt": p, "response": response_with_markup(tok, m, r, pad=k)}
+                for k, ((_, p), (m, r)) in enumerate(zip(samples, convs))
+            ],
+        )["results"]
         # OpenRLHF: one sample per request
         openrlhf = []
         for q, p in samples:
@@ -70,10 +95,16 @@ def test_every_way_of_sending_gives_the_messages_rewards(srv, templates, name):
             assert r.status_code == 200, r.text
             openrlhf.append(r.json())
     # verl: the response decoded without special tokens, the prompt (templated, or messages) in extra_info
-    verl_templated = compute_score_batch([name] * len(convs), [verl_response(tok, m, r) for m, r in convs], [None] * len(convs),
-                                         [{"prompt": p} for _, p in samples], url=srv.url)
-    verl_messages = [compute_score(name, verl_response(tok, m, r), None, {"prompt": spec.as_sent(m)}, url=srv.url)
-                     for m, r in convs]
+    verl_templated = compute_score_batch(
+        [name] * len(convs),
+        [verl_response(tok, m, r) for m, r in convs],
+        [None] * len(convs),
+        [{"prompt": p} for _, p in samples],
+        url=srv.url,
+    )
+    verl_messages = [
+        compute_score(name, verl_response(tok, m, r), None, {"prompt": spec.as_sent(m)}, url=srv.url) for m, r in convs
+    ]
     for k, w in enumerate(want):
         _close(templated[k], w)
         assert "warnings" not in templated[k]
@@ -118,8 +149,10 @@ def test_stored_reference_is_found_whichever_way_the_prompt_arrives(srv, templat
         put = c.post("/v1/references", json={"model": "a", "entries": [{"prompt": prompt, "value": 0.625}]})
         assert put.status_code == 200, put.text
         assert put.json()["fingerprints"] == [prompt_fingerprint(messages)]
-        for item in ({"prompt": messages, "response": response},
-                     {"prompt": prompt, "response": response_with_markup(tok, messages, response)}):
+        for item in (
+            {"prompt": messages, "response": response},
+            {"prompt": prompt, "response": response_with_markup(tok, messages, response)},
+        ):
             assert _score(c, [item], models=["a"])["results"][0]["reference"]["a"] == 0.625
         want = _score(c, [{"prompt": messages, "response": response}], models=["a"])["results"][0]["transformed"]["a"]
     verl = compute_score("x", response, None, {"prompt": prompt}, url=srv.url, models=["a"])
@@ -129,21 +162,32 @@ def test_stored_reference_is_found_whichever_way_the_prompt_arrives(srv, templat
 def test_unparsable_templated_prompt_is_scored_as_plain_text_with_a_warning(srv):
     text = "<|im_start|>user\nan unterminated turn"
     with httpx.Client(base_url=srv.url, timeout=60) as c:
-        got = _score(c, [{"prompt": text, "response": "ok"}, {"prompt": "How do I boil an egg?", "response": "ok"}])["results"]
+        got = _score(c, [{"prompt": text, "response": "ok"}, {"prompt": "How do I boil an egg?", "response": "ok"}])[
+            "results"
+        ]
         plain = _score(c, [{"prompt": text, "response": "ok"}], prompt_format="plain")["results"][0]
     assert any("does not parse" in w and "plain text" in w for w in got[0]["warnings"])
     assert "warnings" not in got[1] and "warnings" not in plain
     _close(got[0], plain)
 
 
-@pytest.mark.parametrize("fmt,status,etype", [
-    ("chat-ml", 422, "invalid_request"),
-    ("tokenizer:", 422, "invalid_request"),
-    ("tokenizer:/nonexistent/tokenizer", 422, "invalid_prompt_format"),
-    ("tokenizer:rewardserve-tests/not-in-the-hub-cache", 422, "invalid_prompt_format"),  # a request does not download
-])
+@pytest.mark.parametrize(
+    "fmt,status,etype",
+    [
+        ("chat-ml", 422, "invalid_request"),
+        ("tokenizer:", 422, "invalid_request"),
+        ("tokenizer:/nonexistent/tokenizer", 422, "invalid_prompt_format"),
+        (
+            "tokenizer:rewardserve-tests/not-in-the-hub-cache",
+            422,
+            "invalid_prompt_format",
+        ),  # a request does not download
+    ],
+)
 def test_bad_prompt_format_is_a_422_with_the_error_body(srv, fmt, status, etype):
-    r = httpx.post(f"{srv.url}/v1/score", json={"items": [{"prompt": "p", "response": "r"}], "prompt_format": fmt}, timeout=60)
+    r = httpx.post(
+        f"{srv.url}/v1/score", json={"items": [{"prompt": "p", "response": "r"}], "prompt_format": fmt}, timeout=60
+    )
     assert r.status_code == status
     err = r.json()["error"]
     assert err["type"] == etype and "prompt_format" in err["message"]

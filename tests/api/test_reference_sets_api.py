@@ -17,7 +17,9 @@ from ..conftest import LiveServer, tiny_settings
 
 @pytest.fixture(scope="module")
 def srv(tiny, tmp_path_factory):
-    settings = tiny_settings(tiny, tmp_path_factory.mktemp("sets"), openrlhf={"models": ["a"], "reference_set": "rlhf-base"})
+    settings = tiny_settings(
+        tiny, tmp_path_factory.mktemp("sets"), openrlhf={"models": ["a"], "reference_set": "rlhf-base"}
+    )
     with LiveServer(create_app(settings)) as s:
         yield s
 
@@ -30,8 +32,12 @@ def c(srv):
 
 def fallbacks(c) -> dict[tuple[str, str], float]:
     text = c.get("/metrics").text
-    return {(m, s): float(v) for m, s, v in re.findall(
-        r'^rewardserve_reference_fallbacks_total\{model="([^"]+)",source="([^"]+)"\} (\S+)$', text, re.M)}
+    return {
+        (m, s): float(v)
+        for m, s, v in re.findall(
+            r'^rewardserve_reference_fallbacks_total\{model="([^"]+)",source="([^"]+)"\} (\S+)$', text, re.M
+        )
+    }
 
 
 def put(c, model, entries, rset=None, default=None):
@@ -62,17 +68,32 @@ def test_same_prompt_in_two_sets_and_every_source(c):
     assert (r2["reference"], r2["reference_source"]) == ({"a": 0.5}, {"a": "inline"})
     for res in (r0, r2):  # a probability only against real references
         assert res["p_all_good"] == pytest.approx(math.exp(res["transformed"]["a"]), rel=1e-12)
-        assert res["transformed"]["a"] == pytest.approx(float(lsc.transform(res["raw"]["a"], res["reference"]["a"])), abs=1e-12)
+        assert res["transformed"]["a"] == pytest.approx(
+            float(lsc.transform(res["raw"]["a"], res["reference"]["a"])), abs=1e-12
+        )
     assert r1["p_all_good"] is None and r1["aggregate"] == r1["transformed"]["a"]
     # the default set: its own entry for the prompt, and the model's configured default elsewhere
-    out = c.post("/v1/score", json={"items": [item, unseen], "models": ["a", "b", "cls"], "reference_set": "default",
-                                    "aggregate": {"method": "raw_sum"}} | {"items": [dict(item, reference={"b": 0.0}),
-                                                                                      dict(unseen, reference={"b": 0.0})]}).json()
+    out = c.post(
+        "/v1/score",
+        json={
+            "items": [item, unseen],
+            "models": ["a", "b", "cls"],
+            "reference_set": "default",
+            "aggregate": {"method": "raw_sum"},
+        }
+        | {"items": [dict(item, reference={"b": 0.0}), dict(unseen, reference={"b": 0.0})]},
+    ).json()
     d0, d1 = out["results"]
-    assert d0["reference"]["a"] == 1.0 and d0["reference_source"] == {"a": "stored", "b": "inline", "cls": "config_default"}
+    assert d0["reference"]["a"] == 1.0 and d0["reference_source"] == {
+        "a": "stored",
+        "b": "inline",
+        "cls": "config_default",
+    }
     assert d1["reference_source"] == {"a": "config_default", "b": "inline", "cls": "config_default"}
     # model b in exp-b: stored there; with both LSC models stored the item has a probability
-    res = c.post("/v1/score", json={"items": [item], "models": ["a", "b"], "reference_set": "exp-b"}).json()["results"][0]
+    res = c.post("/v1/score", json={"items": [item], "models": ["a", "b"], "reference_set": "exp-b"}).json()["results"][
+        0
+    ]
     assert res["reference_source"] == {"a": "stored", "b": "stored"}
     assert res["p_all_good"] == pytest.approx(math.exp(res["transformed"]["a"] + res["transformed"]["b"]), rel=1e-12)
     # the fallback counter: per model and source, LSC models only (cls is identity: no reference used)
@@ -84,11 +105,25 @@ def test_same_prompt_in_two_sets_and_every_source(c):
 def test_missing_reference_error_on_request(c):
     p = "sets: error policy prompt"
     put(c, "a", [(p, 0.1)], rset="strict", default=0.3)
-    ok = c.post("/v1/score", json={"items": [{"prompt": p, "response": "r"}], "models": ["a"], "reference_set": "strict",
-                                   "missing_reference": "error"})
+    ok = c.post(
+        "/v1/score",
+        json={
+            "items": [{"prompt": p, "response": "r"}],
+            "models": ["a"],
+            "reference_set": "strict",
+            "missing_reference": "error",
+        },
+    )
     assert ok.status_code == 200 and ok.json()["results"][0]["reference_source"] == {"a": "stored"}
-    r = c.post("/v1/score", json={"items": [{"prompt": p, "response": "r"}, {"prompt": "sets: other", "response": "r"}],
-                                  "models": ["a", "cls"], "reference_set": "strict", "missing_reference": "error"})
+    r = c.post(
+        "/v1/score",
+        json={
+            "items": [{"prompt": p, "response": "r"}, {"prompt": "sets: other", "response": "r"}],
+            "models": ["a", "cls"],
+            "reference_set": "strict",
+            "missing_reference": "error",
+        },
+    )
     assert r.status_code == 422, r.text
     e = r.json()["error"]
     assert e["type"] == "missing_reference" and "items[1]" in e["message"] and "'strict'" in e["message"]
@@ -106,15 +141,21 @@ def test_lookup_get_list_export_import_delete(c):
     assert g.status_code == 200 and g.json()["value"] == 4.0 and g.json()["reference_set"] == "life"
     g = c.get("/v1/references", params={"model": "a", "prompt_fingerprint": fp})
     assert g.status_code == 404 and "'default'" in g.json()["error"]["message"]
-    lk = c.post("/v1/references/lookup", json={"model": "a", "prompt_fingerprints": [fp], "reference_set": "life"}).json()
+    lk = c.post(
+        "/v1/references/lookup", json={"model": "a", "prompt_fingerprints": [fp], "reference_set": "life"}
+    ).json()
     assert lk["reference_set"] == "life" and lk["references"][fp]["value"] == 4.0 and lk["default"]["value"] == -1.0
-    assert c.post("/v1/references/lookup", json={"model": "a", "prompt_fingerprints": [fp]}).json()["references"][fp] is None
+    assert (
+        c.post("/v1/references/lookup", json={"model": "a", "prompt_fingerprints": [fp]}).json()["references"][fp]
+        is None
+    )
     listed = {s["name"]: s for s in c.get("/v1/reference-sets").json()["reference_sets"]}
     assert listed["life"] == {"name": "life", "models": {"a": 2, "b": 1}, "references": 3}
     export = c.get("/v1/reference-sets/life/references").json()
     assert export["reference_set"] == "life"
-    assert sorted((r["model"], r["prompt_fingerprint"], r["value"]) for r in export["references"]) == sorted([
-        ("a", "default", -1.0), ("a", fp, 4.0), ("b", fp, 5.0)])
+    assert sorted((r["model"], r["prompt_fingerprint"], r["value"]) for r in export["references"]) == sorted(
+        [("a", "default", -1.0), ("a", fp, 4.0), ("b", fp, 5.0)]
+    )
     # import the export as another set: every field kept
     imp = c.post("/v1/reference-sets/life-copy/references", json=export)
     assert imp.status_code == 200 and imp.json() == {"reference_set": "life-copy", "imported": 3}
@@ -129,7 +170,9 @@ def test_lookup_get_list_export_import_delete(c):
     assert c.get("/v1/reference-sets/life/references").json()["error"]["type"] == "reference_set_not_found"
     names = [s["name"] for s in c.get("/v1/reference-sets").json()["reference_sets"]]
     assert "life" not in names and "life-copy" in names
-    res = c.post("/v1/score", json={"items": [{"prompt": p, "response": "r"}], "models": ["a"], "reference_set": "life-copy"}).json()
+    res = c.post(
+        "/v1/score", json={"items": [{"prompt": p, "response": "r"}], "models": ["a"], "reference_set": "life-copy"}
+    ).json()
     assert res["results"][0]["reference"] == {"a": 4.0}
 
 
@@ -158,7 +201,9 @@ def test_get_reward_reads_the_configured_set_and_the_header(c):
     put(c, "a", [(p, 2.5)], rset="rlhf-base")
     put(c, "a", [(p, -2.5)], rset="other")
     body = {"query": [p + "a reply"], "prompts": [p]}
-    raw = c.post("/v1/score", json={"items": [{"prompt": p, "response": "a reply"}], "models": ["a"]}).json()["results"][0]["raw"]["a"]
+    raw = c.post("/v1/score", json={"items": [{"prompt": p, "response": "a reply"}], "models": ["a"]}).json()[
+        "results"
+    ][0]["raw"]["a"]
     for headers, ref in (({}, 2.5), ({"X-Reference-Set": "other"}, -2.5)):
         out = c.post("/get_reward", json=body, headers=headers).json()
         assert out["rewards"][0] == pytest.approx(float(lsc.transform(raw, ref)), abs=1e-5)

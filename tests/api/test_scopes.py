@@ -29,14 +29,21 @@ def srv(tiny, tmp_path_factory):
     finally:
         mp.undo()
     assert [(k.scope, k.sets) for k in settings.load_api_keys()] == [
-        ("admin", None), ("score", frozenset({"x", "default"})), ("admin", None), ("score", None),
-        ("score", frozenset({"x", "y"})), ("admin", frozenset({"x"}))]
+        ("admin", None),
+        ("score", frozenset({"x", "default"})),
+        ("admin", None),
+        ("score", None),
+        ("score", frozenset({"x", "y"})),
+        ("admin", frozenset({"x"})),
+    ]
     with LiveServer(create_app(settings)) as s:
         yield s
 
 
 def call(srv, key, method, path, **kw):
-    return httpx.request(method, srv.url + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})}, timeout=60, **kw)
+    return httpx.request(
+        method, srv.url + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})}, timeout=60, **kw
+    )
 
 
 def forbidden(r, *words):
@@ -61,7 +68,9 @@ def test_plain_keys_keep_full_access(srv):
     for key in ("admin-key-1", "env-plain-5"):
         assert call(srv, key, "POST", "/v1/references", json=upload("default", 1.0)).status_code == 200
         assert call(srv, key, "POST", "/v1/references", json=upload("plain-set", 2.0)).status_code == 200
-        assert call(srv, key, "POST", "/v1/score", json=score_body("plain-set")).json()["results"][0]["reference"] == {"a": 2.0}
+        assert call(srv, key, "POST", "/v1/score", json=score_body("plain-set")).json()["results"][0]["reference"] == {
+            "a": 2.0
+        }
         assert call(srv, key, "DELETE", "/v1/reference-sets/plain-set").status_code == 200
 
 
@@ -74,8 +83,16 @@ def test_score_scope_reads_and_scores_but_never_writes(srv):
     assert call(srv, key, "GET", "/v1/reference-sets").status_code == 200
     export = call(srv, key, "GET", "/v1/reference-sets/s/references")
     assert export.status_code == 200
-    assert call(srv, key, "POST", "/v1/references/lookup", json={"model": "a", "prompt_fingerprints": ["0" * 64],
-                                                                  "reference_set": "s"}).status_code == 200
+    assert (
+        call(
+            srv,
+            key,
+            "POST",
+            "/v1/references/lookup",
+            json={"model": "a", "prompt_fingerprints": ["0" * 64], "reference_set": "s"},
+        ).status_code
+        == 200
+    )
     assert call(srv, key, "POST", "/get_reward", json={"query": ["p r"], "prompts": ["p"]}).status_code == 200
     forbidden(call(srv, key, "POST", "/v1/references", json=upload("s", 9.0)), "scope 'score'", "admin")
     forbidden(call(srv, key, "POST", "/v1/reference-sets/s2/references", json=export.json()), "admin")
@@ -93,11 +110,32 @@ def test_keys_limited_to_sets(srv):
     assert call(srv, key, "POST", "/v1/score", json=score_body("y")).status_code == 200
     forbidden(call(srv, key, "POST", "/v1/score", json=score_body("z")), "'z'", "x, y")
     forbidden(call(srv, key, "POST", "/v1/score", json=score_body()), "'default'")  # no set named: the default set
-    forbidden(call(srv, key, "GET", "/v1/references", params={"model": "a", "prompt_fingerprint": "0" * 64, "reference_set": "z"}))
-    forbidden(call(srv, key, "POST", "/v1/references/lookup", json={"model": "a", "prompt_fingerprints": ["0" * 64], "reference_set": "z"}))
+    forbidden(
+        call(
+            srv,
+            key,
+            "GET",
+            "/v1/references",
+            params={"model": "a", "prompt_fingerprint": "0" * 64, "reference_set": "z"},
+        )
+    )
+    forbidden(
+        call(
+            srv,
+            key,
+            "POST",
+            "/v1/references/lookup",
+            json={"model": "a", "prompt_fingerprints": ["0" * 64], "reference_set": "z"},
+        )
+    )
     forbidden(call(srv, key, "GET", "/v1/reference-sets/z/references"))
     forbidden(call(srv, key, "POST", "/get_reward", json={"query": ["p r"], "prompts": ["p"]}), "'default'")
-    assert call(srv, key, "POST", "/get_reward", json={"query": ["p r"], "prompts": ["p"]}, headers={"X-Reference-Set": "x"}).status_code == 200
+    assert (
+        call(
+            srv, key, "POST", "/get_reward", json={"query": ["p r"], "prompts": ["p"]}, headers={"X-Reference-Set": "x"}
+        ).status_code
+        == 200
+    )
     names = [s["name"] for s in call(srv, key, "GET", "/v1/reference-sets").json()["reference_sets"]]
     assert names == ["x"]  # y holds nothing; z and default are not this key's
     forbidden(call(srv, key, "POST", "/v1/references", json=upload("x", 9.0)), "admin")
@@ -116,12 +154,15 @@ def test_keys_limited_to_sets(srv):
     assert call(srv, "nope", "POST", "/v1/score", json=score_body()).status_code == 401
 
 
-@pytest.mark.parametrize("entry, words", [
-    ("k1 scope=root", ["scope=score|admin"]),
-    ("k1 sets=a:b", ["invalid reference set name"]),
-    ("k1 sets=", ["sets=A,B"]),
-    ("k1 color=blue", ["'color'"]),
-])
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("k1 scope=root", ["scope=score|admin"]),
+        ("k1 sets=a:b", ["invalid reference set name"]),
+        ("k1 sets=", ["sets=A,B"]),
+        ("k1 color=blue", ["'color'"]),
+    ],
+)
 def test_bad_key_entries_name_the_source_not_the_key(entry, words, tmp_path):
     with pytest.raises(ConfigError) as e:
         parse_api_key(entry, "api_keys_file keys line 3")

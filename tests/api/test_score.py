@@ -50,7 +50,9 @@ def test_transformed_and_aggregate_follow_the_math(client):
 
 def test_identity_transform_and_raw_sum(client):
     items = [dict(it, reference={"b": 0.0}) for it in ITEMS]
-    body = score(client, items=items, models=["cls", "b"], aggregate={"method": "raw_sum", "weights": {"cls": 2.0}}).json()
+    body = score(
+        client, items=items, models=["cls", "b"], aggregate={"method": "raw_sum", "weights": {"cls": 2.0}}
+    ).json()
     for res in body["results"]:
         assert res["transformed"]["cls"] == res["raw"]["cls"]  # identity
         assert res["aggregate"] == pytest.approx(2.0 * res["raw"]["cls"] + res["raw"]["b"], abs=1e-12)
@@ -106,7 +108,9 @@ def test_reference_resolution_order(client):
 def test_references_from_samples_store_their_quantile(client):
     prompt = "samples prompt"
     samples = ["one", "two two", "three three three", "four four four four", "five"]
-    up = client.post("/v1/references", json={"model": "a", "quantile": 0.85, "entries": [{"prompt": prompt, "samples": samples}]})
+    up = client.post(
+        "/v1/references", json={"model": "a", "quantile": 0.85, "entries": [{"prompt": prompt, "samples": samples}]}
+    )
     assert up.status_code == 200, up.text
     raws = score(client, items=[{"prompt": prompt, "response": s} for s in samples], models=["a"]).json()["results"]
     expected = lsc.quantile([r["raw"]["a"] for r in raws], 0.85)
@@ -128,10 +132,22 @@ def err(r, status, type_=None):
 def test_error_cases(client):
     err(score(client, items=ITEMS, models=["nope"]), 404, "model_not_found")
     err(score(client, items=[]), 422, "invalid_request")
-    err(client.post("/v1/score", content=b'{"items": [{"prompt": "p", "response": "r", "reference": {"a": NaN}}]}',
-                    headers={"content-type": "application/json"}), 422)
-    err(client.post("/v1/score", content=b'{"items": [{"prompt": "p", "response": "r", "reference": {"a": Infinity}}]}',
-                    headers={"content-type": "application/json"}), 422)
+    err(
+        client.post(
+            "/v1/score",
+            content=b'{"items": [{"prompt": "p", "response": "r", "reference": {"a": NaN}}]}',
+            headers={"content-type": "application/json"},
+        ),
+        422,
+    )
+    err(
+        client.post(
+            "/v1/score",
+            content=b'{"items": [{"prompt": "p", "response": "r", "reference": {"a": Infinity}}]}',
+            headers={"content-type": "application/json"},
+        ),
+        422,
+    )
     err(score(client, items=ITEMS, aggregate={"method": "mean"}), 422, "invalid_request")
     e = err(score(client, items=ITEMS, models=["a"], aggregate={"weights": {"b": 1.0}}), 422, "invalid_request")
     assert "'b'" in e["message"]
@@ -149,8 +165,15 @@ def test_limits_return_413(server, client):
     e = err(score(client, items=ITEMS * (lim.max_items_per_request // 2 + 1)), 413, "too_many_items")
     assert "max_items_per_request" in e["message"]
     e = err(score(client, items=[{"prompt": "p", "response": "x" * (lim.max_text_chars + 1)}]), 413, "text_too_long")
-    e = err(client.post("/v1/score", content=b"{" + b" " * (lim.max_body_bytes + 10) + b"}",
-                        headers={"content-type": "application/json"}), 413, "payload_too_large")
+    e = err(
+        client.post(
+            "/v1/score",
+            content=b"{" + b" " * (lim.max_body_bytes + 10) + b"}",
+            headers={"content-type": "application/json"},
+        ),
+        413,
+        "payload_too_large",
+    )
 
 
 def test_truncation_reported(client):
@@ -162,8 +185,15 @@ def test_truncation_reported(client):
 
 def test_forty_concurrent_requests_answered_correctly_in_order(client, server):
     prompts = [f"question number {i} " + "filler " * (i % 7) for i in range(40)]
-    bodies = [{"items": [{"id": f"{i}-{k}", "prompt": prompts[i], "response": "answer " * (k + 1), "reference": {"b": 0.0}}
-                         for k in range(1 + i % 4)]} for i in range(40)]
+    bodies = [
+        {
+            "items": [
+                {"id": f"{i}-{k}", "prompt": prompts[i], "response": "answer " * (k + 1), "reference": {"b": 0.0}}
+                for k in range(1 + i % 4)
+            ]
+        }
+        for i in range(40)
+    ]
     # expected values: every item scored alone
     alone = {}
     for b in bodies:
@@ -194,7 +224,17 @@ def test_models_health_ready_metrics(client):
     by = {m["name"]: m for m in models}
     assert set(by) == {"a", "b", "cls"}
     for m in models:
-        for k in ("kind", "source", "revision", "device", "dtype", "max_length", "transform", "default_reference", "missing_reference"):
+        for k in (
+            "kind",
+            "source",
+            "revision",
+            "device",
+            "dtype",
+            "max_length",
+            "transform",
+            "default_reference",
+            "missing_reference",
+        ):
             assert k in m
     assert by["a"]["kind"] == "encoder_head" and by["cls"]["kind"] == "sequence_classifier"
     assert by["cls"]["transform"] == "identity" and by["b"]["missing_reference"] == "error"
@@ -202,9 +242,17 @@ def test_models_health_ready_metrics(client):
     assert client.get("/readyz").status_code == 200
     score(client, items=ITEMS, models=["a"])
     text = client.get("/metrics").text
-    for name in ("rewardserve_requests_total", "rewardserve_request_seconds_bucket", "rewardserve_batch_items_bucket",
-                 "rewardserve_batch_tokens_bucket", "rewardserve_queue_wait_seconds_bucket", "rewardserve_forward_seconds_bucket",
-                 "rewardserve_padding_ratio_bucket", "rewardserve_queue_tokens", "rewardserve_items_scored_total"):
+    for name in (
+        "rewardserve_requests_total",
+        "rewardserve_request_seconds_bucket",
+        "rewardserve_batch_items_bucket",
+        "rewardserve_batch_tokens_bucket",
+        "rewardserve_queue_wait_seconds_bucket",
+        "rewardserve_forward_seconds_bucket",
+        "rewardserve_padding_ratio_bucket",
+        "rewardserve_queue_tokens",
+        "rewardserve_items_scored_total",
+    ):
         assert name in text, name
     assert 'route="/v1/score",status="200"' in text
     assert 'rewardserve_items_scored_total{model="a"}' in text
@@ -243,6 +291,7 @@ def test_reference_lookup_runs_while_the_items_are_scored(client, server, monkey
         return await real(model, fingerprints, *rest)
 
     encoder = scorer.backends["enc"].encoder
+
     def on_forward(*_):
         events.setdefault("forward_start", time.perf_counter())
 

@@ -35,8 +35,14 @@ def test_same_seed_same_workload():
 def test_workload_is_identical_across_processes():
     """No salted str hashing or global random state: another interpreter builds the same text."""
     code = "import json, bench.workload as w; print(json.dumps(w.generate('mixed', 64, seed=3)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout
     random.seed(99)  # the generator must not depend on the global random state either
     assert json.loads(out) == generate("mixed", 64, seed=3)
 
@@ -113,7 +119,11 @@ def test_ideal_batches_respect_the_budget():
 
 def test_server_timing_header_parsed():
     assert server_timing("encode;dur=0.81, queue;dur=0.05, forward;dur=41.30, total;dur=43.02") == {
-        "encode": 0.81, "queue": 0.05, "forward": 41.3, "total": 43.02}
+        "encode": 0.81,
+        "queue": 0.05,
+        "forward": 41.3,
+        "total": 43.02,
+    }
     assert server_timing('db;desc="x";dur=2, miss, cpu;dur=bad') == {"db": 2.0}
     assert server_timing(None) == {}
 
@@ -126,10 +136,10 @@ def test_usage_tokens_from_a_response_body():
 
 
 def test_overlap_credits_only_the_share_inside_the_window():
-    assert overlap(0.0, 4.0, 1.0, 3.0) == pytest.approx(0.5)     # half of its life inside
-    assert overlap(0.0, 1.0, 1.0, 3.0) == 0.0                    # ended as the window opened
-    assert overlap(1.5, 2.5, 1.0, 3.0) == 1.0                    # wholly inside
-    assert overlap(2.0, 6.0, 1.0, 3.0) == pytest.approx(0.25)    # sent inside, answered after it closed
+    assert overlap(0.0, 4.0, 1.0, 3.0) == pytest.approx(0.5)  # half of its life inside
+    assert overlap(0.0, 1.0, 1.0, 3.0) == 0.0  # ended as the window opened
+    assert overlap(1.5, 2.5, 1.0, 3.0) == 1.0  # wholly inside
+    assert overlap(2.0, 6.0, 1.0, 3.0) == pytest.approx(0.25)  # sent inside, answered after it closed
     assert overlap(2.0, 2.0, 1.0, 3.0) == 1.0 and overlap(5.0, 5.0, 1.0, 3.0) == 0.0
 
 
@@ -140,18 +150,34 @@ def test_cells_whose_round_outlasts_a_cell_are_skipped_with_the_reason():
     assert {(x["concurrency"], x["size"]) for x in skipped} == {(16, 8), (64, 8), (4, 64), (16, 64), (64, 64)}
     assert all(x["round_seconds_at_limit"] > 4.0 for x in skipped)
     assert len(runnable(o, rate=5000.0)[0]) == 12 and runnable(o, rate=None)[1] == []  # a GPU, or no limit phase
-    assert runnable(o, rate=None, min_in_flight=32)[0] == [(1, 64), (8, 4), (8, 16), (8, 64), (64, 1), (64, 4), (64, 16), (64, 64)]
+    assert runnable(o, rate=None, min_in_flight=32)[0] == [
+        (1, 64),
+        (8, 4),
+        (8, 16),
+        (8, 64),
+        (64, 1),
+        (64, 4),
+        (64, 16),
+        (64, 64),
+    ]
 
 
 def _cell(c, s, ips, p50=10.0, added=None):
-    return {"concurrency": c, "size": s, "items_per_s": ips, "latency_ms": {"p50": p50, "p90": p50, "p99": p50},
-            "added_ms": {"p50": added}}
+    return {
+        "concurrency": c,
+        "size": s,
+        "items_per_s": ips,
+        "latency_ms": {"p50": p50, "p90": p50, "p99": p50},
+        "added_ms": {"p50": added},
+    }
 
 
 def test_ratios_and_targets():
     res = {
         "meta": {"workloads": ["mixed"], "concurrency": [1, 4], "sizes": [1, 8], "rss_requests": [200, 2000]},
-        "limit": {"workloads": {"mixed": {"items_per_s": 100.0, "forward_items_per_s": 110.0, "single_item_ms": {"p50": 8.0}}}},
+        "limit": {
+            "workloads": {"mixed": {"items_per_s": 100.0, "forward_items_per_s": 110.0, "single_item_ms": {"p50": 8.0}}}
+        },
         "service": {"mixed": [_cell(1, 1, 20, p50=11.0, added=2.5), _cell(4, 1, 50), _cell(1, 8, 60), _cell(4, 8, 95)]},
         "naive": {"mixed": [_cell(1, 1, 25), _cell(4, 1, 30), _cell(1, 8, 40), _cell(4, 8, 0.0)]},
         "unsorted": {"mixed": [_cell(4, 8, 50)]},
@@ -177,7 +203,9 @@ def test_ratios_and_targets():
 
 
 def test_bad_options_fail_fast():
-    p = subprocess.run([sys.executable, "-m", "bench", "--skip", "bogus"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--skip", "bogus"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 2 and "unknown" in p.stderr
 
 
@@ -189,8 +217,13 @@ def _finite_positive(x) -> bool:
 @pytest.mark.slow
 def test_quick_run(tmp_path):
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     res = json.loads(out.read_text())
     assert "service / limit at saturation" in p.stdout  # the table was printed
@@ -198,7 +231,9 @@ def test_quick_run(tmp_path):
         assert phase in res, phase
     assert res["meta"]["quick"] is True
     th = res["meta"]["threads"]
-    assert th["REWARDSERVE_TORCH_THREADS"] >= 1 and th["uvicorn_workers"] == 1 and th["TOKENIZERS_PARALLELISM"] == "false"
+    assert (
+        th["REWARDSERVE_TORCH_THREADS"] >= 1 and th["uvicorn_workers"] == 1 and th["TOKENIZERS_PARALLELISM"] == "false"
+    )
     assert th["naive_server"]["torch_threads"] == th["REWARDSERVE_TORCH_THREADS"]
     assert th["limit_process"]["torch_threads"] == th["REWARDSERVE_TORCH_THREADS"]
     # the service's CPU default: one forward worker per thread, a lone forward with every thread
@@ -244,7 +279,11 @@ def test_quick_run(tmp_path):
     assert _finite_positive(r["length_aware_over_fifo"]["ratio"]) and res["fifo"]["mixed"]
     assert _finite_positive(r["rss_ratio"])
     assert {t["check"] for t in res["targets"]} >= {
-        "service / limit at saturation (mixed)", "service / naive, concurrency 1 (mixed)",
-        "service / naive, concurrency 4 (mixed)", "sorted / unsorted at saturation (mixed)",
-        "added p50 latency, 1 item, 1 client (ms, mixed)", "RSS after 2000 / after 200 requests"}
+        "service / limit at saturation (mixed)",
+        "service / naive, concurrency 1 (mixed)",
+        "service / naive, concurrency 4 (mixed)",
+        "sorted / unsorted at saturation (mixed)",
+        "added p50 latency, 1 item, 1 client (ms, mixed)",
+        "RSS after 2000 / after 200 requests",
+    }
     assert all(t["pass"] in (True, False) for t in res["targets"])

@@ -33,8 +33,13 @@ def imported_top_levels(package_dir: Path) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in package_dir.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
     return found
@@ -51,8 +56,10 @@ def test_dependencies_point_one_way(package):
 
 
 def test_declared_dependencies_match():
-    meta = {name: tomllib.loads((d / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-            for name, d in DISTRIBUTIONS.items()}
+    meta = {
+        name: tomllib.loads((d / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+        for name, d in DISTRIBUTIONS.items()
+    }
     assert meta["rewardclient"]["dependencies"] == ["httpx>=0.27"]
     assert any(r.startswith("rewardclient") for r in meta["rewardserve"]["dependencies"])
     assert not any(r.startswith("rewardlab") for r in meta["rewardserve"]["dependencies"])
@@ -72,9 +79,11 @@ def test_every_lab_command_is_added_by_rewardlab():
 def test_the_command_line_loads_no_training_or_serving_stack():
     """``rewardserve --help`` with every command added imports none of rewardlab's ``train`` extra (the
     images install rewardlab without it) and nothing heavy of the server."""
-    code = ("import sys; from rewardserve.cli import build_parser; build_parser(); "
-            "print(' '.join(m for m in ('trl', 'datasets', 'matplotlib', 'gguf', 'accelerate', 'torch', "
-            "'transformers', 'fastapi') if m in sys.modules))")
+    code = (
+        "import sys; from rewardserve.cli import build_parser; build_parser(); "
+        "print(' '.join(m for m in ('trl', 'datasets', 'matplotlib', 'gguf', 'accelerate', 'torch', "
+        "'transformers', 'fastapi') if m in sys.modules))"
+    )
     assert _run([sys.executable, "-c", code]).stdout.strip() == ""
 
 
@@ -135,9 +144,13 @@ def test_client_wheel_installs_alone_without_torch_and_scores(wheels, server, tm
     out = json.loads(_run([py, "-c", CLIENT_SCRIPT, server.url], env=env, cwd=tmp_path).stdout)
     assert out["importable"] == []  # no torch, no server, no tooling in this environment
     with RewardClient(server.url) as rc:  # the same answers as the development install's client
-        here = rc.score([("How do I boil an egg?", "Simmer it for 9 minutes."),
-                         {"prompt": [{"role": "user", "content": "Hi"}], "response": "Hello!", "id": "chat"}],
-                        models=["a", "cls"])
+        here = rc.score(
+            [
+                ("How do I boil an egg?", "Simmer it for 9 minutes."),
+                {"prompt": [{"role": "user", "content": "Hi"}], "response": "Hello!", "id": "chat"},
+            ],
+            models=["a", "cls"],
+        )
     assert out["ids"] == [None, "chat"]
     assert out["aggregate"] == pytest.approx([r.aggregate for r in here], abs=1e-6)
     for raw, r in zip(out["raw"], here, strict=True):
@@ -146,12 +159,29 @@ def test_client_wheel_installs_alone_without_torch_and_scores(wheels, server, tm
     # the server's wheel next to it, without rewardlab: its lab commands say how to get them (the
     # command line reads the config classes; the model stack — torch, transformers — is not needed)
     _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", wheels["rewardserve"]], env=env)
-    _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "pydantic>=2.11", "pydantic-settings>=2.2",
-          "pyyaml>=6"], env=env)
+    _run(
+        [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "pydantic>=2.11",
+            "pydantic-settings>=2.2",
+            "pyyaml>=6",
+        ],
+        env=env,
+    )
     cli = venv / "bin" / "rewardserve"
     assert "calibrate" in _run([cli, "--help"], env=env).stdout
-    r = subprocess.run([cli, "calibrate", "--prompts", "p.jsonl", "--samples", "2"], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = subprocess.run(
+        [cli, "calibrate", "--prompts", "p.jsonl", "--samples", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 2 and "pip install rewardlab" in r.stderr and "pip install ./lab" in r.stderr, r.stderr
     r = subprocess.run([cli, "serve", "--no-such-flag"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr

@@ -12,16 +12,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rewardclient import (
-    AsyncRewardClient, AuthenticationError, BadRequestError, ConnectionFailed, NotFoundError, OverloadedError,
-    RewardClient, prompt_fingerprint,
+    AsyncRewardClient,
+    AuthenticationError,
+    BadRequestError,
+    ConnectionFailed,
+    NotFoundError,
+    OverloadedError,
+    RewardClient,
+    prompt_fingerprint,
 )
 from rewardserve.service_process import free_port
 
-ITEMS = [{"id": str(i), "prompt": f"question {i}", "response": "answer " * (i % 5 + 1), "reference": {"b": 0.0}} for i in range(10)]
+ITEMS = [
+    {"id": str(i), "prompt": f"question {i}", "response": "answer " * (i % 5 + 1), "reference": {"b": 0.0}}
+    for i in range(10)
+]
 
 
 def test_chunking_keeps_order_and_values(server):
-    with RewardClient(server.url) as one, RewardClient(server.url, max_items_per_request=3, max_concurrency=3) as chunked:
+    with (
+        RewardClient(server.url) as one,
+        RewardClient(server.url, max_items_per_request=3, max_concurrency=3) as chunked,
+    ):
         whole = one.score(ITEMS)
         parts = chunked.score(ITEMS)
     assert [r.id for r in parts] == [str(i) for i in range(10)]
@@ -43,7 +55,9 @@ def test_async_client_matches_sync(server):
 
 
 def _public_methods(cls) -> dict[str, inspect.Signature]:
-    return {n: inspect.signature(getattr(cls, n)) for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+    return {
+        n: inspect.signature(getattr(cls, n)) for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))
+    }
 
 
 def test_async_client_has_every_method_of_the_sync_one():
@@ -112,10 +126,23 @@ class _Flaky(BaseHTTPRequestHandler):
         if st["mode"] == "invalid":
             return self._send(422, {"error": {"type": "invalid_request", "message": "bad"}})
         if st["hits"] <= st.get("fail", 0):
-            return self._send(st.get("status", 503), {"error": {"type": "overloaded", "message": "busy"}}, {"Retry-After": "0"})
-        results = [{"id": it.get("id"), "raw": {"m": 1.0}, "reference": {"m": 0.0}, "transformed": {"m": -0.3},
-                    "aggregate": -0.3, "truncated": {"m": False}} for it in body["items"]]
-        self._send(200, {"results": results, "aggregate_method": "lsc_sum", "models": {}, "usage": {"items": 1, "tokens": 1}})
+            return self._send(
+                st.get("status", 503), {"error": {"type": "overloaded", "message": "busy"}}, {"Retry-After": "0"}
+            )
+        results = [
+            {
+                "id": it.get("id"),
+                "raw": {"m": 1.0},
+                "reference": {"m": 0.0},
+                "transformed": {"m": -0.3},
+                "aggregate": -0.3,
+                "truncated": {"m": False},
+            }
+            for it in body["items"]
+        ]
+        self._send(
+            200, {"results": results, "aggregate_method": "lsc_sum", "models": {}, "usage": {"items": 1, "tokens": 1}}
+        )
 
     def _send(self, status, obj, headers=None):
         data = json.dumps(obj).encode()

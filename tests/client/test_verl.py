@@ -30,13 +30,21 @@ def _kwargs(srv, **kw):
 
 def test_naive_and_batch_conventions_match_the_sdk(keyed):
     with RewardClient(keyed.url, api_key=KEY) as c:
-        want = c.score([(p, r) for p, r in zip(PROMPTS, RESPONSES)], models=["a", "cls"], aggregate={"method": "raw_sum"})
-    naive = [compute_score("src", r, None, {"prompt": p, "index": i}, **_kwargs(keyed))
-             for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+        want = c.score(
+            [(p, r) for p, r in zip(PROMPTS, RESPONSES)], models=["a", "cls"], aggregate={"method": "raw_sum"}
+        )
+    naive = [
+        compute_score("src", r, None, {"prompt": p, "index": i}, **_kwargs(keyed))
+        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))
+    ]
     # verl's batch manager passes numpy object arrays; a parquet row may hold the messages as an array too
-    batch = compute_score_batch(np.array(["src"] * 5, dtype=object), RESPONSES, [None] * 5,
-                                np.array([{"prompt": np.array(p, dtype=object)} for p in PROMPTS], dtype=object),
-                                **_kwargs(keyed))
+    batch = compute_score_batch(
+        np.array(["src"] * 5, dtype=object),
+        RESPONSES,
+        [None] * 5,
+        np.array([{"prompt": np.array(p, dtype=object)} for p in PROMPTS], dtype=object),
+        **_kwargs(keyed),
+    )
     for w, n, b in zip(want, naive, batch):
         assert set(n) == set(b) == {"score", "a/raw", "a/transformed", "cls/raw", "cls/transformed"}
         assert all(isinstance(v, float) for v in n.values())
@@ -53,8 +61,12 @@ def test_lsc_weights_prompt_key_and_question_fallback(keyed):
     assert base["score"] == pytest.approx(base["a/transformed"], abs=1e-9) and base["score"] < 0  # lsc_sum by default
     assert weighted["score"] == pytest.approx(2 * base["score"], abs=1e-6)
     assert compute_score("s", r, None, {"question": p}, url=keyed.url, api_key=KEY, models=["a"]) == base
-    assert compute_score("s", r, None, {"chat": p, "prompt": "ignored"}, url=keyed.url, api_key=KEY, models=["a"],
-                         prompt_key="chat") == base
+    assert (
+        compute_score(
+            "s", r, None, {"chat": p, "prompt": "ignored"}, url=keyed.url, api_key=KEY, models=["a"], prompt_key="chat"
+        )
+        == base
+    )
     string = compute_score("s", r, None, {"prompt": "question 2?"}, url=keyed.url, api_key=KEY, models=["a"])
     assert string["score"] != base["score"]  # a string prompt is another prompt than the one-message chat
 
@@ -80,9 +92,16 @@ def test_api_key_and_client_cache(keyed):
 def test_reference_set_and_prompt_format_are_sent_only_when_given():
     c = RewardClient("http://x", max_items_per_request=2)
     items = [("p", "r")] * 3
-    assert all("reference_set" not in call.json and "prompt_format" not in call.json for call in c._score_calls(items, None, None))
-    bodies = [call.json for call in c._score_calls(items, None, None, reference_set="policy-v2", prompt_format="chatml")]
-    assert len(bodies) == 2 and all(body["reference_set"] == "policy-v2" and body["prompt_format"] == "chatml" for body in bodies)
+    assert all(
+        "reference_set" not in call.json and "prompt_format" not in call.json
+        for call in c._score_calls(items, None, None)
+    )
+    bodies = [
+        call.json for call in c._score_calls(items, None, None, reference_set="policy-v2", prompt_format="chatml")
+    ]
+    assert len(bodies) == 2 and all(
+        body["reference_set"] == "policy-v2" and body["prompt_format"] == "chatml" for body in bodies
+    )
     assert RewardServeReward("http://x", reference_set="policy-v2").reference_set == "policy-v2"
 
 
@@ -109,8 +128,9 @@ def test_reference_set_through_verl_trl_and_the_sdk_live(keyed):
     assert fallback.reference_source == {"a": "config_default"} and fallback.p_all_good is None
     for rset, want in (("policy-v1", v1), ("policy-v2", v2)):
         naive = compute_score("s", r, None, {"prompt": p}, url=keyed.url, api_key=KEY, models=["a"], reference_set=rset)
-        batch = compute_score_batch(["s"], [r], [None], [{"prompt": p}], url=keyed.url, api_key=KEY, models=["a"],
-                                    reference_set=rset)[0]
+        batch = compute_score_batch(
+            ["s"], [r], [None], [{"prompt": p}], url=keyed.url, api_key=KEY, models=["a"], reference_set=rset
+        )[0]
         trl = RewardServeReward(keyed.url, api_key=KEY, models=["a"], reference_set=rset)
         assert naive["score"] == pytest.approx(want.aggregate, abs=1e-6) == pytest.approx(batch["score"], abs=1e-6)
         assert trl(prompts=[p], completions=[r])[0] == pytest.approx(want.aggregate, abs=1e-6)

@@ -38,4 +38,4 @@ def find_binary(name: str, how: str) -> str:
             found = str(beside)
     if not found:
         missing(f"`{name}`", how)
-    return found  # type: ignore[return-value]
+    return found  # type: ignore[return-value]  # missing() skips or fails: found is a str here

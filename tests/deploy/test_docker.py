@@ -21,9 +21,9 @@ BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cmake|python3
 
 @dataclass
 class Instr:
-    cmd: str       # upper case: FROM, RUN, COPY, ...
-    rest: str      # the rest of the (continuation-joined) line
-    stage: int     # index of the stage it belongs to (-1: before the first FROM)
+    cmd: str  # upper case: FROM, RUN, COPY, ...
+    rest: str  # the rest of the (continuation-joined) line
+    stage: int  # index of the stage it belongs to (-1: before the first FROM)
 
 
 @dataclass
@@ -143,7 +143,9 @@ def test_copied_sources_exist_in_the_repo(dockerfile):
             assert (REPO / src).exists(), f"{path.name}: COPY source {src!r} does not exist in the repo"
             top = Path(src).parts[0]
             for pat in ignored:
-                assert not (fnmatch(src, pat) or fnmatch(top, pat)), f"{path.name}: {src!r} is excluded by .dockerignore ({pat})"
+                assert not (fnmatch(src, pat) or fnmatch(top, pat)), (
+                    f"{path.name}: {src!r} is excluded by .dockerignore ({pat})"
+                )
             seen += 1
     assert seen, "no COPY from the build context at all?"
 
@@ -190,13 +192,19 @@ def test_final_stage_has_no_build_tools(dockerfile):
     path, df = dockerfile
     for x in df.final:
         if x.cmd == "RUN":
-            assert not re.search(r"\b(apt-get|apt|apk|yum|dnf)\b.*\binstall\b", x.rest), f"{path.name}: installs packages in the final stage: {x.rest}"
-            assert not re.search(r"\bpip\b.*\binstall\b", x.rest), f"{path.name}: pip install in the final stage: {x.rest}"
+            assert not re.search(r"\b(apt-get|apt|apk|yum|dnf)\b.*\binstall\b", x.rest), (
+                f"{path.name}: installs packages in the final stage: {x.rest}"
+            )
+            assert not re.search(r"\bpip\b.*\binstall\b", x.rest), (
+                f"{path.name}: pip install in the final stage: {x.rest}"
+            )
             assert not BUILD_TOOLS.search(x.rest), f"{path.name}: build tool in the final stage: {x.rest}"
         if x.cmd == "COPY":
             sources, flags = copy_sources(x)
             if "from" in flags:
-                assert flags["from"] in {n for n in df.stage_names if n}, f"{path.name}: final stage copies from an outside image: {x.rest}"
+                assert flags["from"] in {n for n in df.stage_names if n}, (
+                    f"{path.name}: final stage copies from an outside image: {x.rest}"
+                )
                 assert not any("uv" == Path(s).name for s in sources), f"{path.name}: uv in the final stage"
 
 
@@ -266,7 +274,12 @@ def test_baked_config_needs_api_keys_to_serve(monkeypatch):
 
     from rewardserve.config import ConfigError, check_exposure, load_settings
 
-    for var in ("REWARDSERVE_API_KEYS", "REWARDSERVE_API_KEYS_FILE", "REWARDSERVE_ALLOW_UNAUTHENTICATED", "REWARDSERVE_HOST"):
+    for var in (
+        "REWARDSERVE_API_KEYS",
+        "REWARDSERVE_API_KEYS_FILE",
+        "REWARDSERVE_ALLOW_UNAUTHENTICATED",
+        "REWARDSERVE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
         check_exposure(load_settings(REPO / "docker" / "config.yaml"))

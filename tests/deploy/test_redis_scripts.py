@@ -35,8 +35,12 @@ class Started:
         self.procs: list[subprocess.Popen] = []
 
     def run(self, script: str, env: dict, log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(["sh", str(SCRIPTS / script)], env={"PATH": os.environ["PATH"], **env},
-                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            ["sh", str(SCRIPTS / script)],
+            env={"PATH": os.environ["PATH"], **env},
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(p)
         return p
 
@@ -57,7 +61,7 @@ def wait(cond, timeout: float, what: str):
             v = cond()
             if v:
                 return v
-        except Exception:  # noqa: BLE001 — not up yet
+        except Exception:
             pass
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
@@ -65,8 +69,13 @@ def wait(cond, timeout: float, what: str):
 
 def test_an_empty_password_stops_the_pod(redis_bin, tmp_path):
     for script in ("redis-start.sh", "sentinel-start.sh"):
-        r = subprocess.run(["sh", str(SCRIPTS / script)], env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": ""},
-                           capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["sh", str(SCRIPTS / script)],
+            env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": ""},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         assert r.returncode != 0 and "REDIS_PASSWORD is empty" in r.stderr, (script, r.stderr)
 
 
@@ -78,15 +87,25 @@ def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins
     rp = [free_port() for _ in range(2)]
     sp = [free_port() for _ in range(3)]
     try:
+
         def redis_env(i: int) -> dict:
             d = tmp_path / f"redis{i}"
             (d / "data").mkdir(parents=True, exist_ok=True)
             (d / "conf").mkdir(exist_ok=True)
-            return {"REDIS_PASSWORD": PASSWORD, "SELF_HOST": "127.0.0.1", "SELF_PORT": str(rp[i]),
-                    "SEED_MASTER_HOST": "127.0.0.1", "SEED_MASTER_PORT": str(rp[0]),
-                    "SENTINEL_HOST": "127.0.0.1", "SENTINEL_PORT": str(sp[0]), "MASTER_NAME": "rs",
-                    "MAXMEMORY": "64mb", "DATA_DIR": str(d / "data"), "CONF_DIR": str(d / "conf"),
-                    "REDIS_EXTRA_ARGS": "--bind 127.0.0.1"}
+            return {
+                "REDIS_PASSWORD": PASSWORD,
+                "SELF_HOST": "127.0.0.1",
+                "SELF_PORT": str(rp[i]),
+                "SEED_MASTER_HOST": "127.0.0.1",
+                "SEED_MASTER_PORT": str(rp[0]),
+                "SENTINEL_HOST": "127.0.0.1",
+                "SENTINEL_PORT": str(sp[0]),
+                "MASTER_NAME": "rs",
+                "MAXMEMORY": "64mb",
+                "DATA_DIR": str(d / "data"),
+                "CONF_DIR": str(d / "conf"),
+                "REDIS_EXTRA_ARGS": "--bind 127.0.0.1",
+            }
 
         for i in range(2):
             started.run("redis-start.sh", redis_env(i), tmp_path / f"redis{i}.log")
@@ -97,20 +116,42 @@ def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=rp[0], socket_timeout=2).set("k", "v")
         cfg = nodes[0].config_get("*")
-        assert cfg["maxmemory-policy"] == "noeviction" and int(cfg["maxmemory"]) == 64 * 2**20 and cfg["appendonly"] == "yes"
+        assert (
+            cfg["maxmemory-policy"] == "noeviction"
+            and int(cfg["maxmemory"]) == 64 * 2**20
+            and cfg["appendonly"] == "yes"
+        )
         conf_file = tmp_path / "redis0" / "conf" / "redis.conf"
         assert oct(conf_file.stat().st_mode & 0o777) == "0o600"
         for i in range(3):
             d = tmp_path / f"sentinel{i}"
             d.mkdir()
-            started.run("sentinel-start.sh", {
-                "REDIS_PASSWORD": PASSWORD, "SELF_HOST": "127.0.0.1", "SELF_PORT": str(sp[i]),
-                "PEERS": " ".join(f"127.0.0.1:{p}" for p in sp), "REDIS_NODES": " ".join(f"127.0.0.1:{p}" for p in rp),
-                "MASTER_NAME": "rs", "QUORUM": "2", "DOWN_AFTER_MS": "500", "FAILOVER_TIMEOUT_MS": "5000",
-                "CONF_DIR": str(d), "SENTINEL_EXTRA_ARGS": "--bind 127.0.0.1"}, tmp_path / f"sentinel{i}.log")
+            started.run(
+                "sentinel-start.sh",
+                {
+                    "REDIS_PASSWORD": PASSWORD,
+                    "SELF_HOST": "127.0.0.1",
+                    "SELF_PORT": str(sp[i]),
+                    "PEERS": " ".join(f"127.0.0.1:{p}" for p in sp),
+                    "REDIS_NODES": " ".join(f"127.0.0.1:{p}" for p in rp),
+                    "MASTER_NAME": "rs",
+                    "QUORUM": "2",
+                    "DOWN_AFTER_MS": "500",
+                    "FAILOVER_TIMEOUT_MS": "5000",
+                    "CONF_DIR": str(d),
+                    "SENTINEL_EXTRA_ARGS": "--bind 127.0.0.1",
+                },
+                tmp_path / f"sentinel{i}.log",
+            )
         sentinels = [redis.Redis(port=p, socket_timeout=2, decode_responses=True) for p in sp]
-        wait(lambda: all(s.sentinel_master("rs")["num-other-sentinels"] == 2 and s.sentinel_master("rs")["num-slaves"] == 1
-                         for s in sentinels), 30, "the sentinels did not find each other and the replica")
+        wait(
+            lambda: all(
+                s.sentinel_master("rs")["num-other-sentinels"] == 2 and s.sentinel_master("rs")["num-slaves"] == 1
+                for s in sentinels
+            ),
+            30,
+            "the sentinels did not find each other and the replica",
+        )
         nodes[0].hset("rewardserve:refs:m", "fp", '{"value": 1.5}')
         assert nodes[0].wait(1, 5000) == 1
         # the master dies: the sentinels promote the replica
@@ -119,14 +160,22 @@ def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins
         t0 = time.monotonic()
         wait(lambda: sentinels[2].sentinel_get_master_addr_by_name("rs")[1] == rp[1], 30, "no failover")
         promoted = time.monotonic() - t0
-        wait(lambda: all(s.sentinel_get_master_addr_by_name("rs")[1] == rp[1] for s in sentinels), 10,
-             "the sentinels did not agree on the new master")
+        wait(
+            lambda: all(s.sentinel_get_master_addr_by_name("rs")[1] == rp[1] for s in sentinels),
+            10,
+            "the sentinels did not agree on the new master",
+        )
         assert nodes[1].info("replication")["role"] == "master"
         assert nodes[1].hget("rewardserve:refs:m", "fp") == '{"value": 1.5}'
         # the old master restarts with the same script and data: it asks the sentinels and rejoins as a replica
         started.run("redis-start.sh", redis_env(0), tmp_path / "redis0-again.log")
-        wait(lambda: nodes[0].info("replication")["role"] == "slave" and nodes[0].info("replication")["master_port"] == rp[1],
-             30, "the old master did not rejoin as a replica")
+        wait(
+            lambda: (
+                nodes[0].info("replication")["role"] == "slave" and nodes[0].info("replication")["master_port"] == rp[1]
+            ),
+            30,
+            "the old master did not rejoin as a replica",
+        )
         log = (tmp_path / "redis0-again.log").read_text()
         assert f"the sentinels name 127.0.0.1 {rp[1]} as the master" in log
         for f in tmp_path.glob("*.log"):

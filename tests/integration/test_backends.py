@@ -11,8 +11,12 @@ from rewardserve.config import Settings
 PROMPTS = [
     "hi",
     [{"role": "user", "content": "how do i boil an egg ?"}],
-    [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello"},
-     {"role": "assistant", "content": "hi"}, {"role": "user", "content": "what is a dog ?"}],
+    [
+        {"role": "system", "content": "be good"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "what is a dog ?"},
+    ],
     "why " * 40,
 ]
 RESPONSES = ["ok", "boil the egg in water for 9 minutes . " * 3, "a dog is good", "because " * 100]
@@ -29,7 +33,9 @@ def backends(tiny):
         "encoder_cls": _backend("sequence_classifier", tiny["enc_cls"], {"m": {}}),
         "decoder_chat": _backend("sequence_classifier", tiny["dec_chat"], {"m": {}}),
         "decoder_plain": _backend("sequence_classifier", tiny["dec_plain"], {"m": {}}),
-        "encoder_head": _backend("encoder_head", tiny["encoder"], {"a": {"head": str(tiny["head_a"])}, "b": {"head": str(tiny["head_b"])}}),
+        "encoder_head": _backend(
+            "encoder_head", tiny["encoder"], {"a": {"head": str(tiny["head_a"])}, "b": {"head": str(tiny["head_b"])}}
+        ),
     }
 
 
@@ -111,18 +117,19 @@ def test_batches_are_padded_to_a_multiple_of_8_without_changing_rewards(backends
     encs = [be.encode(p, r) for p in PROMPTS for r in RESPONSES]
     sharing, be.shares_prefix = be.shares_prefix, False  # plain batches here (shared ones: test_prefix_sharing.py)
     try:
-        aligned = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
+        aligned = np.concatenate([be.forward(encs[i : i + 3]) for i in range(0, len(encs), 3)])
         be.pad_multiple = 1
-        tight = np.concatenate([be.forward(encs[i:i + 3]) for i in range(0, len(encs), 3)])
+        tight = np.concatenate([be.forward(encs[i : i + 3]) for i in range(0, len(encs), 3)])
     finally:
         be.pad_multiple, be.shares_prefix = 8, sharing
         hook.remove()
-    groups = [encs[i:i + 3] for i in range(0, len(encs), 3)]
+    groups = [encs[i : i + 3] for i in range(0, len(encs), 3)]
     longest = [max(e.length for e in g) for g in groups]
     assert len(groups[-1]) == 1  # 16 items: the last group is a lone item
     # padded to 8, except a lone item and where 8 would pass the model's longest input (128 here)
-    assert widths[:len(groups)] == [min(-(-w // 8) * 8, be.max_length) if len(g) > 1 else w
-                                    for g, w in zip(groups, longest)]
-    assert widths[len(groups):] == longest
+    assert widths[: len(groups)] == [
+        min(-(-w // 8) * 8, be.max_length) if len(g) > 1 else w for g, w in zip(groups, longest)
+    ]
+    assert widths[len(groups) :] == longest
     assert any(w % 8 for w in longest[:-1])  # the check above is not vacuous
     assert np.max(np.abs(aligned - tight)) <= 1e-4

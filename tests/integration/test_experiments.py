@@ -22,8 +22,20 @@ def policy(tmp_path_factory):
 
 
 def _bok(policy, out, **kw) -> BestOfKConfig:
-    return BestOfKConfig(prompts=str(SHARED_DATA / "prompts.jsonl.gz"), n_prompts=6, n=4, calibration_samples=3, ks=[1, 2, 4],
-                         max_new_tokens=8, batch_prompts=4, policy=policy, models=MODELS, out_dir=str(out), bootstrap=200, **kw)
+    return BestOfKConfig(
+        prompts=str(SHARED_DATA / "prompts.jsonl.gz"),
+        n_prompts=6,
+        n=4,
+        calibration_samples=3,
+        ks=[1, 2, 4],
+        max_new_tokens=8,
+        batch_prompts=4,
+        policy=policy,
+        models=MODELS,
+        out_dir=str(out),
+        bootstrap=200,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +52,9 @@ def test_best_of_k_outputs_and_invariants(best_of_k):
         assert (out / f).stat().st_size > 0, f
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and result["sources"] == {"alpaca_eval": 3, "hh-rlhf": 3}
-    assert all(len(r["candidates"]) == 4 and len(r["calibration"]) == 3 and len(r["raw_candidates"]["a"]) == 4 for r in rows)
+    assert all(
+        len(r["candidates"]) == 4 and len(r["calibration"]) == 3 and len(r["raw_candidates"]["a"]) == 4 for r in rows
+    )
     assert [r["k"] for r in result["table"]] == [1, 2, 4]
     k1 = result["table"][0]
     # k = 1: both methods take the first sample
@@ -50,14 +64,18 @@ def test_best_of_k_outputs_and_invariants(best_of_k):
     sums = [sum(r["raw_sum"]["raw"][m]["mean"] for m in MODELS) for r in result["table"]]
     assert sums[-1] == max(sums)
     for r in result["table"]:
-        assert r["raw_sum"]["good_on_all"]["lo"] <= r["raw_sum"]["good_on_all"]["mean"] <= r["raw_sum"]["good_on_all"]["hi"]
+        assert (
+            r["raw_sum"]["good_on_all"]["lo"]
+            <= r["raw_sum"]["good_on_all"]["mean"]
+            <= r["raw_sum"]["good_on_all"]["hi"]
+        )
     assert result["worst_decile_prompts"] == 1
 
 
 def test_best_of_k_resumes_and_reproduces(best_of_k, policy, tmp_path):
     result, root, settings = best_of_k
     samples = (root / "a" / "samples.jsonl").read_text()
-    again = run_best_of_k(_bok(policy, root / "a"), settings)        # everything on file: nothing generated
+    again = run_best_of_k(_bok(policy, root / "a"), settings)  # everything on file: nothing generated
     assert (root / "a" / "samples.jsonl").read_text() == samples
     assert again["table"] == result["table"]
     fresh = run_best_of_k(_bok(policy, tmp_path / "fresh"), settings)  # same seed, new folder: same samples
@@ -70,24 +88,45 @@ def test_best_of_k_resumes_and_reproduces(best_of_k, policy, tmp_path):
 
 def test_rlhf_experiment_runs_each_arm_and_skips_finished_runs(best_of_k, server, policy, tmp_path):
     _, root, _ = best_of_k
-    cfg = RLHFExperimentConfig(best_of_k_dir=str(root / "a"), prompts=str(SHARED_DATA / "prompts.jsonl.gz"), eval_prompts=4,
-                               train_prompts=4, policy=policy, betas=[0.1], seeds=[0], steps=1, max_completion_length=8,
-                               calibration_samples=3, url=server.url, models=MODELS, out_dir=str(tmp_path / "b"), bootstrap=100)
+    cfg = RLHFExperimentConfig(
+        best_of_k_dir=str(root / "a"),
+        prompts=str(SHARED_DATA / "prompts.jsonl.gz"),
+        eval_prompts=4,
+        train_prompts=4,
+        policy=policy,
+        betas=[0.1],
+        seeds=[0],
+        steps=1,
+        max_completion_length=8,
+        calibration_samples=3,
+        url=server.url,
+        models=MODELS,
+        out_dir=str(tmp_path / "b"),
+        bootstrap=100,
+    )
     result = run_rlhf_experiment(cfg)
     assert [(g["utility"], g["beta"]) for g in result["summary"]] == [("lsc_sum", 0.1), ("raw_sum", 0.1)]
     for g in result["summary"]:
         assert set(g["win_rate"]) == set(MODELS) and 0.0 <= g["win_rate"]["a"]["mean"] <= 1.0
         assert g["kl"][0] is not None and g["per_seed"][0]["wall_seconds"] > 0
     assert result["calibration"]["calibrated"] == 4
-    for f in ("results.json", "results.md", "rlhf.png", "train_prompts.jsonl", "lsc_sum-beta0.1-seed0/result.json",
-              "raw_sum-beta0.1-seed0/metrics.jsonl"):
+    for f in (
+        "results.json",
+        "results.md",
+        "rlhf.png",
+        "train_prompts.jsonl",
+        "lsc_sum-beta0.1-seed0/result.json",
+        "raw_sum-beta0.1-seed0/metrics.jsonl",
+    ):
         assert (tmp_path / "b" / f).stat().st_size > 0, f
     stamp = (tmp_path / "b" / "lsc_sum-beta0.1-seed0" / "result.json").stat().st_mtime_ns
     again = run_rlhf_experiment(cfg)
     assert (tmp_path / "b" / "lsc_sum-beta0.1-seed0" / "result.json").stat().st_mtime_ns == stamp
     assert again["summary"] == result["summary"] and again["calibration"]["skipped"] == 4
     with pytest.raises(ValueError, match="sampling must match"):
-        run_rlhf_experiment(RLHFExperimentConfig(**{**cfg.__dict__, "max_completion_length": 16, "out_dir": str(tmp_path / "c")}))
+        run_rlhf_experiment(
+            RLHFExperimentConfig(**{**cfg.__dict__, "max_completion_length": 16, "out_dir": str(tmp_path / "c")})
+        )
 
 
 def test_experiment_command_line_parses_typed_lists():

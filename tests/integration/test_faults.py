@@ -43,16 +43,26 @@ def test_a_failing_forward_fails_its_batch_only(tiny, tmp_path):
         assert err["type"] == "model_error" and "'clsbb'" in err["message"] and "cls" in err["message"]
         assert httpx.post(f"{srv.url}/v1/score", json={**body, "models": ["a"]}).status_code == 200  # others serve
         broken["on"] = False
-        assert httpx.post(f"{srv.url}/v1/score", json={**body, "models": ["cls"]}).status_code == 200  # next batch works
+        assert (
+            httpx.post(f"{srv.url}/v1/score", json={**body, "models": ["cls"]}).status_code == 200
+        )  # next batch works
         assert "rewardserve_forward_errors_total" in httpx.get(f"{srv.url}/metrics").text
 
 
 @pytest.fixture
 def config_file(tiny, tmp_path):
-    cfg = {"references": {"store": f"sqlite:///{tmp_path / 'refs.db'}"},
-           "batching": {"max_wait_ms": 5},
-           "backbones": {"enc": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
-                                 "models": {"a": {"head": str(tiny["head_a"])}}}}}
+    cfg = {
+        "references": {"store": f"sqlite:///{tmp_path / 'refs.db'}"},
+        "batching": {"max_wait_ms": 5},
+        "backbones": {
+            "enc": {
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
+                "models": {"a": {"head": str(tiny["head_a"])}},
+            }
+        },
+    }
     p = tmp_path / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return str(p)
@@ -96,7 +106,12 @@ def test_redis_outage_is_a_503_then_recovers(tiny, tmp_path):
         settings = tiny_settings(tiny, tmp_path, references={"store": redis_srv.url})
         with LiveServer(create_app(settings)) as srv:
             prompt = "a prompt with a stored reference"
-            assert httpx.post(f"{srv.url}/v1/references", json={"model": "a", "entries": [{"prompt": prompt, "value": 2.0}]}).status_code == 200
+            assert (
+                httpx.post(
+                    f"{srv.url}/v1/references", json={"model": "a", "entries": [{"prompt": prompt, "value": 2.0}]}
+                ).status_code
+                == 200
+            )
             body = {"items": [{"prompt": prompt, "response": "r"}], "models": ["a"]}
             assert httpx.post(f"{srv.url}/v1/score", json=body).json()["results"][0]["reference"]["a"] == 2.0
             redis_srv.stop()
@@ -138,13 +153,16 @@ def test_load_every_answer_is_correct_or_an_intended_503(config_file):
     env = {"REWARDSERVE_BATCHING__MAX_QUEUED_TOKENS": "4000"}  # small queue: overload must show as 503s
     with ServiceProcess(config_file, env=env) as svc:
         item = {"prompt": "load", "response": "test"}
-        want = httpx.post(f"{svc.url}/v1/score", json={"items": [item], "models": ["a"]}).json()["results"][0]["raw"]["a"]
+        want = httpx.post(f"{svc.url}/v1/score", json={"items": [item], "models": ["a"]}).json()["results"][0]["raw"][
+            "a"
+        ]
 
         async def run(duration: float):
             codes, latencies, bad = [], [], []
             deadline = time.monotonic() + duration
             limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
             async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+
                 async def one():
                     while time.monotonic() < deadline:
                         t = time.perf_counter()
@@ -158,8 +176,11 @@ def test_load_every_answer_is_correct_or_an_intended_503(config_file):
                         if r.status_code == 200:
                             if any(abs(x["raw"]["a"] - want) > 1e-4 for x in r.json()["results"]):
                                 bad.append(r.text)
-                        elif not (r.status_code == 503 and r.headers.get("retry-after")
-                                  and r.json()["error"]["type"] == "overloaded"):
+                        elif not (
+                            r.status_code == 503
+                            and r.headers.get("retry-after")
+                            and r.json()["error"]["type"] == "overloaded"
+                        ):
                             bad.append(f"{r.status_code} {r.text}")
 
                 await asyncio.gather(*(one() for _ in range(clients)))
@@ -173,9 +194,11 @@ def test_load_every_answer_is_correct_or_an_intended_503(config_file):
         metrics = httpx.get(f"{svc.url}/metrics").text
         latencies.sort()
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
-        print(f"\nload: {clients} clients x {seconds:.0f} s: {len(codes)} answers, {codes.count(200)} ok, "
-              f"{codes.count(503)} x 503, p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-              f"RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB")
+        print(
+            f"\nload: {clients} clients x {seconds:.0f} s: {len(codes)} answers, {codes.count(200)} ok, "
+            f"{codes.count(503)} x 503, p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+            f"RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB"
+        )
         assert not bad, f"{len(bad)} bad answers, e.g. {bad[:3]}; the server's log:\n{svc.log_tail()}"
         assert codes.count(200) > 0
         assert _metric(metrics, "rewardserve_queue_items") == 0 and _metric(metrics, "rewardserve_queue_tokens") == 0
@@ -188,7 +211,7 @@ def test_an_idle_keep_alive_connection_outlives_a_proxys_idle_timeout(config_fil
     close. keep_alive_seconds (default 75) sets it; here 8 s, and the connection idles for 6 s."""
     import socket
 
-    request = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s")
+    request = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
     body = b'{"items": [{"prompt": "p", "response": "r"}], "models": ["a"]}'
     with ServiceProcess(config_file, env={"REWARDSERVE_KEEP_ALIVE_SECONDS": "8"}) as svc:
         with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as s:
@@ -198,7 +221,8 @@ def test_an_idle_keep_alive_connection_outlives_a_proxys_idle_timeout(config_fil
                 s.sendall(request % (len(body), body))
                 data = b""
                 while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
-                        data.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+                    data.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]
+                ):
                     chunk = s.recv(65536)
                     assert chunk, f"the server closed the connection after {pause} s idle"
                     data += chunk.replace(b"Content-Length: ", b"content-length: ")

@@ -23,19 +23,38 @@ def _pairs_file(path, n: int, seed: int):
         for i in range(n):
             a = " ".join(rng.choice(words, rng.integers(2, 12)))
             b = " ".join(rng.choice(words, rng.integers(2, 12)))
-            f.write(json.dumps({"prompt": [{"role": "user", "content": f"question {i} {a[:8]}"}],
-                                "chosen": "good " + a, "rejected": "bad " + b}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": f"question {i} {a[:8]}"}],
+                        "chosen": "good " + a,
+                        "rejected": "bad " + b,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 @pytest.fixture(scope="module")
 def tuned(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
-    cfg = FinetuneConfig(helpful=str(_pairs_file(root / "help.jsonl.gz", 80, 0)),
-                         harmless=str(_pairs_file(root / "harm.jsonl.gz", 60, 1)),
-                         out=str(root / "out"), backbone=str(tiny["encoder"]), top_layers=1, epochs=1,
-                         batch_size=8, lr=1e-3, head_lr=1e-3, helpful_pairs=None, val_helpful_pairs=None,
-                         max_length=64, val_fraction=0.2, cache_dir=str(root / "cache"))
+    cfg = FinetuneConfig(
+        helpful=str(_pairs_file(root / "help.jsonl.gz", 80, 0)),
+        harmless=str(_pairs_file(root / "harm.jsonl.gz", 60, 1)),
+        out=str(root / "out"),
+        backbone=str(tiny["encoder"]),
+        top_layers=1,
+        epochs=1,
+        batch_size=8,
+        lr=1e-3,
+        head_lr=1e-3,
+        helpful_pairs=None,
+        val_helpful_pairs=None,
+        max_length=64,
+        val_fraction=0.2,
+        cache_dir=str(root / "cache"),
+    )
     cards = finetune(cfg, log=lambda m: None)
     return cfg, cards, root / "out"
 
@@ -86,5 +105,9 @@ def test_delta_on_another_base_or_mixed_deltas_is_an_error(tiny, tuned, tmp_path
         EncoderHeadBackend("x", heads={"helpful": str(out / "helpful.safetensors")}, path=str(other), max_length=64)
     plain = tiny_models.make_head(tmp_path / "plain.safetensors", 3 * TINY_HIDDEN, seed=1)
     with pytest.raises(ValueError, match="different encoders"):
-        EncoderHeadBackend("x", heads={"helpful": str(out / "helpful.safetensors"), "p": str(plain)},
-                           path=str(tiny["encoder"]), max_length=64)
+        EncoderHeadBackend(
+            "x",
+            heads={"helpful": str(out / "helpful.safetensors"), "p": str(plain)},
+            path=str(tiny["encoder"]),
+            max_length=64,
+        )

@@ -35,8 +35,15 @@ class Recording:
         out = self.inner.forward(batch)
         time.sleep(self.hold)
         with self._lock:
-            self.calls.append({"start": t0, "end": time.perf_counter(), "threads": threads, "items": len(batch),
-                               "thread": threading.get_ident()})
+            self.calls.append(
+                {
+                    "start": t0,
+                    "end": time.perf_counter(),
+                    "threads": threads,
+                    "items": len(batch),
+                    "thread": threading.get_ident(),
+                }
+            )
         return out
 
 
@@ -51,8 +58,16 @@ def max_overlap(calls: list[dict]) -> int:
 
 @pytest.fixture(scope="module")
 def backend(tiny):
-    settings = Settings(backbones={"bb": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
-                                          "models": {"a": {"head": str(tiny["head_a"])}}}})
+    settings = Settings(
+        backbones={
+            "bb": {
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
+                "models": {"a": {"head": str(tiny["head_a"])}},
+            }
+        }
+    )
     return build_backend("bb", settings.backbones["bb"], settings)
 
 
@@ -74,7 +89,8 @@ def _run(backend, encs, concurrent: bool, **kw) -> tuple[list[np.ndarray], Recor
     rec = Recording(backend)
 
     async def main():
-        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, **kw)  # type: ignore[arg-type]
+        # a Recording wraps a Backend (duck-typed, not a subclass)
+        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, **kw)  # type: ignore[arg-type]  # see above
         b.start()
         try:
             return await _score(b, encs, concurrent)
@@ -114,7 +130,8 @@ def test_stop_waits_for_every_running_forward(backend):
     rec = Recording(backend, hold=0.3)
 
     async def main():
-        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, forward_workers=3, cpu_threads=3)  # type: ignore[arg-type]
+        # a Recording wraps a Backend (duck-typed, not a subclass)
+        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, forward_workers=3, cpu_threads=3)  # type: ignore[arg-type]  # see above
         b.start()
         futures = b.submit(encs)
         await asyncio.sleep(0.05)
@@ -128,7 +145,7 @@ def test_stop_waits_for_every_running_forward(backend):
 
 def test_forward_workers_validation_and_defaults_per_device():
     with pytest.raises(ValueError):
-        Batcher.__new__(Batcher).__init__(None, 1024, forward_workers=0)  # type: ignore[arg-type]
+        Batcher.__new__(Batcher).__init__(None, 1024, forward_workers=0)  # type: ignore[arg-type]  # no backend needed
     b = BatchingConfig()
     assert b.workers_for("cpu", 2) == 2 and b.workers_for("cpu", 8) == 8
     assert b.workers_for("cuda:0", 16) == 1

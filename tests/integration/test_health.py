@@ -17,7 +17,12 @@ from rewardserve.backends import build_backend
 
 from ..conftest import LiveServer, tiny_settings
 
-HEALTH = {"max_consecutive_failures": 3, "max_forward_seconds": 0.5, "liveness_grace_seconds": 1.5, "recheck_seconds": 0.3}
+HEALTH = {
+    "max_consecutive_failures": 3,
+    "max_forward_seconds": 0.5,
+    "liveness_grace_seconds": 1.5,
+    "recheck_seconds": 0.3,
+}
 BODY = {"items": [{"prompt": "p", "response": "r"}], "models": ["cls"]}
 
 
@@ -99,7 +104,9 @@ def test_a_hung_forward_flips_readiness_then_liveness_and_recovers(tiny, tmp_pat
     with LiveServer(create_app(settings, backend_factory=faulty_factory(mode))) as srv:
         mode["hang"] = True
         answers: list[int] = []
-        t = threading.Thread(target=lambda: answers.append(httpx.post(f"{srv.url}/v1/score", json=BODY, timeout=60).status_code))
+        t = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{srv.url}/v1/score", json=BODY, timeout=60).status_code)
+        )
         t0 = time.monotonic()
         t.start()
         wait_for(srv.url, (503, 200))
@@ -138,11 +145,17 @@ def test_every_series_the_hpa_and_dashboard_read_exists_before_the_first_request
     samples = _samples(text)
     repo = Path(__file__).resolve().parents[2]
     dash = json.loads((repo / "k8s" / "grafana-dashboard.json").read_text())
-    names = set(re.findall(r"\brewardserve_[a-z_]+", " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))))
+    names = set(
+        re.findall(r"\brewardserve_[a-z_]+", " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", [])))
+    )
     per_route = {n for n in names if n.startswith(("rewardserve_requests", "rewardserve_request_seconds"))}
     assert names - per_route, "the dashboard reads no per-backbone or per-model series?"
     missing = []
     for n in sorted(names - per_route):  # per-route series exist once a route is hit (the probes hit some)
-        key, want = ("model", settings.model_names()) if n.startswith("rewardserve_items_scored") else ("backbone", list(settings.backbones))
+        key, want = (
+            ("model", settings.model_names())
+            if n.startswith("rewardserve_items_scored")
+            else ("backbone", list(settings.backbones))
+        )
         missing += [f"{n}{{{key}={v}}}" for v in want if not any(f'{key}="{v}"' in ls for ls in samples.get(n, set()))]
     assert not missing, missing

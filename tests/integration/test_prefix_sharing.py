@@ -19,12 +19,21 @@ TOL = 1e-4
 PROMPTS = [
     "hi",  # one token in the plain format
     [{"role": "user", "content": "how do i boil an egg ?"}],
-    [{"role": "system", "content": "be good"}, {"role": "user", "content": "hello"},
-     {"role": "assistant", "content": "hi"}, {"role": "user", "content": "what is a dog ?"}],
+    [
+        {"role": "system", "content": "be good"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "what is a dog ?"},
+    ],
     "the " * 70 + "dog ?",  # longer than max_length with any response: the oldest prompt tokens go
 ]
-RESPONSES = ["ok", "boil the egg in water for 9 minutes .", "a dog is good", "the " * 10,
-             "a " * 90 + "good world"]  # the last one alone overflows: the start of the response goes
+RESPONSES = [
+    "ok",
+    "boil the egg in water for 9 minutes .",
+    "a dog is good",
+    "the " * 10,
+    "a " * 90 + "good world",
+]  # the last one alone overflows: the start of the response goes
 
 
 def _backend(path, share: bool | None, max_length: int = 64, **kw):
@@ -79,7 +88,7 @@ def test_same_reward_with_and_without_sharing_on_mixed_groups_with_truncation(pa
     # to share), and a prompt whose truncated items no longer share the group's prefix
     assert any(e.truncated and e.prefix_len > 0 for e in encs)
     assert any(e.truncated and e.prefix_len == 0 for e in encs)
-    truncated_prompt = [e.prefix_len for e in encs[3 * len(RESPONSES):4 * len(RESPONSES)] if e.prefix_len]
+    truncated_prompt = [e.prefix_len for e in encs[3 * len(RESPONSES) : 4 * len(RESPONSES)] if e.prefix_len]
     assert len(set(truncated_prompt)) > 1
     alone = np.concatenate([plain.forward([e]) for e in encs])
     assert np.std(alone) > 0
@@ -105,7 +114,7 @@ def test_one_token_prompts_groups_of_one_and_one_group(pair):
         with Calls(share) as calls:
             got = share.forward(encs)
         assert np.max(np.abs(got - want)) <= TOL, name
-        groups = {tuple(e.input_ids[:e.prefix_len]) for e in encs}
+        groups = {tuple(e.input_ids[: e.prefix_len]) for e in encs}
         assert (calls.suffix_runs == 0) == (len(groups) == len(encs)), name  # groups of one: one plain forward
     if not share.uses_chat_template:  # the plain format: "hi" is one token, shared by every item
         assert share.encode("hi", "ok world").prefix_len == 1
@@ -135,8 +144,16 @@ def _server_settings(tiny, tmp_path, share: bool) -> Settings:
     return Settings(
         references={"store": f"sqlite:///{tmp_path / f'refs-{share}.db'}"},
         batching={"max_wait_ms": 30, "forward_workers": 1},
-        backbones={"dec": {"kind": "sequence_classifier", "path": str(tiny["dec_chat"]), "max_length": 64,
-                           "share_prompt_prefix": share, "models": {"rm": {"transform": "identity"}}}})
+        backbones={
+            "dec": {
+                "kind": "sequence_classifier",
+                "path": str(tiny["dec_chat"]),
+                "max_length": 64,
+                "share_prompt_prefix": share,
+                "models": {"rm": {"transform": "identity"}},
+            }
+        },
+    )
 
 
 def test_live_server_same_rewards_one_request_per_group_and_one_request_per_item(tiny, tmp_path):

@@ -38,8 +38,15 @@ def need(binary: str | None, name: str) -> None:
 class Proc:
     """A redis-server or redis-sentinel process on a free loopback port, in its own folder."""
 
-    def __init__(self, workdir: Path, *, sentinel_of: int | None = None, replica_of: int | None = None,
-                 down_after_ms: int = 500, extra: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        sentinel_of: int | None = None,
+        replica_of: int | None = None,
+        down_after_ms: int = 500,
+        extra: tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.dir = workdir / str(self.port)
         self.dir.mkdir(parents=True)
@@ -50,13 +57,31 @@ class Proc:
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
                 f"sentinel monitor rs 127.0.0.1 {sentinel_of} 2\nsentinel auth-pass rs {PASSWORD}\n"
                 f"sentinel down-after-milliseconds rs {down_after_ms}\nsentinel failover-timeout rs 5000\n"
-                "sentinel parallel-syncs rs 1\n")
+                "sentinel parallel-syncs rs 1\n"
+            )
             self.cmd = [SENTINEL, str(conf)] if SENTINEL else ["redis-server", str(conf), "--sentinel"]
         else:
-            self.cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
-                        "--save", "", "--appendonly", "no", "--requirepass", PASSWORD, "--masterauth", PASSWORD,
-                        "--maxmemory-policy", "noeviction",
-                        *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []), *extra]
+            self.cmd = [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                PASSWORD,
+                "--masterauth",
+                PASSWORD,
+                "--maxmemory-policy",
+                "noeviction",
+                *(["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []),
+                *extra,
+            ]
         self.log = open(self.dir / "log", "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = redis.Redis(port=self.port, password=None if self.sentinel else PASSWORD, socket_timeout=2)
@@ -98,8 +123,13 @@ def test_redact_and_sentinel_url():
     assert redact(f"redis+sentinel://user:{PASSWORD}@a:1,b:2/rs/1") == "redis+sentinel://***@a:1,b:2/rs/1"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
     p = parse_sentinel_url("redis+sentinel://:p%40ss@10.0.0.1:26379,[::1]:26380/mymaster/2")
-    assert p == {"sentinels": [("10.0.0.1", 26379), ("::1", 26380)], "service": "mymaster", "db": 2,
-                 "username": None, "password": "p@ss"}
+    assert p == {
+        "sentinels": [("10.0.0.1", 26379), ("::1", 26380)],
+        "service": "mymaster",
+        "db": 2,
+        "username": None,
+        "password": "p@ss",
+    }
     for bad in ("redis+sentinel://h:1", "redis+sentinel://h/rs", f"redis+sentinel://:{PASSWORD}@h:x/rs"):
         with pytest.raises(ValueError) as e:
             parse_sentinel_url(bad)
@@ -146,14 +176,20 @@ def test_password_never_leaks_and_a_full_redis_refuses_writes_with_a_503(tiny, t
         r, refused = full
         assert r.status_code == 503, r.text
         err = r.json()["error"]
-        assert err["type"] == "reference_store_full" and "maxmemory" in err["message"] and "nothing was stored" in err["message"]
+        assert (
+            err["type"] == "reference_store_full"
+            and "maxmemory" in err["message"]
+            and "nothing was stored" in err["message"]
+        )
         assert r.headers["retry-after"]
         assert stored, "the first upload already failed: the cap is too small to show eviction"
         # nothing was evicted: every reference stored before the refusal is still there, and none of the refused one
         fps = list(stored)
         for i in range(0, len(fps), 1000):
-            found = post("/v1/references/lookup", {"model": "a", "prompt_fingerprints": fps[i:i + 1000]}).json()["references"]
-            assert {fp: e["value"] for fp, e in found.items()} == {fp: stored[fp] for fp in fps[i:i + 1000]}
+            found = post("/v1/references/lookup", {"model": "a", "prompt_fingerprints": fps[i : i + 1000]}).json()[
+                "references"
+            ]
+            assert {fp: e["value"] for fp, e in found.items()} == {fp: stored[fp] for fp in fps[i : i + 1000]}
         # reads and scoring still work on a full Redis
         item = {"prompt": "prompt 0-7 " + "x" * 40, "response": "r"}
         res = post("/v1/score", {"items": [item], "models": ["a"]})
@@ -193,7 +229,11 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
     deadline = time.monotonic() + 20
     while True:  # the sentinels know the replica and each other
         info = sentinels[0].client.sentinel_master("rs")
-        if info["num-slaves"] >= 1 and info["num-other-sentinels"] >= 2 and replica.client.info("replication")["master_link_status"] == "up":
+        if (
+            info["num-slaves"] >= 1
+            and info["num-other-sentinels"] >= 2
+            and replica.client.info("replication")["master_link_status"] == "up"
+        ):
             break
         assert time.monotonic() < deadline, info
         time.sleep(0.1)
@@ -205,7 +245,10 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
     prompts = [f"sentinel prompt {i}" for i in range(n_prompts)]
     want = {p: round(0.25 * i - 3, 3) for i, p in enumerate(prompts)}
     with LiveServer(create_app(settings)) as srv:
-        r = httpx.post(f"{srv.url}/v1/references", json={"model": "a", "entries": [{"prompt": p, "value": v} for p, v in want.items()]})
+        r = httpx.post(
+            f"{srv.url}/v1/references",
+            json={"model": "a", "entries": [{"prompt": p, "value": v} for p, v in want.items()]},
+        )
         assert r.status_code == 200, r.text
         assert PASSWORD not in httpx.get(f"{srv.url}/v1/models").text
         assert master.client.wait(1, 5000) >= 1  # the replica has every reference before the master dies
@@ -219,8 +262,9 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
             def run(*a):
                 try:
                     fn(*a)
-                except Exception as e:  # noqa: BLE001 — a dead load thread must fail the test, not vanish
+                except Exception as e:
                     failures.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+
             return run
 
         @guarded
@@ -231,7 +275,7 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
                     batch = rng.sample(prompts, 4)
                     try:
                         res = client.score([(p, "a response") for p in batch], models=["a"])
-                    except Exception as e:  # noqa: BLE001 — any error the SDK did not carry across is a failure
+                    except Exception as e:
                         failures.append(f"{type(e).__name__}: {e}")
                         continue
                     now = time.monotonic()
@@ -242,8 +286,17 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
         def prober() -> None:
             with httpx.Client(timeout=10) as c:
                 while not stop.is_set():
-                    r = c.post(f"{srv.url}/v1/score", json={"items": [{"prompt": prompts[0], "response": "r"}], "models": ["a"]})
-                    probe.append((time.monotonic(), r.status_code, r.json().get("error", {}).get("type", "") if r.status_code != 200 else ""))
+                    r = c.post(
+                        f"{srv.url}/v1/score",
+                        json={"items": [{"prompt": prompts[0], "response": "r"}], "models": ["a"]},
+                    )
+                    probe.append(
+                        (
+                            time.monotonic(),
+                            r.status_code,
+                            r.json().get("error", {}).get("type", "") if r.status_code != 200 else "",
+                        )
+                    )
                     time.sleep(0.05)
 
         threads = [threading.Thread(target=sdk_load, args=(i,)) for i in range(4)] + [threading.Thread(target=prober)]
@@ -271,7 +324,9 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
         for t in threads:
             t.join(60)
         # writes go to the promoted replica (not a read-only old master)
-        r = httpx.post(f"{srv.url}/v1/references", json={"model": "a", "entries": [{"prompt": "after failover", "value": 7.5}]})
+        r = httpx.post(
+            f"{srv.url}/v1/references", json={"model": "a", "entries": [{"prompt": "after failover", "value": 7.5}]}
+        )
         assert r.status_code == 200, r.text
 
     assert not failures, failures[:5]
@@ -287,6 +342,8 @@ def test_sentinel_failover_under_sdk_load_gives_no_wrong_reward(tiny, tmp_path, 
     else:
         window = "no 503 at all (the store's own retries bridged it)"
     slowest = max((b[0] - a[0] for a, b in zip(probe, probe[1:])), default=0.0)
-    print(f"\nsentinel failover: replica promoted {new_master:.2f} s after the master was killed; probe without retries: "
-          f"{window}; longest gap between probe answers {slowest:.2f} s; {len(results)} SDK results "
-          f"({len(after)} after the promotion), 0 wrong; test took {time.monotonic() - t_setup:.1f} s")
+    print(
+        f"\nsentinel failover: replica promoted {new_master:.2f} s after the master was killed; probe without retries: "
+        f"{window}; longest gap between probe answers {slowest:.2f} s; {len(results)} SDK results "
+        f"({len(after)} after the promotion), 0 wrong; test took {time.monotonic() - t_setup:.1f} s"
+    )

@@ -32,7 +32,10 @@ def test_sets_are_isolated_listed_exported_and_deleted(store_url):
             assert await s.get_many("n", ["f2"]) == {}
             assert await s.sets() == {"default": {"m": 2}, "exp-b": {"m": 1, "n": 1}}
             rows = await s.all_rows("exp-b")
-            assert [(rs, m, fp, r.policy) for rs, m, fp, r in rows] == [("exp-b", "m", "f1", "base-b"), ("exp-b", "n", "f2", None)]
+            assert [(rs, m, fp, r.policy) for rs, m, fp, r in rows] == [
+                ("exp-b", "m", "f1", "base-b"),
+                ("exp-b", "n", "f2", None),
+            ]
             assert len(await s.all_rows()) == 4
             assert await s.delete_set("exp-b") == 2
             assert await s.delete_set("exp-b") == 0
@@ -86,15 +89,20 @@ def write_previous_sqlite(path) -> None:
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(_PREVIOUS_SQLITE_SCHEMA)
-    conn.executemany("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     [(m, fp, r.value, r.revision, r.quantile, r.n_samples, r.policy, r.updated_at) for m, fp, r in PREVIOUS_ROWS])
+    conn.executemany(
+        "INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(m, fp, r.value, r.revision, r.quantile, r.n_samples, r.policy, r.updated_at) for m, fp, r in PREVIOUS_ROWS],
+    )
     conn.close()
 
 
 def write_previous_redis(url) -> None:
     r = redis.Redis.from_url(url, decode_responses=True)
     for m, fp, ref in PREVIOUS_ROWS:
-        r.hset("rewardserve:refs:" + m, mapping={fp: json.dumps({**ref.to_dict(), "updated_at": ref.updated_at or time.time()})})
+        r.hset(
+            "rewardserve:refs:" + m,
+            mapping={fp: json.dumps({**ref.to_dict(), "updated_at": ref.updated_at or time.time()})},
+        )
     r.close()
 
 
@@ -142,9 +150,13 @@ def test_the_previous_version_still_reads_and_writes_set_default_of_a_new_file(t
     run(write())
     conn = sqlite3.connect(str(tmp_path / "new.db"), isolation_level=None)
     conn.execute(_PREVIOUS_SQLITE_SCHEMA)
-    conn.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ("m", "fp2", 2.0, None, None, None, None, 6.0))
+    conn.execute(
+        "INSERT OR REPLACE INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ("m", "fp2", 2.0, None, None, None, None, 6.0)
+    )
     assert conn.execute("SELECT model, fingerprint, value FROM refs ORDER BY model, fingerprint").fetchall() == [
-        ("m", "fp1", 1.0), ("m", "fp2", 2.0)]
+        ("m", "fp1", 1.0),
+        ("m", "fp2", 2.0),
+    ]
     conn.close()
 
     async def read():

@@ -28,7 +28,11 @@ def test_put_get_replace_and_export(store_url):
             assert (await s.get("m", "f1")).value == 3.0
             assert (await s.get("other", "f1")).value == 9.0
             rows = await s.all_rows()
-            assert [(rs, m, fp) for rs, m, fp, _ in rows] == [("default", "m", "f1"), ("default", "m", "f2"), ("default", "other", "f1")]
+            assert [(rs, m, fp) for rs, m, fp, _ in rows] == [
+                ("default", "m", "f1"),
+                ("default", "m", "f2"),
+                ("default", "other", "f1"),
+            ]
         finally:
             await s.close()
 

@@ -13,8 +13,16 @@ from rewardserve.service_process import ServiceProcess
 
 @pytest.fixture
 def config_file(tiny, tmp_path):
-    cfg = {"backbones": {"enc": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
-                                 "models": {"a": {"head": str(tiny["head_a"])}}}}}
+    cfg = {
+        "backbones": {
+            "enc": {
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
+                "models": {"a": {"head": str(tiny["head_a"])}},
+            }
+        }
+    }
     p = tmp_path / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return str(p)

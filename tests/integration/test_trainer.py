@@ -25,34 +25,70 @@ def test_trl_adapter_calling_convention(server):
     # conversational, as GRPOTrainer passes it, with an extra dataset column
     prompts = [[{"role": "user", "content": "hello"}]] * 2
     completions = [[{"role": "assistant", "content": "hi there"}], [{"role": "assistant", "content": "go away"}]]
-    r = fn(prompts=prompts, completions=completions, completion_ids=[[1], [2]], trainer_state=None,
-           log_metric=lambda k, v: logged.__setitem__(k, v), some_column=["x", "y"])
+    r = fn(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=[[1], [2]],
+        trainer_state=None,
+        log_metric=lambda k, v: logged.__setitem__(k, v),
+        some_column=["x", "y"],
+    )
     assert len(r) == 2 and all(isinstance(x, float) for x in r)
-    direct = httpx.post(f"{server.url}/v1/score", json={"items": [
-        {"prompt": prompts[0], "response": "hi there"}, {"prompt": prompts[1], "response": "go away"}], "models": ["a", "cls"]}).json()
+    direct = httpx.post(
+        f"{server.url}/v1/score",
+        json={
+            "items": [{"prompt": prompts[0], "response": "hi there"}, {"prompt": prompts[1], "response": "go away"}],
+            "models": ["a", "cls"],
+        },
+    ).json()
     assert r == pytest.approx([x["aggregate"] for x in direct["results"]])
-    assert {"rewardserve/a/raw", "rewardserve/a/transformed", "rewardserve/cls/raw", "rewardserve/aggregate"} <= set(logged)
+    assert {"rewardserve/a/raw", "rewardserve/a/transformed", "rewardserve/cls/raw", "rewardserve/aggregate"} <= set(
+        logged
+    )
     # plain prompts, one model's raw value
     fn = RewardServeReward(server.url, output="raw", model="cls", models=["cls"])
     r = fn(prompts=["hello", "hello"], completions=["hi there", "go away"])
-    plain = httpx.post(f"{server.url}/v1/score", json={"items": [
-        {"prompt": "hello", "response": "hi there"}, {"prompt": "hello", "response": "go away"}], "models": ["cls"]}).json()
+    plain = httpx.post(
+        f"{server.url}/v1/score",
+        json={
+            "items": [{"prompt": "hello", "response": "hi there"}, {"prompt": "hello", "response": "go away"}],
+            "models": ["cls"],
+        },
+    ).json()
     assert r == pytest.approx([x["raw"]["cls"] for x in plain["results"]], abs=1e-6)
     with pytest.raises(ValueError):
         RewardServeReward(server.url, output="raw")
 
 
 def test_grpo_trainer_runs_two_steps_against_the_service(server, policy, tmp_path):
-    cfg = RLHFConfig(url=server.url, policy=policy, prompts=str(SHARED_DATA / "prompts.jsonl.gz"), max_prompts=8,
-                     models=["a", "cls"], steps=2, prompts_per_step=2, num_generations=2, max_completion_length=8,
-                     out_dir=str(tmp_path / "run"), sample_prompts=1)
+    cfg = RLHFConfig(
+        url=server.url,
+        policy=policy,
+        prompts=str(SHARED_DATA / "prompts.jsonl.gz"),
+        max_prompts=8,
+        models=["a", "cls"],
+        steps=2,
+        prompts_per_step=2,
+        num_generations=2,
+        max_completion_length=8,
+        out_dir=str(tmp_path / "run"),
+        sample_prompts=1,
+    )
     summary = run_rlhf(cfg)
     out = tmp_path / "run"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        for k in ("rewardserve/a/raw", "rewardserve/a/transformed", "rewardserve/cls/raw", "rewardserve/aggregate", "kl",
-                  "rewardserve/seconds", "rewardserve/items_per_s", "completions/mean_length"):
+        for k in (
+            "rewardserve/a/raw",
+            "rewardserve/a/transformed",
+            "rewardserve/cls/raw",
+            "rewardserve/aggregate",
+            "kl",
+            "rewardserve/seconds",
+            "rewardserve/items_per_s",
+            "completions/mean_length",
+        ):
             assert k in r, k
     for f in ("config.json", "report.md", "rewards.png", "kl.png", "length.png"):
         assert (out / f).stat().st_size > 0
@@ -70,8 +106,13 @@ def test_openrlhf_get_reward_payload(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"rewards", "scores", "extra_logs"}
-    direct = client.post("/v1/score", json={"items": [
-        {"prompt": p, "response": x, "reference": {"b": 0.0}} for p, x in zip(prompts, responses)], "models": ["a", "cls"]}).json()
+    direct = client.post(
+        "/v1/score",
+        json={
+            "items": [{"prompt": p, "response": x, "reference": {"b": 0.0}} for p, x in zip(prompts, responses)],
+            "models": ["a", "cls"],
+        },
+    ).json()
     assert body["rewards"] == pytest.approx([x["aggregate"] for x in direct["results"]], abs=1e-6)
     assert body["extra_logs"]["a/raw"] == pytest.approx([x["raw"]["a"] for x in direct["results"]], abs=1e-6)
     bad = dict(payload, query=["something else entirely", payload["query"][1]])

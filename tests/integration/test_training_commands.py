@@ -23,16 +23,39 @@ def cli(*args, cache):
     env = {"HOME": str(cache)}  # features cache under a temp HOME
     import os
 
-    return subprocess.run([sys.executable, "-m", "rewardserve.cli", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "rewardserve.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads")
     cache = tmp_path_factory.mktemp("home")
-    args = ["train-head", "--data", str(HH_TRAIN), "--out", str(out), "--name", "harm", "--backbone", str(tiny["encoder"]),
-            "--limit", "60", "--max-epochs", "5", "--weight-decay", "0.01", "0.1", "--max-length", "64"]
+    args = [
+        "train-head",
+        "--data",
+        str(HH_TRAIN),
+        "--out",
+        str(out),
+        "--name",
+        "harm",
+        "--backbone",
+        str(tiny["encoder"]),
+        "--limit",
+        "60",
+        "--max-epochs",
+        "5",
+        "--weight-decay",
+        "0.01",
+        "0.1",
+        "--max-length",
+        "64",
+    ]
     r = cli(*args, cache=cache)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, cache, args, r
@@ -66,18 +89,44 @@ def test_train_head_is_deterministic_and_uses_the_feature_cache(trained, tmp_pat
     a, b = load_file(str(tmp_path / "harm.safetensors")), load_file(str(out / "harm.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # same seed, same weights
     ca, cb = (json.loads((d / "harm.json").read_text()) for d in (tmp_path, out))
-    assert (ca["train_accuracy"], ca["validation_accuracy"], ca["selection"]) == (cb["train_accuracy"], cb["validation_accuracy"], cb["selection"])
+    assert (ca["train_accuracy"], ca["validation_accuracy"], ca["selection"]) == (
+        cb["train_accuracy"],
+        cb["validation_accuracy"],
+        cb["selection"],
+    )
 
 
 def test_eval_rm_through_the_scoring_path(trained, tiny, tmp_path):
     out, cache, _, _ = trained
-    cfg = {"references": {"store": f"sqlite:///{tmp_path / 'r.db'}"},
-           "backbones": {"enc": {"kind": "encoder_head", "path": str(tiny["encoder"]), "max_length": 64,
-                                 "models": {"harm": {"head": str(out / "harm.safetensors")}}}}}
+    cfg = {
+        "references": {"store": f"sqlite:///{tmp_path / 'r.db'}"},
+        "backbones": {
+            "enc": {
+                "kind": "encoder_head",
+                "path": str(tiny["encoder"]),
+                "max_length": 64,
+                "models": {"harm": {"head": str(out / "harm.safetensors")}},
+            }
+        },
+    }
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    r = cli("eval-rm", "--config", str(config), "--model", "harm", "--data", str(HH_TEST), "--limit", "40",
-            "--update-card", "test", "--out", str(tmp_path / "eval.json"), cache=cache)
+    r = cli(
+        "eval-rm",
+        "--config",
+        str(config),
+        "--model",
+        "harm",
+        "--data",
+        str(HH_TEST),
+        "--limit",
+        "40",
+        "--update-card",
+        "test",
+        "--out",
+        str(tmp_path / "eval.json"),
+        cache=cache,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "eval.json").read_text())
     pairs = load_pairs(HH_TEST, 40)
@@ -96,7 +145,10 @@ def test_eval_rm_through_the_scoring_path(trained, tiny, tmp_path):
         import httpx
 
         items = [{"prompt": p.prompt, "response": x} for p in pairs for x in (p.chosen, p.rejected)]
-        raw = [x["raw"]["harm"] for x in httpx.post(f"{srv.url}/v1/score", json={"items": items}, timeout=60).json()["results"]]
+        raw = [
+            x["raw"]["harm"]
+            for x in httpx.post(f"{srv.url}/v1/score", json={"items": items}, timeout=60).json()["results"]
+        ]
     acc = sum(raw[2 * i] > raw[2 * i + 1] for i in range(40)) / 40
     assert acc == pytest.approx(res["accuracy"])
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 import pytest
 from pydantic import BaseModel, Field
+
 from rewardserve.cli import build_parser, main
 from rewardserve.cli_options import add_options, config_from_args, field_docs, walk_parsers
 
@@ -54,8 +55,8 @@ def test_demo_help_says_that_it_also_trains():
 
 
 def test_generated_help_is_the_field_description():
-    from rewardlab.trainer.grpo import RLHFConfig
     from rewardlab.calibration import CalibrationConfig
+    from rewardlab.trainer.grpo import RLHFConfig
     from rewardserve.config import Settings
 
     parsers = dict(walk_parsers(build_parser()))

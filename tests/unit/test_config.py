@@ -11,7 +11,9 @@ def test_embedded_default_serves_two_models_on_cpu():
 
 def test_error_names_file_and_key(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text("backbones:\n  x:\n    kind: encoder_head\n    models:\n      m: {head: h.safetensors, transform: exp}\n")
+    p.write_text(
+        "backbones:\n  x:\n    kind: encoder_head\n    models:\n      m: {head: h.safetensors, transform: exp}\n"
+    )
     with pytest.raises(ConfigError) as e:
         load_settings(p)
     msg = str(e.value)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from rewardserve import errors as e
 from rewardserve.api.errors import ERRORS, error_parts, http_error
 

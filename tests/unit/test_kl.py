@@ -53,7 +53,7 @@ def test_best_of_n_weights_match_enumeration():
             winners = sorted({d for d in draw if u[0, d] == vals.max()})
             for w in winners:
                 counts[w] += 1 / len(winners)
-        expected = counts / 5 ** n
+        expected = counts / 5**n
         assert np.allclose(kl.best_of_n_weights(u, n)[0], expected)
     assert np.allclose(kl.best_of_n_weights(u, 1), 0.2)
 
@@ -88,7 +88,7 @@ def _synthetic(seed=0, P=40, N=16, K=8, M=2):
     rng = np.random.default_rng(seed)
     quality = rng.normal(size=(P, 1, M))
     gold = quality + rng.normal(size=(P, N, M))
-    proxy = gold + 0.7 * rng.normal(size=(P, N, M))       # a noisy proxy of the judge
+    proxy = gold + 0.7 * rng.normal(size=(P, N, M))  # a noisy proxy of the judge
     gold_ref_s = quality + rng.normal(size=(P, K, M))
     proxy_ref_s = gold_ref_s + 0.7 * rng.normal(size=(P, K, M))
     lengths = rng.integers(5, 64, size=(P, N))
@@ -99,9 +99,11 @@ def test_analyse_curves_shape_and_invariants():
     from rewardlab.experiments.kl_curves import analyse
 
     proxy, prs, gold, grs, lengths = _synthetic()
-    out = analyse(proxy, prs, gold, grs, lengths, ["h", "s"], kl_targets=(0.05, 0.5, 1.5), best_of=(1, 4, 16), n_boot=200)
+    out = analyse(
+        proxy, prs, gold, grs, lengths, ["h", "s"], kl_targets=(0.05, 0.5, 1.5), best_of=(1, 4, 16), n_boot=200
+    )
     assert set(out["curves"]) == {"raw_sum", "lsc_sum", "raw:h", "lsc:h", "raw:s", "lsc:s"}
-    for name, pts in out["curves"].items():
+    for pts in out["curves"].values():
         tilted_pts = [p for p in pts if p["n"] is None]
         # every utility is evaluated at the same mean KLs
         assert [round(p["kl"], 3) for p in tilted_pts] == [0.05, 0.5, 1.5]

@@ -38,7 +38,7 @@ def test_lsc_vectorised_and_float64():
 def test_identity_transform_ignores_reference():
     assert lsc.transform(3.5, 100.0, "identity") == 3.5
     with pytest.raises(ValueError):
-        lsc.transform(1.0, 0.0, "exp")  # type: ignore[arg-type]
+        lsc.transform(1.0, 0.0, "exp")  # type: ignore[arg-type]  # an invalid kind, on purpose
 
 
 def test_aggregate_methods_and_weights():
@@ -52,7 +52,7 @@ def test_aggregate_methods_and_weights():
     assert lsc.aggregate(raw, u, "raw_sum", w) == pytest.approx(3.0)
     assert lsc.aggregate(raw, u, "min", {"h": 20.0}) == pytest.approx(-2.0)
     with pytest.raises(ValueError):
-        lsc.aggregate(raw, u, "mean")  # type: ignore[arg-type]
+        lsc.aggregate(raw, u, "mean")  # type: ignore[arg-type]  # an invalid method, on purpose
 
 
 def test_lsc_sum_is_an_and_raw_sum_lets_one_property_buy_another():

@@ -17,8 +17,10 @@ def _enc(prompt: list[int], response: list[int]) -> Encoded:
 def _pending(encs: list[Encoded]) -> list[_Pending]:
     loop = asyncio.new_event_loop()
     try:
-        return [_Pending(e, loop.create_future(), float(i), None if prefix_key(e) is None else hash(prefix_key(e)))
-                for i, e in enumerate(encs)]
+        return [
+            _Pending(e, loop.create_future(), float(i), None if prefix_key(e) is None else hash(prefix_key(e)))
+            for i, e in enumerate(encs)
+        ]
     finally:
         loop.close()
 
@@ -35,10 +37,16 @@ def test_computed_tokens_counts_each_prompt_once_and_shares_only_when_cheaper():
     assert computed_tokens([("a", 10, 30)]) == (30, 30, False)
     # items without a key run in a plain forward of their own
     assert computed_tokens([("a", 10, 30), ("a", 10, 20), (None, 0, 50), (None, 0, 40)]) == (
-        10 + 30 + 2 * 50, 10 + 30 + 90, True)
+        10 + 30 + 2 * 50,
+        10 + 30 + 90,
+        True,
+    )
     # two groups: prefix rows padded to the longest prefix
     assert computed_tokens([("a", 5, 10), ("a", 5, 8), ("b", 40, 42), ("b", 40, 41)]) == (
-        2 * 40 + 5 + 3 + 2 + 1, 5 + 40 + 5 + 3 + 2 + 1, True)
+        2 * 40 + 5 + 3 + 2 + 1,
+        5 + 40 + 5 + 3 + 2 + 1,
+        True,
+    )
     # sharing that would pad more than it saves is not chosen
     assert computed_tokens([("a", 1, 100), ("a", 1, 100), ("b", 1, 2), ("c", 99, 100)]) == (400, 302, False)
     assert computed_tokens([]) == (0, 0, False)
@@ -102,8 +110,12 @@ def _grpo_queue(rng, n_prompts, g_choices=(1, 4, 8), interleave=False):
     groups = []
     for k in range(n_prompts):
         prompt = [1000 + k] + [rng.randint(3, 99) for _ in range(rng.randint(1, 60))]
-        groups.append([_enc(prompt, [rng.randint(3, 99) for _ in range(rng.randint(1, 40))])
-                       for _ in range(rng.choice(g_choices))])
+        groups.append(
+            [
+                _enc(prompt, [rng.randint(3, 99) for _ in range(rng.randint(1, 40))])
+                for _ in range(rng.choice(g_choices))
+            ]
+        )
     if interleave:  # G separate requests per prompt, arriving mixed with other prompts' requests
         while any(groups):
             g = rng.choice([g for g in groups if g])

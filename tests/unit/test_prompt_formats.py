@@ -22,15 +22,19 @@ def tokenizers(tmp_path_factory):
 
 def _cases():
     """(template, conversation, how the format is named); a house template only as tokenizer:<path>."""
-    return [(s, i, how) for s in SPECS for i in range(len(conversations(s)))
-            for how in (("auto", "family", "tokenizer") if s.family else ("tokenizer",))]
+    return [
+        (s, i, how)
+        for s in SPECS
+        for i in range(len(conversations(s)))
+        for how in (("auto", "family", "tokenizer") if s.family else ("tokenizer",))
+    ]
 
 
 def _assert_same_conversation(tok, parsed, messages, prompt):
     """The parsed prompt is the conversation: its last messages are the given ones, anything before
     them is a system message the template injected, and it renders back to the prompt exactly."""
     assert isinstance(parsed, list)
-    assert parsed[len(parsed) - len(messages):] == messages
+    assert parsed[len(parsed) - len(messages) :] == messages
     assert all(m["role"] == "system" for m in parsed[: len(parsed) - len(messages)])
     assert tok.apply_chat_template(parsed, tokenize=False, add_generation_prompt=True) == prompt
 
@@ -90,12 +94,15 @@ def test_plain_strings_stay_as_they_are():
     assert pf.normalise("<|im_start|>user\nHi<|im_end|>\n", "x", "plain").prompt == "<|im_start|>user\nHi<|im_end|>\n"
 
 
-@pytest.mark.parametrize("text", [
-    "<|im_start|>user\nHi there",  # an unterminated turn
-    "Tell me about <|im_start|> tokens",  # a marker inside plain text
-    "[INST] unterminated instruction",
-    "<start_of_turn>user\nHi<end_of_turn>\ntrailing text",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<|im_start|>user\nHi there",  # an unterminated turn
+        "Tell me about <|im_start|> tokens",  # a marker inside plain text
+        "[INST] unterminated instruction",
+        "<start_of_turn>user\nHi<end_of_turn>\ntrailing text",
+    ],
+)
 def test_templated_looking_but_unparsable_is_plain_with_a_warning(text):
     out = pf.normalise(text, "reply<|im_end|>", "auto")
     assert out.prompt == text and out.response == "reply<|im_end|>" and out.format == "plain"
@@ -109,18 +116,21 @@ def test_a_named_family_that_does_not_match_warns(tokenizers):
     assert out.prompt == prompt and "chatml" in out.warning
 
 
-@pytest.mark.parametrize("response,family,expected", [
-    ("Paris.<|im_end|>", "chatml", "Paris."),
-    ("Paris.<|im_end|>\n<|endoftext|><|endoftext|>", "chatml", "Paris."),
-    ("Paris.", "chatml", "Paris."),
-    ("Paris.\n", "chatml", "Paris.\n"),  # whitespace of the response itself stays
-    (" Paris. </s><unk><unk>", "llama2", "Paris."),
-    ("Paris.<|eot_id|><|end_of_text|>", "llama3", "Paris."),
-    ("Paris.<end_of_turn>\n<eos><pad>", "gemma", "Paris."),
-    ("Paris.<|end|>\n<|endoftext|>", "phi3", "Paris."),
-    ("Paris.</s>\n", "zephyr", "Paris."),
-    ("Paris.</s>", "chatml", "Paris.</s>"),  # another family's markup is text
-])
+@pytest.mark.parametrize(
+    "response,family,expected",
+    [
+        ("Paris.<|im_end|>", "chatml", "Paris."),
+        ("Paris.<|im_end|>\n<|endoftext|><|endoftext|>", "chatml", "Paris."),
+        ("Paris.", "chatml", "Paris."),
+        ("Paris.\n", "chatml", "Paris.\n"),  # whitespace of the response itself stays
+        (" Paris. </s><unk><unk>", "llama2", "Paris."),
+        ("Paris.<|eot_id|><|end_of_text|>", "llama3", "Paris."),
+        ("Paris.<end_of_turn>\n<eos><pad>", "gemma", "Paris."),
+        ("Paris.<|end|>\n<|endoftext|>", "phi3", "Paris."),
+        ("Paris.</s>\n", "zephyr", "Paris."),
+        ("Paris.</s>", "chatml", "Paris.</s>"),  # another family's markup is text
+    ],
+)
 def test_clean_response(response, family, expected):
     assert pf.FAMILIES[family].clean_response(response) == expected
 
@@ -144,7 +154,15 @@ def test_split_query_rejects_another_prompt():
 
 
 def test_format_names():
-    for ok in ["auto", "plain", "chatml", "mistral", "tulu", "tokenizer:/models/x", "tokenizer:Qwen/Qwen2.5-0.5B-Instruct"]:
+    for ok in [
+        "auto",
+        "plain",
+        "chatml",
+        "mistral",
+        "tulu",
+        "tokenizer:/models/x",
+        "tokenizer:Qwen/Qwen2.5-0.5B-Instruct",
+    ]:
         assert pf.check_format_name(ok) == ok
     for bad in ["", "chat-ml", "tokenizer:", "tokenizer:  ", "AUTO"]:
         with pytest.raises(pf.PromptFormatError, match="unknown prompt_format"):
@@ -161,13 +179,16 @@ def test_tokenizer_format_errors(tmp_path):
         pf.resolve_format(f"tokenizer:{tmp_path / 'no_template'}")
 
 
-@pytest.mark.parametrize("prompt,response", [
-    ("[INST] hi [/INST]" + " " * 200_000, "ok"),
-    ("<|user|>\n" + "\n" * 200_000, "ok"),
-    ("<|im_start|>user\n" + "a" * 200_000, "ok"),
-    ("[INST] hi [/INST]", "a" + "</s> " * 50_000),
-    ("<|im_start|>user\nhi<|im_end|>\n", "a" + "<|im_end|>\n" * 20_000),
-])
+@pytest.mark.parametrize(
+    "prompt,response",
+    [
+        ("[INST] hi [/INST]" + " " * 200_000, "ok"),
+        ("<|user|>\n" + "\n" * 200_000, "ok"),
+        ("<|im_start|>user\n" + "a" * 200_000, "ok"),
+        ("[INST] hi [/INST]", "a" + "</s> " * 50_000),
+        ("<|im_start|>user\nhi<|im_end|>\n", "a" + "<|im_end|>\n" * 20_000),
+    ],
+)
 def test_long_inputs_take_linear_time(prompt, response):
     """Prompts and responses up to max_text_chars: no regex or strip loop goes quadratic."""
     import time
@@ -182,7 +203,10 @@ def test_config_names_the_key_of_an_unknown_prompt_format():
     from rewardserve.config import ConfigError, load_settings
 
     assert load_settings().prompt_format == "auto" and load_settings().openrlhf.prompt_format is None
-    assert load_settings(openrlhf={"prompt_format": "tokenizer:/models/policy"}).openrlhf.prompt_format == "tokenizer:/models/policy"
+    assert (
+        load_settings(openrlhf={"prompt_format": "tokenizer:/models/policy"}).openrlhf.prompt_format
+        == "tokenizer:/models/policy"
+    )
     with pytest.raises(ConfigError, match=r"prompt_format: .*unknown prompt_format 'chat-ml'"):
         load_settings(prompt_format="chat-ml")
     with pytest.raises(ConfigError, match=r"openrlhf\.prompt_format: .*unknown prompt_format 'bogus'"):

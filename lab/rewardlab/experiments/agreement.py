@@ -24,8 +24,9 @@ def pair_agreement(proxy_margin, gold_margin, n_boot: int = 1000, seed: int = 0)
     return bootstrap_ci((np.sign(p) * np.sign(g) > 0).astype(float), n_boot, seed)
 
 
-def agreement_table(eval_dir: str | Path, models=("helpful", "harmless"), proxies=("proxy",),
-                    n_boot: int = 1000) -> dict:
+def agreement_table(
+    eval_dir: str | Path, models=("helpful", "harmless"), proxies=("proxy",), n_boot: int = 1000
+) -> dict:
     """Per proxy role and model: proxy and gold test accuracy and their agreement, each with a 95 %
     interval over pairs."""
     d = Path(eval_dir).expanduser()
@@ -35,10 +36,12 @@ def agreement_table(eval_dir: str | Path, models=("helpful", "harmless"), proxie
         for m in models:
             z = {r: np.load(d / f"{r}-{m}.npz") for r in (role, "gold")}
             margin = {r: z[r]["chosen"] - z[r]["rejected"] for r in z}
-            out[role][m] = {"pairs": int(margin["gold"].size),
-                            "agreement": pair_agreement(margin[role], margin["gold"], n_boot),
-                            "proxy_accuracy": bootstrap_ci((margin[role] > 0).astype(float), n_boot),
-                            "gold_accuracy": bootstrap_ci((margin["gold"] > 0).astype(float), n_boot)}
+            out[role][m] = {
+                "pairs": int(margin["gold"].size),
+                "agreement": pair_agreement(margin[role], margin["gold"], n_boot),
+                "proxy_accuracy": bootstrap_ci((margin[role] > 0).astype(float), n_boot),
+                "gold_accuracy": bootstrap_ci((margin["gold"] > 0).astype(float), n_boot),
+            }
     return out
 
 

@@ -19,21 +19,37 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
 from rewardclient import prompt_fingerprint
 from rewardclient.protocol import DEFAULT_QUANTILE
-from tqdm import tqdm
 
 from ..datasets import iter_jsonl
 from . import stats
 
 METHODS = ("raw_sum", "lsc_sum")
 # the settings a samples file depends on: a rerun with any of these changed starts a new file
-_SAMPLE_KEYS = ("prompts", "split", "n_prompts", "max_prompt_tokens", "policy", "n", "calibration_samples",
-                "max_new_tokens", "temperature", "top_p", "batch_prompts", "seed", "models")
+_SAMPLE_KEYS = (
+    "prompts",
+    "split",
+    "n_prompts",
+    "max_prompt_tokens",
+    "policy",
+    "n",
+    "calibration_samples",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "batch_prompts",
+    "seed",
+    "models",
+)
 
 
 def doc(text: str) -> dict[str, str]:
@@ -45,14 +61,15 @@ def doc(text: str) -> dict[str, str]:
 class HeldOutPrompts:
     """Held-out prompts and how the base policy samples on them: the settings experiments A and C share."""
 
-    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=doc(
-        "prompts.jsonl(.gz) with split and source per prompt"))
+    prompts: str = field(
+        default="../shared/data/prompts.jsonl.gz", metadata=doc("prompts.jsonl(.gz) with split and source per prompt")
+    )
     split: str = field(default="test", metadata=doc("the split the held-out prompts come from"))
     n_prompts: int = field(default=200, metadata=doc("held-out prompts, equal shares per source (HH, AlpacaEval)"))
-    max_prompt_tokens: int = field(default=128, metadata=doc(
-        "skip prompts longer than this (rendered, policy tokens)"))
-    policy: str | None = field(default=None, metadata=doc(
-        "the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
+    max_prompt_tokens: int = field(default=128, metadata=doc("skip prompts longer than this (rendered, policy tokens)"))
+    policy: str | None = field(
+        default=None, metadata=doc("the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
+    )
     max_new_tokens: int = field(default=48, metadata=doc("longest sampled response, in policy tokens"))
     temperature: float = field(default=0.7, metadata=doc("sampling temperature"))
     top_p: float = field(default=0.9, metadata=doc("nucleus sampling top-p"))
@@ -64,19 +81,32 @@ class BestOfKConfig(HeldOutPrompts):
     """Experiment A's settings (also the options of ``rewardserve experiment best-of-k``)."""
 
     n: int = field(default=16, metadata=doc("candidate responses per prompt"))
-    calibration_samples: int = field(default=8, metadata=doc(
-        "further samples per prompt, never candidates: they set the prompt's reference"))
-    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples"))
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16], metadata=doc(
-        "the k of best-of-k: each pick is the best of the first k candidates"))
+    calibration_samples: int = field(
+        default=8, metadata=doc("further samples per prompt, never candidates: they set the prompt's reference")
+    )
+    quantile: float = field(
+        default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples")
+    )
+    ks: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        metadata=doc("the k of best-of-k: each pick is the best of the first k candidates"),
+    )
     seed: int = field(default=0, metadata=doc("seed of sampling and of the bootstrap"))
     bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
-    config: str | None = field(default=None, metadata=doc(
-        "service config with the reward models (default: the embedded default)"))
-    models: list[str] | None = field(default=None, metadata=doc(
-        "reward models to combine (default: every configured)"))
-    out_dir: str = field(default="runs/experiments/best-of-k", metadata=doc(
-        "where samples.jsonl, results.json and results.md go (a rerun continues there)"))
+    config: str | None = field(
+        default=None, metadata=doc("service config with the reward models (default: the embedded default)")
+    )
+    models: list[str] | None = field(default=None, metadata=doc("reward models to combine (default: every configured)"))
+    out_dir: str = field(
+        default="runs/experiments/best-of-k",
+        metadata=doc("where samples.jsonl, results.json and results.md go (a rerun continues there)"),
+    )
+
+
+def per_model(key: str, model: str) -> Callable[[dict], Any]:
+    """The getter of ``row[key][model]`` (a plot panel's values)."""
+    return lambda row: row[key][model]
+
 
 def equal_shares(by_source: dict[str, list], n: int) -> list:
     """``n`` rows: an equal share of each source (in order), the rest filled from the leftovers."""
@@ -101,7 +131,9 @@ def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens
             by_source.setdefault(source, []).append(row)
     if not by_source:
         raise ValueError(f"no {split!r} prompts of at most {max_prompt_tokens} tokens in {path}")
-    chosen = equal_shares({s: [{"source": s, "prompt": r["prompt"]} for r in rows] for s, rows in by_source.items()}, n_prompts)
+    chosen = equal_shares(
+        {s: [{"source": s, "prompt": r["prompt"]} for r in rows] for s, rows in by_source.items()}, n_prompts
+    )
     for i, c in enumerate(chosen):
         c["index"], c["fingerprint"] = i, prompt_fingerprint(c["prompt"])
     return chosen
@@ -145,24 +177,41 @@ async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[d
     t0 = time.perf_counter()
     fresh = 0
     async with local_scorer(settings, models) as scorer:
-        bar = tqdm(total=len(prompts), initial=sum(1 for p in prompts if p["index"] in done), desc="best-of-k samples", unit="prompt")
+        bar = tqdm(
+            total=len(prompts),
+            initial=sum(1 for p in prompts if p["index"] in done),
+            desc="best-of-k samples",
+            unit="prompt",
+        )
         for s in range(0, len(prompts), cfg.batch_prompts):
-            batch = prompts[s:s + cfg.batch_prompts]
+            batch = prompts[s : s + cfg.batch_prompts]
             if all(p["index"] in done for p in batch):
                 continue
             torch.manual_seed(cfg.seed * 1_000_003 + s)
-            texts = generate(model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+            texts = generate(
+                model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
+            )
             pairs = [(p["prompt"], t) for p, ts in zip(batch, texts) for t in ts]
             raw, _, _ = await scorer.raw_rewards(pairs, models)
             with open(path, "a", encoding="utf-8") as f:
                 for j, (p, ts) in enumerate(zip(batch, texts)):
                     if p["index"] in done:
                         continue
-                    block = raw[j * per_prompt:(j + 1) * per_prompt]
-                    row = {**p, "calibration": ts[:cfg.calibration_samples], "candidates": ts[cfg.calibration_samples:],
-                           "lengths": [len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts[cfg.calibration_samples:]],
-                           "raw_calibration": {m: block[:cfg.calibration_samples, i].tolist() for i, m in enumerate(models)},
-                           "raw_candidates": {m: block[cfg.calibration_samples:, i].tolist() for i, m in enumerate(models)}}
+                    block = raw[j * per_prompt : (j + 1) * per_prompt]
+                    row = {
+                        **p,
+                        "calibration": ts[: cfg.calibration_samples],
+                        "candidates": ts[cfg.calibration_samples :],
+                        "lengths": [
+                            len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts[cfg.calibration_samples :]
+                        ],
+                        "raw_calibration": {
+                            m: block[: cfg.calibration_samples, i].tolist() for i, m in enumerate(models)
+                        },
+                        "raw_candidates": {
+                            m: block[cfg.calibration_samples :, i].tolist() for i, m in enumerate(models)
+                        },
+                    }
                     f.write(json.dumps(row) + "\n")
                     done[p["index"]] = row
                     fresh += 1
@@ -180,8 +229,16 @@ def arrays(rows: list[dict], models: list[str]) -> tuple[np.ndarray, np.ndarray,
     return cand, calib, lengths
 
 
-def analyse(cand: np.ndarray, calib: np.ndarray, lengths: np.ndarray, models: list[str], ks: list[int],
-            quantile: float, n_boot: int = 1000, seed: int = 0) -> dict:
+def analyse(
+    cand: np.ndarray,
+    calib: np.ndarray,
+    lengths: np.ndarray,
+    models: list[str],
+    ks: list[int],
+    quantile: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Every metric per k and method, with bootstrap intervals, and the lsc_sum − raw_sum differences."""
     ref = stats.references(calib, quantile)
     worst = stats.worst_decile(cand, ref)
@@ -190,25 +247,49 @@ def analyse(cand: np.ndarray, calib: np.ndarray, lengths: np.ndarray, models: li
         picks = {meth: stats.pick(cand, ref, meth, k) for meth in METHODS}
         per = {meth: stats.per_prompt_metrics(cand, ref, lengths, picks[meth]) for meth in METHODS}
         differ = picks["raw_sum"] != picks["lsc_sum"]
-        row: dict = {"k": k, "picks_differ": int(differ.sum()),
-                     "where_picks_differ": {meth: {"good_on_all": float(per[meth]["good_on_all"][differ].mean()) if differ.any() else None,
-                                                   "above_reference": {m: float((per[meth]["raw"][differ, i] > ref[differ, i]).mean())
-                                                                       if differ.any() else None for i, m in enumerate(models)}}
-                                            for meth in METHODS}}
+        row: dict = {
+            "k": k,
+            "picks_differ": int(differ.sum()),
+            "where_picks_differ": {
+                meth: {
+                    "good_on_all": float(per[meth]["good_on_all"][differ].mean()) if differ.any() else None,
+                    "above_reference": {
+                        m: float((per[meth]["raw"][differ, i] > ref[differ, i]).mean()) if differ.any() else None
+                        for i, m in enumerate(models)
+                    },
+                }
+                for meth in METHODS
+            },
+        }
         for meth in (*METHODS, "lsc_minus_raw"):
-            v = per[meth] if meth != "lsc_minus_raw" else {key: per["lsc_sum"][key] - per["raw_sum"][key] for key in per["raw_sum"]}
+            v = (
+                per[meth]
+                if meth != "lsc_minus_raw"
+                else {key: per["lsc_sum"][key] - per["raw_sum"][key] for key in per["raw_sum"]}
+            )
             row[meth] = {
                 "raw": {m: stats.bootstrap_ci(v["raw"][:, i], n_boot, seed) for i, m in enumerate(models)},
                 "good_on_all": stats.bootstrap_ci(v["good_on_all"], n_boot, seed),
-                "worst_decile_gain": {m: stats.bootstrap_ci(v["gain"][worst[:, i], i], n_boot, seed) for i, m in enumerate(models)},
-                "other_gain": {m: stats.bootstrap_ci(v["gain"][~worst[:, i], i], n_boot, seed) for i, m in enumerate(models)},
+                "worst_decile_gain": {
+                    m: stats.bootstrap_ci(v["gain"][worst[:, i], i], n_boot, seed) for i, m in enumerate(models)
+                },
+                "other_gain": {
+                    m: stats.bootstrap_ci(v["gain"][~worst[:, i], i], n_boot, seed) for i, m in enumerate(models)
+                },
                 "length": stats.bootstrap_ci(v["length"], n_boot, seed),
             }
         table.append(row)
-    return {"models": models, "prompts": int(cand.shape[0]), "n": int(cand.shape[1]), "calibration_samples": int(calib.shape[1]),
-            "quantile": quantile, "bootstrap": n_boot, "worst_decile_prompts": int(worst[:, 0].sum()),
-            "base_good_on_all": stats.bootstrap_ci(np.all(cand > ref[:, None, :], axis=2).mean(axis=1), n_boot, seed),
-            "table": table}
+    return {
+        "models": models,
+        "prompts": int(cand.shape[0]),
+        "n": int(cand.shape[1]),
+        "calibration_samples": int(calib.shape[1]),
+        "quantile": quantile,
+        "bootstrap": n_boot,
+        "worst_decile_prompts": int(worst[:, 0].sum()),
+        "base_good_on_all": stats.bootstrap_ci(np.all(cand > ref[:, None, :], axis=2).mean(axis=1), n_boot, seed),
+        "table": table,
+    }
 
 
 def _fmt(ci: dict, digits: int = 3) -> str:
@@ -217,13 +298,26 @@ def _fmt(ci: dict, digits: int = 3) -> str:
 
 def markdown_table(result: dict) -> str:
     models = result["models"]
-    head = ["k", "method", *[f"raw {m}" for m in models], "good on all", *[f"worst-decile gain {m}" for m in models], "length"]
+    head = [
+        "k",
+        "method",
+        *[f"raw {m}" for m in models],
+        "good on all",
+        *[f"worst-decile gain {m}" for m in models],
+        "length",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["table"]:
         for meth in (*METHODS, "lsc_minus_raw"):
             r = row[meth]
-            cells = [str(row["k"]), meth.replace("_minus_", " − "), *[_fmt(r["raw"][m]) for m in models], _fmt(r["good_on_all"]),
-                     *[_fmt(r["worst_decile_gain"][m]) for m in models], _fmt(r["length"], 1)]
+            cells = [
+                str(row["k"]),
+                meth.replace("_minus_", " − "),
+                *[_fmt(r["raw"][m]) for m in models],
+                _fmt(r["good_on_all"]),
+                *[_fmt(r["worst_decile_gain"][m]) for m in models],
+                _fmt(r["length"], 1),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -237,8 +331,8 @@ def plot(result: dict, out: Path) -> Path:
     models, table = result["models"], result["table"]
     ks = [r["k"] for r in table]
     panels = [("good on all (fraction)", lambda r: r["good_on_all"])]
-    panels += [(f"raw {m}", lambda r, m=m: r["raw"][m]) for m in models]
-    panels += [(f"worst-decile gain {m}", lambda r, m=m: r["worst_decile_gain"][m]) for m in models]
+    panels += [(f"raw {m}", per_model("raw", m)) for m in models]
+    panels += [(f"worst-decile gain {m}", per_model("worst_decile_gain", m)) for m in models]
     panels += [("length (tokens)", lambda r: r["length"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     for ax, (title, get) in zip(axes, panels):
@@ -268,7 +362,9 @@ def run_best_of_k(cfg: BestOfKConfig, settings=None) -> dict:
     t0 = time.perf_counter()
     rows = asyncio.run(_generate_and_score(cfg, settings, out))
     cand, calib, lengths = arrays(rows, models)
-    result = analyse(cand, calib, lengths, models, [k for k in cfg.ks if k <= cfg.n], cfg.quantile, cfg.bootstrap, cfg.seed)
+    result = analyse(
+        cand, calib, lengths, models, [k for k in cfg.ks if k <= cfg.n], cfg.quantile, cfg.bootstrap, cfg.seed
+    )
     result["config"] = dataclasses.asdict(cfg)
     result["sources"] = {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})}
     result["responses_at_length_cap"] = float(np.mean(lengths >= cfg.max_new_tokens))

@@ -76,6 +76,7 @@ def win_rate(weights: np.ndarray, gold: np.ndarray) -> np.ndarray:
 
 def beta_for_kl(u: np.ndarray, target_kl: float, lo: float = 1e-4, hi: float = 1e4, iters: int = 80) -> float:
     """The β whose mean KL over prompts is ``target_kl`` (bisection on log β; KL falls as β grows)."""
+
     def mean_kl(b: float) -> float:
         return float(kl_to_uniform(tilted(u, b)).mean())
 
@@ -104,8 +105,9 @@ DEFAULT_KL_TARGETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
 DEFAULT_BEST_OF = (1, 2, 4, 8, 16, 32)
 
 
-def per_prompt_point(w: np.ndarray, proxy: np.ndarray, gold: np.ndarray, gold_ref: np.ndarray,
-                     lengths: np.ndarray) -> dict[str, np.ndarray]:
+def per_prompt_point(
+    w: np.ndarray, proxy: np.ndarray, gold: np.ndarray, gold_ref: np.ndarray, lengths: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-prompt expected metrics of a selection ``w`` (prompts × N weights) over the pool.
 
     ``proxy`` and ``gold`` are raw rewards (prompts × N × models, the same models in the same order:
@@ -121,8 +123,15 @@ def per_prompt_point(w: np.ndarray, proxy: np.ndarray, gold: np.ndarray, gold_re
     pwin = np.stack([win_rate(w, proxy[:, :, m]) for m in range(M)], axis=1)
     gain = np.stack([expect(w, gold[:, :, m]) - gold[:, :, m].mean(axis=1) for m in range(M)], axis=1)
     good = np.all(gold > gold_ref[:, None, :], axis=2).astype(float)
-    return {"gold_win_rate": gwin, "proxy_win_rate": pwin, "overoptimisation": pwin - gwin, "gold_gain": gain,
-            "gold_good_on_all": expect(w, good), "length": expect(w, lengths), "kl": kl_to_uniform(w)}
+    return {
+        "gold_win_rate": gwin,
+        "proxy_win_rate": pwin,
+        "overoptimisation": pwin - gwin,
+        "gold_gain": gain,
+        "gold_good_on_all": expect(w, good),
+        "length": expect(w, lengths),
+        "kl": kl_to_uniform(w),
+    }
 
 
 def selections(u: np.ndarray, kl_targets=DEFAULT_KL_TARGETS, best_of=DEFAULT_BEST_OF) -> list[dict]:

@@ -24,16 +24,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rewardclient.protocol import DEFAULT_QUANTILE
 from tqdm import tqdm
+
+from rewardclient.protocol import DEFAULT_QUANTILE
 
 from .best_of_k import HeldOutPrompts, doc
 
 CACHE = Path("~/.cache/rewardserve/experiments/kl-curves").expanduser()
 HELD_OUT_DOCS = {f.name: f.metadata for f in dataclasses.fields(HeldOutPrompts)}
 # the settings the pool depends on: a change of any starts a new samples file
-_POOL_KEYS = ("prompts", "split", "n_prompts", "max_prompt_tokens", "policy", "n", "reference_samples",
-              "max_new_tokens", "temperature", "top_p", "batch_prompts", "seed")
+_POOL_KEYS = (
+    "prompts",
+    "split",
+    "n_prompts",
+    "max_prompt_tokens",
+    "policy",
+    "n",
+    "reference_samples",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "batch_prompts",
+    "seed",
+)
 
 
 @dataclass
@@ -47,28 +60,40 @@ class KLCurvesConfig(HeldOutPrompts):
     max_new_tokens: int = field(default=64, metadata=HELD_OUT_DOCS["max_new_tokens"])
     batch_prompts: int = field(default=4, metadata=HELD_OUT_DOCS["batch_prompts"])
     n: int = field(default=32, metadata=doc("candidates per prompt: the pool that selection moves over"))
-    reference_samples: int = field(default=16, metadata=doc(
-        "further samples per prompt, never candidates: they set the proxies' and gold models' references"))
+    reference_samples: int = field(
+        default=16,
+        metadata=doc("further samples per prompt, never candidates: they set the proxies' and gold models' references"),
+    )
     seed: int = field(default=0, metadata=doc("seed of sampling and of the bootstrap"))
-    cache_dir: str = field(default=str(CACHE), metadata=doc(
-        "where the sample pool is kept (its file name hashes the settings it depends on)"))
-    url: str | None = field(default=None, metadata=doc(
-        "a running service that serves the proxies (default: start one with proxy_config)"))
-    proxy_config: str | None = field(default=None, metadata=doc(
-        "service config of the proxy reward models (default: the embedded default)"))
+    cache_dir: str = field(
+        default=str(CACHE),
+        metadata=doc("where the sample pool is kept (its file name hashes the settings it depends on)"),
+    )
+    url: str | None = field(
+        default=None, metadata=doc("a running service that serves the proxies (default: start one with proxy_config)")
+    )
+    proxy_config: str | None = field(
+        default=None, metadata=doc("service config of the proxy reward models (default: the embedded default)")
+    )
     proxy_models: list[str] | None = field(default=None, metadata=doc("the proxies, in the order of gold_models"))
-    gold_config: str | None = field(default=None, metadata=doc(
-        "config of the gold reward models, scored in process (default: the embedded default)"))
-    gold_models: list[str] | None = field(default=None, metadata=doc(
-        "the gold models: the i-th judges the i-th proxy"))
-    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("references are this quantile of the reference samples"))
-    kl_targets: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0,
-                                                             2.5, 3.0], metadata=doc(
-        "KL divergences from the base policy at which the curves are read"))
-    best_of: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=doc(
-        "best-of-n selections to place on the KL axis"))
+    gold_config: str | None = field(
+        default=None,
+        metadata=doc("config of the gold reward models, scored in process (default: the embedded default)"),
+    )
+    gold_models: list[str] | None = field(default=None, metadata=doc("the gold models: the i-th judges the i-th proxy"))
+    quantile: float = field(
+        default=DEFAULT_QUANTILE, metadata=doc("references are this quantile of the reference samples")
+    )
+    kl_targets: list[float] = field(
+        default_factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0],
+        metadata=doc("KL divergences from the base policy at which the curves are read"),
+    )
+    best_of: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata=doc("best-of-n selections to place on the KL axis")
+    )
     bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
     out_dir: str = field(default="docs/experiments", metadata=doc("where kl_curves.json, kl_curves.md and plots go"))
+
 
 def pool_meta(cfg: KLCurvesConfig) -> dict:
     from ..policy import policy_id
@@ -119,23 +144,30 @@ def generate_pool(cfg: KLCurvesConfig, max_seconds: float | None = None) -> tupl
     prompts = select_prompts(cfg.prompts, cfg.split, cfg.n_prompts, tok, cfg.max_prompt_tokens)
     per_prompt = cfg.n + cfg.reference_samples
     t0 = time.perf_counter()
-    bar = tqdm(total=len(prompts), initial=sum(1 for p in prompts if p["index"] in done), desc="kl-curves pool",
-               unit="prompt")
+    bar = tqdm(
+        total=len(prompts), initial=sum(1 for p in prompts if p["index"] in done), desc="kl-curves pool", unit="prompt"
+    )
     fresh = 0
     for s in range(0, len(prompts), cfg.batch_prompts):
-        batch = prompts[s:s + cfg.batch_prompts]
+        batch = prompts[s : s + cfg.batch_prompts]
         if all(p["index"] in done for p in batch):
             continue
         torch.manual_seed(cfg.seed * 1_000_003 + s)
-        texts = generate(model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature,
-                         cfg.top_p)
+        texts = generate(
+            model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
+        )
         with open(path, "a", encoding="utf-8") as f:
             for p, ts in zip(batch, texts):
                 if p["index"] in done:
                     continue
                 lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts]
-                row = {**p, "candidates": ts[:cfg.n], "lengths": lengths[:cfg.n],
-                       "reference_samples": ts[cfg.n:], "reference_lengths": lengths[cfg.n:]}
+                row = {
+                    **p,
+                    "candidates": ts[: cfg.n],
+                    "lengths": lengths[: cfg.n],
+                    "reference_samples": ts[cfg.n :],
+                    "reference_lengths": lengths[cfg.n :],
+                }
                 f.write(json.dumps(row) + "\n")
                 done[p["index"]] = row
                 fresh += 1
@@ -188,15 +220,28 @@ def transform_room(rewards, ref) -> dict[str, float]:
     import numpy as np
 
     slope = 1.0 / (1.0 + np.exp(rewards - ref[:, None]))
-    return {"within_prompt_std": float(rewards.std(axis=1).mean()),
-            "slope_range": float((slope.max(axis=1) - slope.min(axis=1)).mean())}
+    return {
+        "within_prompt_std": float(rewards.std(axis=1).mean()),
+        "slope_range": float((slope.max(axis=1) - slope.min(axis=1)).mean()),
+    }
 
 
 PAIRS = {"lsc_sum": "raw_sum"}  # paired differences at matched KL: lsc − raw (single models added per run)
 
 
-def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: list[str], quantile: float = DEFAULT_QUANTILE,
-            kl_targets=None, best_of=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def analyse(
+    proxy,
+    proxy_ref_samples,
+    gold,
+    gold_ref_samples,
+    lengths,
+    models: list[str],
+    quantile: float = DEFAULT_QUANTILE,
+    kl_targets=None,
+    best_of=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Every curve point with bootstrap intervals over prompts, and the paired lsc − raw differences
     at matched KL. Arrays: ``proxy``/``gold`` prompts × N × models (candidates' raw rewards),
     ``*_ref_samples`` prompts × K × models (the reference samples' raw rewards), ``lengths`` prompts × N."""
@@ -217,41 +262,65 @@ def analyse(proxy, proxy_ref_samples, gold, gold_ref_samples, lengths, models: l
         for pt in K.selections(u, kl_targets, best_of):
             v = K.per_prompt_point(pt["weights"], proxy, gold, gold_ref, lengths)
             per[name].append(v)
-            curves[name].append({
-                "beta": pt["beta"], "n": pt["n"], "kl": float(v["kl"].mean()) if pt["n"] is None else pt["target_kl"],
-                "kl_pool": float(v["kl"].mean()),
-                "kl_spread": [float(np.quantile(v["kl"], 0.1)), float(np.quantile(v["kl"], 0.9))],
-                "gold_good_on_all": _ci(v["gold_good_on_all"], n_boot, seed),
-                "gold_win_rate": {m: _ci(v["gold_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
-                "proxy_win_rate": {m: _ci(v["proxy_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
-                "overoptimisation": {m: _ci(v["overoptimisation"][:, i], n_boot, seed) for i, m in enumerate(models)},
-                "worst_decile_gold_gain": {m: _ci(v["gold_gain"][worst[:, i], i], n_boot, seed)
-                                           for i, m in enumerate(models)},
-                "mean_length": float(v["length"].mean()),
-            })
+            curves[name].append(
+                {
+                    "beta": pt["beta"],
+                    "n": pt["n"],
+                    "kl": float(v["kl"].mean()) if pt["n"] is None else pt["target_kl"],
+                    "kl_pool": float(v["kl"].mean()),
+                    "kl_spread": [float(np.quantile(v["kl"], 0.1)), float(np.quantile(v["kl"], 0.9))],
+                    "gold_good_on_all": _ci(v["gold_good_on_all"], n_boot, seed),
+                    "gold_win_rate": {m: _ci(v["gold_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
+                    "proxy_win_rate": {m: _ci(v["proxy_win_rate"][:, i], n_boot, seed) for i, m in enumerate(models)},
+                    "overoptimisation": {
+                        m: _ci(v["overoptimisation"][:, i], n_boot, seed) for i, m in enumerate(models)
+                    },
+                    "worst_decile_gold_gain": {
+                        m: _ci(v["gold_gain"][worst[:, i], i], n_boot, seed) for i, m in enumerate(models)
+                    },
+                    "mean_length": float(v["length"].mean()),
+                }
+            )
     pairs = dict(PAIRS, **{f"lsc:{m}": f"raw:{m}" for m in models})
     paired: dict[str, list[dict]] = {}
     for a, b in pairs.items():
         paired[f"{a} - {b}"] = []
         for pa, pb, ca in zip(per[a], per[b], curves[a]):
-            paired[f"{a} - {b}"].append({
-                "beta": None, "n": ca["n"], "kl": ca["kl"],
-                "gold_good_on_all": _ci(pa["gold_good_on_all"] - pb["gold_good_on_all"], n_boot, seed),
-                "gold_win_rate": {m: _ci(pa["gold_win_rate"][:, i] - pb["gold_win_rate"][:, i], n_boot, seed)
-                                  for i, m in enumerate(models)},
-                "overoptimisation": {m: _ci(pa["overoptimisation"][:, i] - pb["overoptimisation"][:, i], n_boot, seed)
-                                     for i, m in enumerate(models)},
-                "worst_decile_gold_gain": {m: _ci(pa["gold_gain"][worst[:, i], i] - pb["gold_gain"][worst[:, i], i],
-                                                  n_boot, seed) for i, m in enumerate(models)},
-            })
+            paired[f"{a} - {b}"].append(
+                {
+                    "beta": None,
+                    "n": ca["n"],
+                    "kl": ca["kl"],
+                    "gold_good_on_all": _ci(pa["gold_good_on_all"] - pb["gold_good_on_all"], n_boot, seed),
+                    "gold_win_rate": {
+                        m: _ci(pa["gold_win_rate"][:, i] - pb["gold_win_rate"][:, i], n_boot, seed)
+                        for i, m in enumerate(models)
+                    },
+                    "overoptimisation": {
+                        m: _ci(pa["overoptimisation"][:, i] - pb["overoptimisation"][:, i], n_boot, seed)
+                        for i, m in enumerate(models)
+                    },
+                    "worst_decile_gold_gain": {
+                        m: _ci(pa["gold_gain"][worst[:, i], i] - pb["gold_gain"][worst[:, i], i], n_boot, seed)
+                        for i, m in enumerate(models)
+                    },
+                }
+            )
     base_good = np.all(gold > gold_ref[:, None, :], axis=2).mean(axis=1)
-    return {"models": models, "n_prompts": int(proxy.shape[0]), "n_samples": int(proxy.shape[1]),
-            "reference_samples": int(proxy_ref_samples.shape[1]), "quantile": quantile, "bootstrap": n_boot,
-            "base_gold_good_on_all": _ci(base_good, n_boot, seed),
-            "pool_pair_agreement": {m: pool_agreement(proxy[:, :, i], gold[:, :, i]) for i, m in enumerate(models)},
-            "proxy_transform_room": {m: transform_room(proxy[:, :, i], proxy_ref[:, i]) for i, m in enumerate(models)},
-            "gold_transform_room": {m: transform_room(gold[:, :, i], gold_ref[:, i]) for i, m in enumerate(models)},
-            "curves": curves, "paired": paired}
+    return {
+        "models": models,
+        "n_prompts": int(proxy.shape[0]),
+        "n_samples": int(proxy.shape[1]),
+        "reference_samples": int(proxy_ref_samples.shape[1]),
+        "quantile": quantile,
+        "bootstrap": n_boot,
+        "base_gold_good_on_all": _ci(base_good, n_boot, seed),
+        "pool_pair_agreement": {m: pool_agreement(proxy[:, :, i], gold[:, :, i]) for i, m in enumerate(models)},
+        "proxy_transform_room": {m: transform_room(proxy[:, :, i], proxy_ref[:, i]) for i, m in enumerate(models)},
+        "gold_transform_room": {m: transform_room(gold[:, :, i], gold_ref[:, i]) for i, m in enumerate(models)},
+        "curves": curves,
+        "paired": paired,
+    }
 
 
 # -- scoring: proxies through the service's API, gold in process; cached next to the pool --------------
@@ -275,11 +344,14 @@ def _score_cache(pool: Path, role: str, model: str, revision: str) -> Path:
 def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Raw proxy rewards of every pool text, through ``POST /v1/score`` (cached per model revision)."""
     from rewardclient import RewardClient
-
     from rewardserve.service_process import ServiceProcess
 
     svc = None if cfg.url else ServiceProcess(cfg.proxy_config).start()
-    url = cfg.url or svc.url
+    if cfg.url:
+        url = cfg.url
+    else:
+        assert svc is not None  # started above: no url was given
+        url = svc.url
     try:
         with RewardClient(url, max_items_per_request=256) as client:
             served = {m["name"]: m["revision"] for m in client.models()}
@@ -299,8 +371,11 @@ def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[di
                 texts = _texts(rows)
                 flat: dict[str, list[float]] = {m: [] for m in todo}
                 for s in tqdm(range(0, len(texts), 256), desc="proxy scores", unit="chunk"):
-                    res = client.score([{"prompt": p, "response": r} for p, r in texts[s:s + 256]], models=todo,
-                                       aggregate={"method": "raw_sum"})
+                    res = client.score(
+                        [{"prompt": p, "response": r} for p, r in texts[s : s + 256]],
+                        models=todo,
+                        aggregate={"method": "raw_sum"},
+                    )
                     for m in todo:
                         flat[m].extend(x.raw[m] for x in res)
                 for m in todo:
@@ -312,8 +387,11 @@ def score_proxies(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[di
     return scores, revisions
 
 
-async def _score_gold(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tuple[dict[str, list[float]], dict[str, str]]:
+async def _score_gold(
+    cfg: KLCurvesConfig, pool: Path, rows: list[dict]
+) -> tuple[dict[str, list[float]], dict[str, str]]:
     from rewardserve.config import load_settings
+
     from ..evaluation import local_scorer
 
     settings = load_settings(cfg.gold_config)
@@ -329,7 +407,7 @@ async def _score_gold(cfg: KLCurvesConfig, pool: Path, rows: list[dict]) -> tupl
                 continue
             flat: list[float] = []
             for s in tqdm(range(0, len(texts), 256), desc=f"gold scores {m}", unit="chunk"):
-                raw, _, _ = await scorer.raw_rewards(texts[s:s + 256], [m])
+                raw, _, _ = await scorer.raw_rewards(texts[s : s + 256], [m])
                 flat.extend(raw[:, 0].tolist())
             path.write_text(json.dumps(flat))
             scores[m] = flat
@@ -346,8 +424,12 @@ def run_kl_curves(cfg: KLCurvesConfig, max_generation_seconds: float | None = No
     t0 = time.perf_counter()
     pool, rows, complete = generate_pool(cfg, max_generation_seconds)
     if not complete:
-        return {"complete": False, "pool": str(pool), "prompts_done": len(rows),
-                "wall_seconds_this_run": time.perf_counter() - t0}
+        return {
+            "complete": False,
+            "pool": str(pool),
+            "prompts_done": len(rows),
+            "wall_seconds_this_run": time.perf_counter() - t0,
+        }
     proxy_scores, proxy_rev = score_proxies(cfg, pool, rows)
     gold_scores, gold_rev = asyncio.run(_score_gold(cfg, pool, rows))
     proxies, golds = list(proxy_scores), list(gold_scores)
@@ -357,14 +439,31 @@ def run_kl_curves(cfg: KLCurvesConfig, max_generation_seconds: float | None = No
     pc, pr = zip(*(_split(proxy_scores[m], rows, n, k) for m in proxies))
     gc, gr = zip(*(_split(gold_scores[m], rows, n, k) for m in golds))
     lengths = np.array([r["lengths"] for r in rows], dtype=float)
-    result = analyse(np.stack(pc, axis=2), np.stack(pr, axis=2), np.stack(gc, axis=2), np.stack(gr, axis=2), lengths,
-                     proxies, cfg.quantile, cfg.kl_targets, cfg.best_of, cfg.bootstrap, cfg.seed)
-    result = {"proxy": proxy_rev, "gold": dict(zip(proxies, (gold_rev[g] for g in golds))),
-              "gold_models": dict(zip(proxies, golds)), **result,
-              "responses_at_length_cap": float(np.mean(lengths >= cfg.max_new_tokens)),
-              "sources": {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})},
-              "config": dataclasses.asdict(cfg), "pool": str(pool), "complete": True,
-              "wall_seconds_this_run": time.perf_counter() - t0}
+    result = analyse(
+        np.stack(pc, axis=2),
+        np.stack(pr, axis=2),
+        np.stack(gc, axis=2),
+        np.stack(gr, axis=2),
+        lengths,
+        proxies,
+        cfg.quantile,
+        cfg.kl_targets,
+        cfg.best_of,
+        cfg.bootstrap,
+        cfg.seed,
+    )
+    result = {
+        "proxy": proxy_rev,
+        "gold": dict(zip(proxies, (gold_rev[g] for g in golds))),
+        "gold_models": dict(zip(proxies, golds)),
+        **result,
+        "responses_at_length_cap": float(np.mean(lengths >= cfg.max_new_tokens)),
+        "sources": {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})},
+        "config": dataclasses.asdict(cfg),
+        "pool": str(pool),
+        "complete": True,
+        "wall_seconds_this_run": time.perf_counter() - t0,
+    }
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kl_curves.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -384,13 +483,24 @@ def markdown_table(result: dict) -> str:
     lines = []
     for name, pts in result["paired"].items():
         m_cols = models if name.startswith("lsc_sum") else [name.split(" - ")[0].split(":", 1)[1]]
-        head = ["KL", "point", "Δ gold good on all", *[f"Δ gold win {m}" for m in m_cols],
-                *[f"Δ over-opt. {m}" for m in m_cols], *[f"Δ worst-decile gold gain {m}" for m in m_cols]]
+        head = [
+            "KL",
+            "point",
+            "Δ gold good on all",
+            *[f"Δ gold win {m}" for m in m_cols],
+            *[f"Δ over-opt. {m}" for m in m_cols],
+            *[f"Δ worst-decile gold gain {m}" for m in m_cols],
+        ]
         lines += [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pts:
-            cells = [f"{p['kl']:.2f}", f"best-of-{p['n']}" if p["n"] else "tilted", _f(p["gold_good_on_all"]),
-                     *[_f(p["gold_win_rate"][m]) for m in m_cols], *[_f(p["overoptimisation"][m]) for m in m_cols],
-                     *[_f(p["worst_decile_gold_gain"][m]) for m in m_cols]]
+            cells = [
+                f"{p['kl']:.2f}",
+                f"best-of-{p['n']}" if p["n"] else "tilted",
+                _f(p["gold_good_on_all"]),
+                *[_f(p["gold_win_rate"][m]) for m in m_cols],
+                *[_f(p["overoptimisation"][m]) for m in m_cols],
+                *[_f(p["worst_decile_gold_gain"][m]) for m in m_cols],
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -402,13 +512,18 @@ def plot(result: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .best_of_k import per_model
+
     models = result["models"]
     panels = [("gold good on all", "raw_sum", "lsc_sum", lambda p: p["gold_good_on_all"])]
-    panels += [(f"gold win rate {m} (sum)", "raw_sum", "lsc_sum", lambda p, m=m: p["gold_win_rate"][m]) for m in models]
-    panels += [(f"over-optimisation {m} (alone)", f"raw:{m}", f"lsc:{m}", lambda p, m=m: p["overoptimisation"][m])
-               for m in models]
-    panels += [(f"worst-decile gold gain {m} (alone)", f"raw:{m}", f"lsc:{m}",
-                lambda p, m=m: p["worst_decile_gold_gain"][m]) for m in models]
+    panels += [(f"gold win rate {m} (sum)", "raw_sum", "lsc_sum", per_model("gold_win_rate", m)) for m in models]
+    panels += [
+        (f"over-optimisation {m} (alone)", f"raw:{m}", f"lsc:{m}", per_model("overoptimisation", m)) for m in models
+    ]
+    panels += [
+        (f"worst-decile gold gain {m} (alone)", f"raw:{m}", f"lsc:{m}", per_model("worst_decile_gold_gain", m))
+        for m in models
+    ]
     cols = 3
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
@@ -425,7 +540,7 @@ def plot(result: dict, out: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     path = out / "kl_curves.png"

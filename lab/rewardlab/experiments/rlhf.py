@@ -15,13 +15,15 @@ KL logged during training, and a few responses. Runs that finished are not rerun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rewardclient.protocol import DEFAULT_QUANTILE
+
+from rewardclient.protocol import DEFAULT_QUANTILE, AggregateMethod
 
 from . import stats
 from .best_of_k import arrays, doc, equal_shares, select_prompts
@@ -31,70 +33,96 @@ from .best_of_k import arrays, doc, equal_shares, select_prompts
 class RLHFExperimentConfig:
     """Experiment B's settings (also the options of ``rewardserve experiment rlhf``)."""
 
-    best_of_k_dir: str = field(default="runs/experiments/best-of-k", metadata=doc(
-        "experiment A's output: its held-out prompts, base responses and references"))
+    best_of_k_dir: str = field(
+        default="runs/experiments/best-of-k",
+        metadata=doc("experiment A's output: its held-out prompts, base responses and references"),
+    )
     eval_prompts: int = field(default=64, metadata=doc("held-out prompts to evaluate on, equal shares per source"))
-    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=doc(
-        "prompts.jsonl(.gz) the training prompts come from"))
+    prompts: str = field(
+        default="../shared/data/prompts.jsonl.gz", metadata=doc("prompts.jsonl(.gz) the training prompts come from")
+    )
     train_prompts: int = field(default=64, metadata=doc("train-split prompts, equal shares per source"))
-    max_prompt_tokens: int = field(default=128, metadata=doc(
-        "skip prompts longer than this (rendered, policy tokens)"))
-    policy: str | None = field(default=None, metadata=doc(
-        "the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
-    utilities: list[str] = field(default_factory=lambda: ["raw_sum", "lsc_sum"], metadata=doc(
-        "the utilities to compare: one run per utility, beta and seed"))
-    betas: list[float] = field(default_factory=lambda: [0.02, 0.2], metadata=doc(
-        "KL coefficients to the initial policy"))
+    max_prompt_tokens: int = field(default=128, metadata=doc("skip prompts longer than this (rendered, policy tokens)"))
+    policy: str | None = field(
+        default=None, metadata=doc("the base policy: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)")
+    )
+    utilities: list[AggregateMethod] = field(
+        default_factory=lambda: ["raw_sum", "lsc_sum"],
+        metadata=doc("the utilities to compare: one run per utility, beta and seed"),
+    )
+    betas: list[float] = field(
+        default_factory=lambda: [0.02, 0.2], metadata=doc("KL coefficients to the initial policy")
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata=doc("training seeds"))
-    steps: int = field(default=10, metadata=doc(
-        "optimizer steps per run (a step trains on 4 sequences: ≈ 20 s on 2 CPU cores)"))
+    steps: int = field(
+        default=10, metadata=doc("optimizer steps per run (a step trains on 4 sequences: ≈ 20 s on 2 CPU cores)")
+    )
     learning_rate: float = field(default=1e-4, metadata=doc("optimizer learning rate"))
     prompts_per_step: int = field(default=1, metadata=doc("distinct prompts per step"))
     num_generations: int = field(default=4, metadata=doc("completions per prompt (the GRPO group)"))
-    max_completion_length: int = field(default=48, metadata=doc(
-        "longest completion, in policy tokens (must match experiment A's max_new_tokens)"))
+    max_completion_length: int = field(
+        default=48, metadata=doc("longest completion, in policy tokens (must match experiment A's max_new_tokens)")
+    )
     temperature: float = field(default=0.7, metadata=doc("sampling temperature of training and evaluation"))
     top_p: float = field(default=0.9, metadata=doc("nucleus sampling top-p of evaluation (as experiment A)"))
-    calibration_samples: int = field(default=8, metadata=doc(
-        "base-policy samples per training prompt for its reference"))
-    quantile: float = field(default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples"))
+    calibration_samples: int = field(
+        default=8, metadata=doc("base-policy samples per training prompt for its reference")
+    )
+    quantile: float = field(
+        default=DEFAULT_QUANTILE, metadata=doc("the reference is this quantile of the calibration samples")
+    )
     url: str | None = field(default=None, metadata=doc("a running service (default: start one with config)"))
-    config: str | None = field(default=None, metadata=doc(
-        "service config with the reward models (default: the embedded default)"))
-    models: list[str] | None = field(default=None, metadata=doc(
-        "reward models to combine (default: every configured)"))
+    config: str | None = field(
+        default=None, metadata=doc("service config with the reward models (default: the embedded default)")
+    )
+    models: list[str] | None = field(default=None, metadata=doc("reward models to combine (default: every configured)"))
     bootstrap: int = field(default=1000, metadata=doc("bootstrap resamples over prompts for the 95% intervals"))
     out_dir: str = field(default="runs/experiments/rlhf", metadata=doc("where each run and the results go"))
+
 
 def _eval_set(cfg: RLHFExperimentConfig) -> tuple[list[dict], list[str], dict]:
     a_dir = Path(cfg.best_of_k_dir)
     meta = json.loads((a_dir / "meta.json").read_text())
-    rows = [json.loads(line) for line in (a_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (a_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     rows.sort(key=lambda r: r["index"])
     by_source: dict[str, list[dict]] = {}
     for r in rows:
         by_source.setdefault(r["source"], []).append(r)
     chosen = equal_shares(by_source, cfg.eval_prompts)
-    if meta["max_new_tokens"] != cfg.max_completion_length or meta["temperature"] != cfg.temperature or meta["top_p"] != cfg.top_p:
-        raise ValueError("evaluation sampling must match experiment A's (max_new_tokens, temperature, top_p): "
-                         f"A used {meta['max_new_tokens']}, {meta['temperature']}, {meta['top_p']}")
+    if (
+        meta["max_new_tokens"] != cfg.max_completion_length
+        or meta["temperature"] != cfg.temperature
+        or meta["top_p"] != cfg.top_p
+    ):
+        raise ValueError(
+            "evaluation sampling must match experiment A's (max_new_tokens, temperature, top_p): "
+            f"A used {meta['max_new_tokens']}, {meta['temperature']}, {meta['top_p']}"
+        )
     return chosen, meta["models"], meta
 
 
-def evaluate_policy(trainer, url: str, eval_rows: list[dict], models: list[str], cfg: RLHFExperimentConfig, seed: int) -> dict:
+def evaluate_policy(
+    trainer, url: str, eval_rows: list[dict], models: list[str], cfg: RLHFExperimentConfig, seed: int
+) -> dict:
     """Per-prompt raw rewards of one response per held-out prompt from the trained policy, with the base
     response's rewards and the references, ready for ``summarise``."""
     import torch
+
     from rewardclient import RewardClient
+
     from ..trainer.grpo import generate_with
 
     torch.manual_seed(10_007 + seed)
     prompts = [r["prompt"] for r in eval_rows]
     texts = [t[0] for t in generate_with(trainer, prompts, 1, cfg.max_completion_length, cfg.temperature, cfg.top_p)]
     tok = trainer.processing_class
-    zero = {m: 0.0 for m in models}
+    zero = dict.fromkeys(models, 0.0)
     with RewardClient(url) as rc:
-        results = rc.score([{"prompt": p, "response": t, "reference": zero} for p, t in zip(prompts, texts)], models=models)
+        results = rc.score(
+            [{"prompt": p, "response": t, "reference": zero} for p, t in zip(prompts, texts)], models=models
+        )
     return {
         "responses": texts,
         "raw": [[r.raw[m] for m in models] for r in results],
@@ -107,7 +135,7 @@ def run_metrics(ev: dict, eval_rows: list[dict], models: list[str], quantile: fl
     base good on all, length drift."""
     raw = np.asarray(ev["raw"], dtype=float)
     cand, calib, lengths = arrays(eval_rows, models)
-    base = cand[:, 0]                                     # the base policy's first candidate
+    base = cand[:, 0]  # the base policy's first candidate
     ref = stats.references(calib, quantile)
     return {
         "win": (raw > base) + 0.5 * (raw == base),
@@ -131,17 +159,29 @@ def summarise(runs: list[dict], eval_rows: list[dict], models: list[str], quanti
     for (utility, beta), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         per = [run_metrics(r["eval"], eval_rows, models, quantile) for r in rs]
         pooled = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
-        out.append({
-            "utility": utility, "beta": beta, "seeds": [r["seed"] for r in rs],
-            "win_rate": {m: stats.bootstrap_ci(pooled["win"][:, i], n_boot) for i, m in enumerate(models)},
-            "good_on_all": stats.bootstrap_ci(pooled["good_on_all"], n_boot),
-            "base_good_on_all": stats.bootstrap_ci(pooled["base_good_on_all"], n_boot),
-            "length_drift": stats.bootstrap_ci(pooled["length_drift"], n_boot),
-            "kl": [_kl(r["rows"]) for r in rs],
-            "per_seed": [{"seed": r["seed"], "win_rate": {m: float(p["win"][:, i].mean()) for i, m in enumerate(models)},
-                          "good_on_all": float(p["good_on_all"].mean()), "length_drift": float(p["length_drift"].mean()),
-                          "kl": _kl(r["rows"]), "wall_seconds": r["wall_seconds"]} for r, p in zip(rs, per)],
-        })
+        out.append(
+            {
+                "utility": utility,
+                "beta": beta,
+                "seeds": [r["seed"] for r in rs],
+                "win_rate": {m: stats.bootstrap_ci(pooled["win"][:, i], n_boot) for i, m in enumerate(models)},
+                "good_on_all": stats.bootstrap_ci(pooled["good_on_all"], n_boot),
+                "base_good_on_all": stats.bootstrap_ci(pooled["base_good_on_all"], n_boot),
+                "length_drift": stats.bootstrap_ci(pooled["length_drift"], n_boot),
+                "kl": [_kl(r["rows"]) for r in rs],
+                "per_seed": [
+                    {
+                        "seed": r["seed"],
+                        "win_rate": {m: float(p["win"][:, i].mean()) for i, m in enumerate(models)},
+                        "good_on_all": float(p["good_on_all"].mean()),
+                        "length_drift": float(p["length_drift"].mean()),
+                        "kl": _kl(r["rows"]),
+                        "wall_seconds": r["wall_seconds"],
+                    }
+                    for r, p in zip(rs, per)
+                ],
+            }
+        )
     return out
 
 
@@ -150,13 +190,31 @@ def _fmt(ci: dict, d: int = 3) -> str:
 
 
 def markdown(summary: list[dict], models: list[str]) -> str:
-    head = ["utility", "beta", *[f"win rate vs base, {m}" for m in models], "good on all (base)", "length drift (tokens)", "KL (last 5 steps, per seed)"]
+    head = [
+        "utility",
+        "beta",
+        *[f"win rate vs base, {m}" for m in models],
+        "good on all (base)",
+        "length drift (tokens)",
+        "KL (last 5 steps, per seed)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in summary:
         kl = ", ".join("–" if k is None else f"{k:.4f}" for k in g["kl"])
-        lines.append("| " + " | ".join([g["utility"], f"{g['beta']:g}", *[_fmt(g["win_rate"][m]) for m in models],
-                                         f"{_fmt(g['good_on_all'])} ({g['base_good_on_all']['mean']:.3f})",
-                                         _fmt(g["length_drift"], 1), kl]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    g["utility"],
+                    f"{g['beta']:g}",
+                    *[_fmt(g["win_rate"][m]) for m in models],
+                    f"{_fmt(g['good_on_all'])} ({g['base_good_on_all']['mean']:.3f})",
+                    _fmt(g["length_drift"], 1),
+                    kl,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -169,11 +227,18 @@ def plot(runs: list[dict], summary: list[dict], models: list[str], out: Path) ->
     fig, axes = plt.subplots(1, len(models) + 2, figsize=(4 * (len(models) + 2), 3.6))
     labels = [f"{g['utility']}\nβ={g['beta']:g}" for g in summary]
     colors = ["tab:orange" if g["utility"] == "raw_sum" else "tab:blue" for g in summary]
-    panels = [(f"win rate vs base: {m}", lambda g, m=m: g["win_rate"][m]) for m in models] + [("good on all", lambda g: g["good_on_all"])]
+    panels = [(f"win rate vs base: {m}", lambda g, m=m: g["win_rate"][m]) for m in models] + [
+        ("good on all", lambda g: g["good_on_all"])
+    ]
     for ax, (title, get) in zip(axes, panels):
         cis = [get(g) for g in summary]
-        ax.bar(range(len(summary)), [c["mean"] for c in cis], color=colors,
-               yerr=[[c["mean"] - c["lo"] for c in cis], [c["hi"] - c["mean"] for c in cis]], capsize=3)
+        ax.bar(
+            range(len(summary)),
+            [c["mean"] for c in cis],
+            color=colors,
+            yerr=[[c["mean"] - c["lo"] for c in cis], [c["hi"] - c["mean"] for c in cis]],
+            capsize=3,
+        )
         if title.startswith("win"):
             ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set_xticks(range(len(summary)), labels, fontsize=7)
@@ -182,9 +247,14 @@ def plot(runs: list[dict], summary: list[dict], models: list[str], out: Path) ->
     ax = axes[-1]
     for r in runs:
         steps = [x["step"] for x in r["rows"] if x.get("kl") is not None]
-        ax.plot(steps, [x["kl"] for x in r["rows"] if x.get("kl") is not None],
-                color="tab:orange" if r["utility"] == "raw_sum" else "tab:blue", ls="-" if r["beta"] == min(x["beta"] for x in runs) else "--",
-                alpha=0.8, lw=1)
+        ax.plot(
+            steps,
+            [x["kl"] for x in r["rows"] if x.get("kl") is not None],
+            color="tab:orange" if r["utility"] == "raw_sum" else "tab:blue",
+            ls="-" if r["beta"] == min(x["beta"] for x in runs) else "--",
+            alpha=0.8,
+            lw=1,
+        )
     ax.set_title("KL during training (solid: smaller β)", fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
@@ -203,17 +273,19 @@ def _write_train_prompts(cfg: RLHFExperimentConfig, out: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(resolve_policy_path(cfg.policy))
     chosen = select_prompts(cfg.prompts, "train", cfg.train_prompts, tok, cfg.max_prompt_tokens)
     path = out / "train_prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": c["prompt"], "source": c["source"]}) + "\n" for c in chosen), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"prompt": c["prompt"], "source": c["source"]}) + "\n" for c in chosen), encoding="utf-8"
+    )
     return path
 
 
 def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
     from contextlib import nullcontext
 
-    from ..trainer import RLHFConfig, run_rlhf
+    from rewardserve.service_process import ServiceProcess
 
     from ..calibration import CalibrationConfig, calibrate
-    from rewardserve.service_process import ServiceProcess
+    from ..trainer import RLHFConfig, run_rlhf
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,15 +293,35 @@ def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
     eval_rows, a_models, _ = _eval_set(cfg)
     models = cfg.models or a_models
     t0 = time.perf_counter()
-    service = nullcontext() if cfg.url else ServiceProcess(
-        cfg.config, env={"REWARDSERVE_REFERENCES__STORE": f"sqlite:///{(out / 'references.db').resolve()}"})
+    service = (
+        nullcontext()
+        if cfg.url
+        else ServiceProcess(
+            cfg.config, env={"REWARDSERVE_REFERENCES__STORE": f"sqlite:///{(out / 'references.db').resolve()}"}
+        )
+    )
     with service as svc:
-        url = cfg.url or svc.url
+        if cfg.url:
+            url = cfg.url
+        else:
+            assert svc is not None  # started above: no url was given
+            url = svc.url
         train_file = _write_train_prompts(cfg, out)
-        cal = calibrate(CalibrationConfig(prompts=str(train_file), url=url, policy=cfg.policy, samples=cfg.calibration_samples,
-                                          quantile=cfg.quantile, models=models, temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_completion_length, batch_prompts=8,
-                                          log=str(out / "calibration.jsonl")))
+        cal = calibrate(
+            CalibrationConfig(
+                prompts=str(train_file),
+                url=url,
+                policy=cfg.policy,
+                samples=cfg.calibration_samples,
+                quantile=cfg.quantile,
+                models=models,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_completion_length,
+                batch_prompts=8,
+                log=str(out / "calibration.jsonl"),
+            )
+        )
         runs = []
         for beta in cfg.betas:
             for utility in cfg.utilities:
@@ -239,23 +331,58 @@ def run_rlhf_experiment(cfg: RLHFExperimentConfig) -> dict:
                     if done.exists():
                         runs.append(json.loads(done.read_text()))
                         continue
-                    rcfg = RLHFConfig(url=url, policy=cfg.policy, prompts=str(train_file), split=None, max_prompts=None,
-                                      utility=utility, models=models, beta=beta, learning_rate=cfg.learning_rate, steps=cfg.steps,
-                                      prompts_per_step=cfg.prompts_per_step, num_generations=cfg.num_generations,
-                                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                                      seed=seed, out_dir=str(run_dir))
-                    s = run_rlhf(rcfg, after_train=lambda tr, seed=seed: evaluate_policy(tr, url, eval_rows, models, cfg, seed))
-                    run = {"utility": utility, "beta": beta, "seed": seed, "wall_seconds": s["wall_seconds"],
-                           "rows": s["rows"], "eval": s["after_train"]}
+                    rcfg = RLHFConfig(
+                        url=url,
+                        policy=cfg.policy,
+                        prompts=str(train_file),
+                        split=None,
+                        max_prompts=None,
+                        utility=utility,
+                        models=models,
+                        beta=beta,
+                        learning_rate=cfg.learning_rate,
+                        steps=cfg.steps,
+                        prompts_per_step=cfg.prompts_per_step,
+                        num_generations=cfg.num_generations,
+                        max_completion_length=cfg.max_completion_length,
+                        temperature=cfg.temperature,
+                        seed=seed,
+                        out_dir=str(run_dir),
+                    )
+                    s = run_rlhf(
+                        rcfg,
+                        after_train=functools.partial(
+                            evaluate_policy, url=url, eval_rows=eval_rows, models=models, cfg=cfg, seed=seed
+                        ),
+                    )
+                    run = {
+                        "utility": utility,
+                        "beta": beta,
+                        "seed": seed,
+                        "wall_seconds": s["wall_seconds"],
+                        "rows": s["rows"],
+                        "eval": s["after_train"],
+                    }
                     done.write_text(json.dumps(run) + "\n")
                     runs.append(run)
     summary = summarise(runs, eval_rows, models, cfg.quantile, cfg.bootstrap)
-    result = {"config": dataclasses.asdict(cfg), "models": models, "eval_prompts": len(eval_rows),
-              "calibration": cal.to_dict(), "summary": summary, "wall_seconds_this_run": time.perf_counter() - t0,
-              "training_seconds": sum(r["wall_seconds"] for r in runs)}
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "models": models,
+        "eval_prompts": len(eval_rows),
+        "calibration": cal.to_dict(),
+        "summary": summary,
+        "wall_seconds_this_run": time.perf_counter() - t0,
+        "training_seconds": sum(r["wall_seconds"] for r in runs),
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(runs, summary, models, out)
-    lines = [markdown(summary, models), "", f"## Responses at the end of training (first held-out prompts, seed {cfg.seeds[0]})", ""]
+    lines = [
+        markdown(summary, models),
+        "",
+        f"## Responses at the end of training (first held-out prompts, seed {cfg.seeds[0]})",
+        "",
+    ]
     for r in runs:
         if r["seed"] != cfg.seeds[0]:
             continue

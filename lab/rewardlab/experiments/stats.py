@@ -7,6 +7,7 @@ Arrays: ``cand`` (prompts × n candidates × models) raw rewards of the candidat
 from __future__ import annotations
 
 import numpy as np
+
 from rewardserve import lsc
 
 
@@ -23,7 +24,9 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05)
 
 def references(calib: np.ndarray, q: float) -> np.ndarray:
     """Per prompt and model: the q-quantile of the calibration samples' raw rewards (prompts × K × models)."""
-    return np.array([[lsc.quantile(calib[i, :, m].tolist(), q) for m in range(calib.shape[2])] for i in range(calib.shape[0])])
+    return np.array(
+        [[lsc.quantile(calib[i, :, m].tolist(), q) for m in range(calib.shape[2])] for i in range(calib.shape[0])]
+    )
 
 
 def utilities(cand: np.ndarray, ref: np.ndarray, method: str) -> np.ndarray:
@@ -51,11 +54,13 @@ def worst_decile(cand: np.ndarray, ref: np.ndarray, fraction: float = 0.1) -> np
     return mask
 
 
-def per_prompt_metrics(cand: np.ndarray, ref: np.ndarray, lengths: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+def per_prompt_metrics(
+    cand: np.ndarray, ref: np.ndarray, lengths: np.ndarray, idx: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-prompt values of the picked candidates: raw reward per model, gain over the mean
     candidate per model, "good on all" (above the reference on every model), length."""
     rows = np.arange(cand.shape[0])
-    picked = cand[rows, idx]                      # prompts × models
+    picked = cand[rows, idx]  # prompts × models
     return {
         "raw": picked,
         "gain": picked - cand.mean(axis=1),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import DEFAULT_AGGREGATE
+from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -38,19 +38,29 @@ class RLHFConfig:
     """Every hyperparameter of one RLHF run (also the options of ``rewardserve rlhf``)."""
 
     url: str = field(default="http://127.0.0.1:8000", metadata=_doc("the rewardserve service that scores completions"))
-    policy: str | None = field(default=None, metadata=_doc(
-        "the policy to train: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"))
-    prompts: str = field(default="../shared/data/prompts.jsonl.gz", metadata=_doc(
-        "training prompts: prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"))
+    policy: str | None = field(
+        default=None,
+        metadata=_doc("the policy to train: folder, hub id or .gguf file (default: SmolLM2-135M-Instruct)"),
+    )
+    prompts: str = field(
+        default="../shared/data/prompts.jsonl.gz",
+        metadata=_doc("training prompts: prompts.jsonl(.gz) (objects with 'prompt') or JSON Lines of strings"),
+    )
     split: str | None = field(default="train", metadata=_doc("only prompts of this split, when the file has one"))
     max_prompts: int | None = field(default=256, metadata=_doc("use the first N prompts"))
-    utility: str = field(default=DEFAULT_AGGREGATE, metadata=_doc(
-        "what the policy maximises: lsc_sum (log P(good on every property)), raw_sum or min"))
+    utility: AggregateMethod = field(
+        default=DEFAULT_AGGREGATE,
+        metadata=_doc("what the policy maximises: lsc_sum (log P(good on every property)), raw_sum or min"),
+    )
     models: list[str] | None = field(default=None, metadata=_doc("reward models to combine (default: all served)"))
     beta: float = field(default=0.05, metadata=_doc("KL coefficient to the initial policy (> 0)"))
-    scale_rewards: str = field(default="none", metadata=_doc(
-        "GRPO's advantage scaling: none keeps the utility's own scale (advantages are still centred per group); "
-        "group or batch divide by the reward standard deviation"))
+    scale_rewards: str = field(
+        default="none",
+        metadata=_doc(
+            "GRPO's advantage scaling: none keeps the utility's own scale (advantages are still centred per group); "
+            "group or batch divide by the reward standard deviation"
+        ),
+    )
     learning_rate: float = field(default=1e-5, metadata=_doc("optimizer learning rate"))
     steps: int = field(default=4, metadata=_doc("optimizer steps"))
     prompts_per_step: int = field(default=2, metadata=_doc("distinct prompts per step"))
@@ -60,8 +70,10 @@ class RLHFConfig:
     seed: int = field(default=0, metadata=_doc("seed of sampling and training"))
     out_dir: str = field(default="runs/rlhf", metadata=_doc("where config.json, metrics.jsonl, plots and report.md go"))
     api_key: str | None = field(default=None, metadata=_doc("API key of the service (default: $REWARDSERVE_API_KEY)"))
-    reference_set: str | None = field(default=None, metadata=_doc(
-        "the service's reference set: one base policy's calibration (default: the set 'default')"))
+    reference_set: str | None = field(
+        default=None,
+        metadata=_doc("the service's reference set: one base policy's calibration (default: the set 'default')"),
+    )
     sample_prompts: int = field(default=3, metadata=_doc("prompts whose final completions go into report.md"))
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -81,12 +93,12 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     """Train; ``after_train(trainer)``, when given, runs on the trained policy before it is freed and its
     result is returned under ``"after_train"`` (experiments evaluate the policy there)."""
     import torch
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from trl import GRPOConfig, GRPOTrainer
 
-    from ..policy import policy_id, resolve_policy_path
-
     from rewardclient.trl import RewardServeReward
+
+    from ..policy import policy_id, resolve_policy_path
 
     if cfg.beta <= 0:
         raise ValueError("beta must be > 0: the policy is KL-regularised to its initial weights")
@@ -94,38 +106,75 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
-    reward = RewardServeReward(cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key,
-                               reference_set=cfg.reference_set)
+    reward = RewardServeReward(
+        cfg.url, models=cfg.models, aggregate=cfg.utility, api_key=cfg.api_key, reference_set=cfg.reference_set
+    )
     policy_path = resolve_policy_path(cfg.policy)
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
-        output_dir=str(out / "trainer"), max_steps=cfg.steps, learning_rate=cfg.learning_rate, beta=cfg.beta,
-        scale_rewards=cfg.scale_rewards, num_generations=cfg.num_generations, per_device_train_batch_size=batch,
-        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, seed=cfg.seed,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), log_completions=False, disable_tqdm=False,
+        output_dir=str(out / "trainer"),
+        max_steps=cfg.steps,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=batch,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        log_completions=False,
+        disable_tqdm=False,
     )
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
     rows: list[dict] = []
 
     class _Recorder(TrainerCallback):
-        def on_log(self, _args, state, _control, logs=None, **_):
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
             if not logs or "loss" not in logs and "kl" not in logs:
                 return
-            row = {"step": state.global_step, "time": time.time(), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            row = {
+                "step": state.global_step,
+                "time": time.time(),
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            }
             rows.append(row)
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    trainer = GRPOTrainer(model=policy_path, reward_funcs=[reward], args=args, train_dataset=_load_dataset(cfg),
-                          callbacks=[_Recorder()])
+    trainer = GRPOTrainer(
+        model=policy_path,
+        reward_funcs=[reward],  # type: ignore[list-item]  # TRL wants list[float | None]; list is invariant
+        args=args,
+        train_dataset=_load_dataset(cfg),
+        callbacks=[_Recorder()],
+    )
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     samples = _final_samples(trainer, cfg)
-    summary = {"policy": policy_id(cfg.policy), "utility": cfg.utility, "steps": cfg.steps, "wall_seconds": wall,
-               "out_dir": str(out), "first": rows[0] if rows else {}, "last": rows[-1] if rows else {}, "rows": rows}
+    summary = {
+        "policy": policy_id(cfg.policy),
+        "utility": cfg.utility,
+        "steps": cfg.steps,
+        "wall_seconds": wall,
+        "out_dir": str(out),
+        "first": rows[0] if rows else {},
+        "last": rows[-1] if rows else {},
+        "rows": rows,
+    }
     if after_train is not None:
         summary["after_train"] = after_train(trainer)
     _plots(rows, out)
@@ -133,8 +182,9 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
     return summary
 
 
-def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float,
-                  batch_prompts: int = 32) -> list[list[str]]:
+def generate_with(
+    trainer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float, batch_prompts: int = 32
+) -> list[list[str]]:
     """``k`` samples per prompt from the trainer's current policy (left padding for generation)."""
     import torch
 
@@ -148,7 +198,7 @@ def generate_with(trainer, prompts: list, k: int, max_new_tokens: int, temperatu
         out: list[list[str]] = []
         with torch.inference_mode():
             for s in range(0, len(prompts), batch_prompts):
-                out += generate(model, tok, prompts[s:s + batch_prompts], k, max_new_tokens, temperature, top_p)
+                out += generate(model, tok, prompts[s : s + batch_prompts], k, max_new_tokens, temperature, top_p)
         return out
     finally:
         tok.padding_side = side
@@ -162,7 +212,7 @@ def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
     return [{"prompt": p[-1]["content"], "response": t[0]} for p, t in zip(prompts, texts)]
 
 
-def _series(rows: list[dict], suffix: str) -> dict[str, list[float]]:
+def _series(rows: list[dict], suffix: str) -> dict[str, list[float | None]]:
     return {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r}) if k.endswith(suffix)}
 
 
@@ -174,13 +224,17 @@ def _plots(rows: list[dict], out: Path) -> None:
 
     steps = [r["step"] for r in rows]
     for name, keys, ylabel in [
-        ("rewards", [k for k in _series(rows, "/raw")] + [k for k in _series(rows, "/transformed")] + ["rewardserve/aggregate"], "reward"),
+        (
+            "rewards",
+            list(_series(rows, "/raw")) + list(_series(rows, "/transformed")) + ["rewardserve/aggregate"],
+            "reward",
+        ),
         ("kl", ["kl"], "KL to the initial policy"),
         ("length", ["completions/mean_length"], "mean completion length (tokens)"),
     ]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for k in keys:
-            ys = [r.get(k) for r in rows]
+            ys: list[Any] = [r.get(k) for r in rows]  # None where a step has no value: a gap in the line
             if any(y is not None for y in ys):
                 ax.plot(steps, ys, marker="o", label=k.replace("rewardserve/", ""))
         ax.set_xlabel("step")
@@ -197,14 +251,20 @@ def _report(cfg: RLHFConfig, summary: dict, rows: list[dict], samples: list[dict
     first, last = summary["first"], summary["last"]
     keys = [k for k in sorted(last) if k.startswith("rewardserve/") or k in ("kl", "completions/mean_length", "reward")]
     lines = [
-        f"# RLHF run: {cfg.utility}", "",
+        f"# RLHF run: {cfg.utility}",
+        "",
         f"Policy `{summary['policy']}`, {cfg.steps} steps × {cfg.prompts_per_step} prompts × {cfg.num_generations} "
         f"completions, beta {cfg.beta}, lr {cfg.learning_rate}, scale_rewards `{cfg.scale_rewards}`, seed {cfg.seed}. "
-        f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.", "",
-        "| metric | first step | last step |", "|---|---:|---:|",
-        *[f"| {k} | {first.get(k, float('nan')):.4f} | {last.get(k, float('nan')):.4f} |" for k in keys], "",
-        "![rewards](rewards.png) ![kl](kl.png) ![length](length.png)", "",
-        "## Samples after training", "",
+        f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.",
+        "",
+        "| metric | first step | last step |",
+        "|---|---:|---:|",
+        *[f"| {k} | {first.get(k, float('nan')):.4f} | {last.get(k, float('nan')):.4f} |" for k in keys],
+        "",
+        "![rewards](rewards.png) ![kl](kl.png) ![length](length.png)",
+        "",
+        "## Samples after training",
+        "",
     ]
     for s in samples:
         lines += [f"**Prompt:** {s['prompt'][:300]}", "", f"**Response:** {s['response'][:600]}", ""]

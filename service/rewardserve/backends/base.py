@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardclient.protocol import Prompt
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,7 +53,9 @@ def padded_width(lengths: list[int], multiple: int = 1, limit: int | None = None
     return w if limit is None else max(width, min(w, limit))
 
 
-def collate(batch: list[Encoded], pad_id: int, device: torch.device, width: int | None = None) -> dict[str, torch.Tensor]:
+def collate(
+    batch: list[Encoded], pad_id: int, device: torch.device, width: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad a batch into tensors (input_ids, attention_mask, token_type_ids, segments), ``width``
     tokens wide (default: the longest item)."""
     n, width = len(batch), width or max(e.length for e in batch)
@@ -139,7 +143,7 @@ class Backend(ABC):
     def model_info(self) -> dict[str, ModelInfo]: ...
 
     @abstractmethod
-    def encode(self, prompt: str | list[dict[str, str]], response: str) -> Encoded: ...
+    def encode(self, prompt: Prompt, response: str) -> Encoded: ...
 
     @abstractmethod
     def forward(self, batch: list[Encoded]) -> np.ndarray:

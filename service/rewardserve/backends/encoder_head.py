@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rewardclient.protocol import Prompt
+
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, file_digest, resolve_device, weights_digest
 from .formatting import encode_pair
 
@@ -43,6 +45,7 @@ def default_encoder_path() -> str:
 
 def pair_features(hidden: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """[p, r, p*r] from token states (B, T, H) and segment ids (B, T; 0 prompt, 1 response)."""
+
     def pooled(seg_id: int) -> torch.Tensor:
         m = (segments == seg_id).unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -59,7 +62,9 @@ class RewardHead(nn.Module):
         super().__init__()
         self.in_features, self.hidden = in_features, hidden
         if hidden:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            self.net = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
         else:
             self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, 1))
 
@@ -68,7 +73,8 @@ class RewardHead(nn.Module):
         return "mlp" if self.hidden else "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        rewards: torch.Tensor = self.net(x).squeeze(-1)
+        return rewards
 
 
 def save_head(head: RewardHead, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
@@ -110,7 +116,9 @@ def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str
     on this base revision and that every tensor names an existing weight of the same shape."""
     meta = _metadata(path, DELTA_FORMAT, "encoder delta")
     if meta.get("base_revision") != base_revision:
-        raise ValueError(f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}")
+        raise ValueError(
+            f"{path}: delta for base encoder revision {meta.get('base_revision')!r}, loaded {base_revision!r}"
+        )
     delta = load_file(str(path))
     own = encoder.state_dict()
     bad = [k for k, v in delta.items() if k not in own or own[k].shape != v.shape]
@@ -124,7 +132,8 @@ def apply_encoder_delta(encoder: nn.Module, path: str | Path, base_revision: str
 def load_card(head_path: str | Path) -> dict[str, Any] | None:
     card = Path(head_path).with_suffix(".json")
     if card.exists():
-        return json.loads(card.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(card.read_text(encoding="utf-8"))
+        return data
     return None
 
 
@@ -149,12 +158,18 @@ class EncoderHeadBackend(Backend):
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.source, revision=revision, trust_remote_code=trust_remote_code
+        )
         self.tokenizer.truncation_side = "left"
         self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
-        self.encoder = AutoModel.from_pretrained(
-            self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
-        ).to(self.device, self.dtype).eval()
+        self.encoder = (
+            AutoModel.from_pretrained(
+                self.source, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+            .to(self.device, self.dtype)
+            .eval()
+        )
         self.max_length = min(max_length, getattr(self.encoder.config, "max_position_embeddings", max_length))
         self.encoder_revision = weights_digest(self.source) if Path(self.source).is_dir() else (revision or "main")
         self._names = list(heads)
@@ -162,11 +177,17 @@ class EncoderHeadBackend(Backend):
         self._info: dict[str, ModelInfo] = {}
         hidden = self.encoder.config.hidden_size
         loaded = {mname: load_head(hpath) for mname, hpath in heads.items()}
-        deltas = {(Path(hpath).parent / loaded[m][1]["encoder_delta"]).resolve() if loaded[m][1].get("encoder_delta") else None
-                  for m, hpath in heads.items()}
+        deltas = {
+            (Path(hpath).parent / loaded[m][1]["encoder_delta"]).resolve()
+            if loaded[m][1].get("encoder_delta")
+            else None
+            for m, hpath in heads.items()
+        }
         if len(deltas) > 1:
-            raise ValueError(f"heads of backbone {name!r} need different encoders (deltas {sorted(map(str, deltas))}); "
-                             "one backbone is one encoder: put them on separate backbones")
+            raise ValueError(
+                f"heads of backbone {name!r} need different encoders (deltas {sorted(map(str, deltas))}); "
+                "one backbone is one encoder: put them on separate backbones"
+            )
         delta = deltas.pop() if deltas else None
         if delta is not None:
             apply_encoder_delta(self.encoder, delta, self.encoder_revision)
@@ -175,15 +196,21 @@ class EncoderHeadBackend(Backend):
         for mname, hpath in heads.items():
             head, meta = loaded[mname]
             if head.in_features != 3 * hidden:
-                raise ValueError(f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}")
+                raise ValueError(
+                    f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}"
+                )
             self._heads.append(head.to(self.device, self.dtype))
             self._info[mname] = ModelInfo(
                 name=mname,
                 kind="encoder_head",
                 source=str(hpath),
                 revision=f"{self.encoder_revision}-{file_digest(hpath)}",
-                extra={"encoder": self.source, **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
-                       "head_arch": meta["arch"], "card": load_card(hpath)},
+                extra={
+                    "encoder": self.source,
+                    **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
+                    "head_arch": meta["arch"],
+                    "card": load_card(hpath),
+                },
             )
         self.pad_id = self.tokenizer.pad_token_id or 0
 
@@ -194,7 +221,7 @@ class EncoderHeadBackend(Backend):
     def model_info(self) -> dict[str, ModelInfo]:
         return self._info
 
-    def encode(self, prompt, response: str) -> Encoded:
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
         return encode_pair(self.tokenizer, prompt, response, self.max_length)
 
     def features(self, batch: list[Encoded]) -> torch.Tensor:

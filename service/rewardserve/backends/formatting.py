@@ -32,12 +32,12 @@ def encode_pair(tokenizer: Any, prompt: Prompt, response: str, max_length: int) 
     np_, nr = len(p["input_ids"]), len(r["input_ids"])
     truncated = False
     if nr > budget:  # the response alone does not fit: no prompt, the end of the response
-        response = response[r["offset_mapping"][nr - budget][0]:]
+        response = response[r["offset_mapping"][nr - budget][0] :]
         text = ""
         truncated = True
     elif np_ + nr > budget:
         keep_p = budget - nr
-        text = text[p["offset_mapping"][np_ - keep_p][0]:] if keep_p > 0 else ""
+        text = text[p["offset_mapping"][np_ - keep_p][0] :] if keep_p > 0 else ""
         truncated = True
     # re-tokenizing a cut string can differ by a token at the cut: the tokenizer's own (left-side)
     # truncation is the final guard
@@ -57,12 +57,10 @@ def encode_chat(tokenizer: Any, prompt: Prompt, response: str, max_length: int) 
     response as the final assistant turn, tokenized as one sequence."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": response}], tokenize=False
-    )
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prefix):  # templates that render the last turn differently
         prefix = tokenizer.apply_chat_template(messages, tokenize=False)
-    suffix = full[len(prefix):] if full.startswith(prefix) else response
+    suffix = full[len(prefix) :] if full.startswith(prefix) else response
     p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     return _join_single(p_ids, r_ids, max_length)
@@ -81,9 +79,9 @@ def encode_single(tokenizer: Any, prompt: Prompt, response: str, max_length: int
 def _join_single(p_ids: list[int], r_ids: list[int], max_length: int) -> Encoded:
     truncated = False
     if len(r_ids) >= max_length:
-        r_ids, p_ids, truncated = r_ids[len(r_ids) - max_length:], [], True
+        r_ids, p_ids, truncated = r_ids[len(r_ids) - max_length :], [], True
     elif len(p_ids) + len(r_ids) > max_length:
-        p_ids, truncated = p_ids[len(p_ids) + len(r_ids) - max_length:], True
+        p_ids, truncated = p_ids[len(p_ids) + len(r_ids) - max_length :], True
     return Encoded(
         input_ids=p_ids + r_ids,
         segments=[0] * len(p_ids) + [1] * len(r_ids),

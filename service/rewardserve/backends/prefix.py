@@ -18,6 +18,7 @@ import copy
 import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from .base import Encoded, padded_width
 
 def prefix_key(enc: Encoded) -> tuple[int, ...] | None:
     """The tokens an item may share with others (None when it shares nothing)."""
-    return tuple(enc.input_ids[:enc.prefix_len]) if enc.prefix_len > 0 else None
+    return tuple(enc.input_ids[: enc.prefix_len]) if enc.prefix_len > 0 else None
 
 
 class TokenCount:
@@ -40,11 +41,23 @@ class TokenCount:
     the chosen plan's tokens before padding (each prefix once).
     """
 
-    __slots__ = ("prefixes", "max_p", "prefix_sum", "keyed", "suffix_w", "suffix_sum", "rest_n", "rest_w", "rest_sum",
-                 "n", "max_len", "total")
+    __slots__ = (
+        "prefixes",
+        "max_p",
+        "prefix_sum",
+        "keyed",
+        "suffix_w",
+        "suffix_sum",
+        "rest_n",
+        "rest_w",
+        "rest_sum",
+        "n",
+        "max_len",
+        "total",
+    )
 
     def __init__(self) -> None:
-        self.prefixes: set = set()
+        self.prefixes: set[Hashable] = set()
         self.max_p = self.prefix_sum = self.keyed = self.suffix_w = self.suffix_sum = 0
         self.rest_n = self.rest_w = self.rest_sum = self.n = self.max_len = self.total = 0
 
@@ -61,23 +74,70 @@ class TokenCount:
 
     def result(self) -> tuple[int, int, bool]:
         """(computed, needed, shared)."""
-        return self._result(len(self.prefixes), self.max_p, self.prefix_sum, self.keyed, self.suffix_w, self.suffix_sum,
-                            self.rest_n, self.rest_w, self.rest_sum, self.n, self.max_len, self.total)
+        return self._result(
+            len(self.prefixes),
+            self.max_p,
+            self.prefix_sum,
+            self.keyed,
+            self.suffix_w,
+            self.suffix_sum,
+            self.rest_n,
+            self.rest_w,
+            self.rest_sum,
+            self.n,
+            self.max_len,
+            self.total,
+        )
 
     def with_item(self, key: Hashable | None, p: int, length: int) -> tuple[int, int, bool]:
         """``result()`` as if the item had joined (the count itself does not change)."""
         n, max_len, total = self.n + 1, max(self.max_len, length), self.total + length
         if key is None:
-            return self._result(len(self.prefixes), self.max_p, self.prefix_sum, self.keyed, self.suffix_w,
-                                self.suffix_sum, self.rest_n + 1, max(self.rest_w, length), self.rest_sum + length,
-                                n, max_len, total)
+            return self._result(
+                len(self.prefixes),
+                self.max_p,
+                self.prefix_sum,
+                self.keyed,
+                self.suffix_w,
+                self.suffix_sum,
+                self.rest_n + 1,
+                max(self.rest_w, length),
+                self.rest_sum + length,
+                n,
+                max_len,
+                total,
+            )
         new = key not in self.prefixes
-        return self._result(len(self.prefixes) + new, max(self.max_p, p) if new else self.max_p,
-                            self.prefix_sum + p * new, self.keyed + 1, max(self.suffix_w, length - p),
-                            self.suffix_sum + length - p, self.rest_n, self.rest_w, self.rest_sum, n, max_len, total)
+        return self._result(
+            len(self.prefixes) + new,
+            max(self.max_p, p) if new else self.max_p,
+            self.prefix_sum + p * new,
+            self.keyed + 1,
+            max(self.suffix_w, length - p),
+            self.suffix_sum + length - p,
+            self.rest_n,
+            self.rest_w,
+            self.rest_sum,
+            n,
+            max_len,
+            total,
+        )
 
     @staticmethod
-    def _result(groups, max_p, prefix_sum, keyed, suffix_w, suffix_sum, rest_n, rest_w, rest_sum, n, max_len, total):
+    def _result(
+        groups: int,
+        max_p: int,
+        prefix_sum: int,
+        keyed: int,
+        suffix_w: int,
+        suffix_sum: int,
+        rest_n: int,
+        rest_w: int,
+        rest_sum: int,
+        n: int,
+        max_len: int,
+        total: int,
+    ) -> tuple[int, int, bool]:
         plain = n * max_len
         if groups < keyed:
             shared = groups * max_p + suffix_sum + rest_n * rest_w
@@ -103,7 +163,10 @@ def suffix_chunks(lengths: Sequence[int], max_padding: float = 1.0) -> list[list
     chunks: list[list[int]] = []
     width = real = 0
     for i in order:
-        if chunks and (len(chunks[-1]) + 1) * width - (real + lengths[i]) <= max_padding * (len(chunks[-1]) + 1) * width:
+        if (
+            chunks
+            and (len(chunks[-1]) + 1) * width - (real + lengths[i]) <= max_padding * (len(chunks[-1]) + 1) * width
+        ):
             chunks[-1].append(i)
             real += lengths[i]
         else:
@@ -152,7 +215,7 @@ def pool_index(ids: Sequence[int], pad_id: int | None) -> int:
     return 0
 
 
-def supports_sharing(model) -> str | None:
+def supports_sharing(model: Any) -> str | None:  # a transformers model: its attributes are dynamic
     """None when ``model`` (a decoder ``…ForSequenceClassification``) can run a shared forward,
     else the reason it cannot: it needs a ``score`` head over a base model that takes a cache,
     position ids and a 4D mask, and full (not sliding-window) attention in every layer."""
@@ -167,18 +230,26 @@ def supports_sharing(model) -> str | None:
         return f"attention implementation {cfg._attn_implementation!r} takes no 4D mask"
     types = getattr(cfg, "layer_types", None) or []
     if any(t != "full_attention" for t in types) or (
-            getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)):
+        getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+    ):
         return "sliding-window attention"
     return None
 
 
-def _cache_kwarg(base) -> str:
+def _cache_kwarg(base: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, device: torch.device,
-                   multiple: int = 1, max_length: int | None = None,
-                   max_padding: float = 1.0) -> tuple[list[int], torch.Tensor]:
+def shared_forward(
+    model: Any,
+    batch: Sequence[Encoded],
+    p: PrefixPlan,
+    pad_id: int,
+    device: torch.device,
+    multiple: int = 1,
+    max_length: int | None = None,
+    max_padding: float = 1.0,
+) -> tuple[list[int], torch.Tensor]:
     """(items, their rewards) of a decoder sequence classifier over the items of ``p.groups``, each
     group's prefix run once (``p.rest`` is left to a plain forward). The suffixes run on the prefix
     cache in chunks of similar length (``suffix_chunks`` with ``max_padding``)."""
@@ -201,7 +272,7 @@ def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, 
         prefix_cache = out.past_key_values
     pre_hidden = out.last_hidden_state
     dtype = pre_hidden.dtype
-    suffix = [batch[i].input_ids[p.prefix_lens[g]:] for i, g in zip(items, group_of)]
+    suffix = [batch[i].input_ids[p.prefix_lens[g] :] for i, g in zip(items, group_of)]
     chunks = suffix_chunks([len(s) for s in suffix], max_padding)
     rewards = torch.empty(len(items), dtype=dtype, device=device)
     limit = max_length or (1 << 30)
@@ -219,14 +290,19 @@ def shared_forward(model, batch: Sequence[Encoded], p: PrefixPlan, pad_id: int, 
         causal = torch.ones((sw, sw), dtype=torch.bool).tril()
         for row, r in enumerate(rows_of):
             s, P = suffix[r], p.prefix_lens[group_of[r]]
-            ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
             pos[row] = (torch.arange(sw) + P).clamp(max=max(limit - 1, P))
             allowed[row, :, :P] = True  # the group's real prefix tokens
-            allowed[row, :, pw:pw + len(s)] = causal[:, :len(s)]  # its own real suffix tokens, causally
+            allowed[row, :, pw : pw + len(s)] = causal[:, : len(s)]  # its own real suffix tokens, causally
         mask = torch.zeros((n, 1, sw, pw + sw), dtype=dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                      use_cache=True, **{kw: cache}).last_hidden_state
+        hidden = base(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=pos.to(device),
+            use_cache=True,
+            **{kw: cache},
+        ).last_hidden_state
         # 4. the reward at each item's pooling position, from the prefix or the suffix hidden states
         picked = []
         for row, r in enumerate(rows_of):

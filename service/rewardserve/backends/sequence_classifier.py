@@ -15,13 +15,19 @@ tokens attend to the response).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from rewardclient.protocol import Prompt
+
 from . import prefix
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, resolve_device, weights_digest
 from .formatting import encode_chat, encode_pair, encode_single
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class SequenceClassifierBackend(Backend):
@@ -47,11 +53,17 @@ class SequenceClassifierBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer.truncation_side = "left"
         self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=self.dtype
-        ).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                path, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=self.dtype
+            )
+            .to(self.device)
+            .eval()
+        )
         if self.model.config.num_labels != 1:
-            raise ValueError(f"{path}: a reward model needs exactly one label, this one has {self.model.config.num_labels}")
+            raise ValueError(
+                f"{path}: a reward model needs exactly one label, this one has {self.model.config.num_labels}"
+            )
         self.is_decoder = is_decoder_only(self.model.config)
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token_id is None:
@@ -64,8 +76,11 @@ class SequenceClassifierBackend(Backend):
         self.uses_chat_template = self.is_decoder and bool(getattr(self.tokenizer, "chat_template", None))
         self.revision = weights_digest(path) if Path(path).is_dir() else (revision or "main")
         self.input_names = set(self.tokenizer.model_input_names)
-        why_not = "an encoder reads the prompt together with the response" if not self.is_decoder else (
-            prefix.supports_sharing(self.model))
+        why_not = (
+            "an encoder reads the prompt together with the response"
+            if not self.is_decoder
+            else (prefix.supports_sharing(self.model))
+        )
         if share_prompt_prefix and why_not:
             raise ValueError(f"{path}: share_prompt_prefix is not possible with this model: {why_not}")
         self.shares_prefix = why_not is None if share_prompt_prefix is None else share_prompt_prefix
@@ -83,12 +98,15 @@ class SequenceClassifierBackend(Backend):
                 kind="sequence_classifier",
                 source=self.source,
                 revision=self.revision,
-                extra={"architecture": type(self.model).__name__, "input_format": fmt,
-                       "share_prompt_prefix": self.shares_prefix},
+                extra={
+                    "architecture": type(self.model).__name__,
+                    "input_format": fmt,
+                    "share_prompt_prefix": self.shares_prefix,
+                },
             )
         }
 
-    def encode(self, prompt, response: str) -> Encoded:
+    def encode(self, prompt: Prompt, response: str) -> Encoded:
         if not self.is_decoder:
             return encode_pair(self.tokenizer, prompt, response, self.max_length)
         if self.uses_chat_template:
@@ -105,8 +123,16 @@ class SequenceClassifierBackend(Backend):
         if p is not None:
             out = np.empty((len(batch), 1))
             with torch.inference_mode():
-                shared, rewards = prefix.shared_forward(self.model, batch, p, self.pad_id, self.device,
-                                                        self.pad_multiple, self.max_length, self.max_padding_ratio)
+                shared, rewards = prefix.shared_forward(
+                    self.model,
+                    batch,
+                    p,
+                    self.pad_id,
+                    self.device,
+                    self.pad_multiple,
+                    self.max_length,
+                    self.max_padding_ratio,
+                )
             out[shared, 0] = rewards.float().cpu().double().numpy()
             if p.rest:
                 out[p.rest] = self._plain([batch[i] for i in p.rest])
@@ -120,11 +146,14 @@ class SequenceClassifierBackend(Backend):
             t.pop("token_type_ids", None)
         with torch.inference_mode():
             logits = self.model(**t).logits
-        return logits.float().cpu().double().numpy().reshape(len(batch), 1)
+        rewards: np.ndarray = logits.float().cpu().double().numpy().reshape(len(batch), 1)
+        return rewards
 
 
-def is_decoder_only(config) -> bool:
+def is_decoder_only(config: PretrainedConfig) -> bool:
     """Encoders (BERT, RoBERTa, DeBERTa, …) are the architectures with a masked-LM head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    return not getattr(config, "is_encoder_decoder", False) and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        not getattr(config, "is_encoder_decoder", False) and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )

@@ -13,15 +13,27 @@ def open_store(url: str) -> ReferenceStore:
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url[len("sqlite:///"):])
+        return SQLiteStore(url[len("sqlite:///") :])
     if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         from .redis import RedisStore
 
         return RedisStore(url)
     scheme = url.split("://", 1)[0] + "://" if "://" in url else "(no scheme)"  # never echo a password
-    raise ValueError(f"unknown reference store URL scheme {scheme}: expected sqlite:///PATH or redis://HOST:PORT/DB "
-                     "(or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB])")
+    raise ValueError(
+        f"unknown reference store URL scheme {scheme}: expected sqlite:///PATH or redis://HOST:PORT/DB "
+        "(or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB])"
+    )
 
 
-__all__ = ["DEFAULT_SET", "InvalidSetName", "Reference", "ReferenceStore", "StoreFull", "StoreUnavailable", "canonical_prompt",
-           "check_set_name", "open_store", "prompt_fingerprint"]
+__all__ = [
+    "DEFAULT_SET",
+    "InvalidSetName",
+    "Reference",
+    "ReferenceStore",
+    "StoreFull",
+    "StoreUnavailable",
+    "canonical_prompt",
+    "check_set_name",
+    "open_store",
+    "prompt_fingerprint",
+]

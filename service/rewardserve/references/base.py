@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import InvalidSetName
 
@@ -25,7 +26,8 @@ def check_set_name(name: str) -> str:
         shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}…"
         raise InvalidSetName(
             f"invalid reference set name {shown!r}: use 1-{SET_NAME_MAX} characters from A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -38,7 +40,7 @@ class Reference:
     policy: str | None = None
     updated_at: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -46,11 +48,15 @@ class ReferenceStore(ABC):
     url: str
 
     @abstractmethod
-    async def get_many(self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET) -> dict[str, Reference]:
+    async def get_many(
+        self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
+    ) -> dict[str, Reference]:
         """Stored references of one set for the given fingerprints (missing ones are absent)."""
 
     @abstractmethod
-    async def put_many(self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET) -> None:
+    async def put_many(
+        self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET
+    ) -> None:
         """Insert or replace references in one set (all or nothing)."""
 
     @abstractmethod

@@ -20,6 +20,7 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from ..errors import StoreFull, StoreUnavailable
 from .base import DEFAULT_SET, Reference, ReferenceStore
@@ -45,11 +46,11 @@ class RedisStore(ReferenceStore):
     def _parse_key(key: str) -> tuple[str, str]:
         """(set, model) of a store key."""
         if key.startswith(SET_KEY_PREFIX):
-            rset, model = key[len(SET_KEY_PREFIX):].split(":", 1)
+            rset, model = key[len(SET_KEY_PREFIX) :].split(":", 1)
             return rset, model
-        return DEFAULT_SET, key[len(KEY_PREFIX):]
+        return DEFAULT_SET, key[len(KEY_PREFIX) :]
 
-    async def _keys(self, reference_set: str | None):
+    async def _keys(self, reference_set: str | None) -> list[str]:
         """The store's hash keys: of one set, or of every set."""
         if reference_set == DEFAULT_SET:
             patterns = [KEY_PREFIX + "*"]
@@ -57,12 +58,14 @@ class RedisStore(ReferenceStore):
             patterns = [f"{SET_KEY_PREFIX}{reference_set}:*"]
         else:
             patterns = [KEY_PREFIX + "*", SET_KEY_PREFIX + "*"]
-        keys = []
+        keys: list[str] = []
         for pattern in patterns:
             keys += [k async for k in self._r.scan_iter(match=pattern)]
         return keys
 
-    async def get_many(self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET) -> dict[str, Reference]:
+    async def get_many(
+        self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
+    ) -> dict[str, Reference]:
         if not fingerprints:
             return {}
         try:
@@ -71,18 +74,24 @@ class RedisStore(ReferenceStore):
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
         return {fp: Reference(**json.loads(v)) for fp, v in zip(fingerprints, values) if v is not None}
 
-    async def put_many(self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET) -> None:
+    async def put_many(
+        self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET
+    ) -> None:
         if not entries:
             return
         now = time.time()
-        mapping = {fp: json.dumps({**r.to_dict(), "updated_at": r.updated_at or now}) for fp, r in entries}
+        mapping: dict[FieldT, EncodableT] = {
+            fp: json.dumps({**r.to_dict(), "updated_at": r.updated_at or now}) for fp, r in entries
+        }
         try:
             await self._r.hset(self._key(model, reference_set), mapping=mapping)
         except _DOWN as e:
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
         except OutOfMemoryError:  # maxmemory reached with maxmemory-policy noeviction: nothing stored, nothing evicted
-            raise StoreFull(f"redis at {self._safe_url()} is full (maxmemory reached): nothing was stored; "
-                            "raise its maxmemory or remove unused references") from None
+            raise StoreFull(
+                f"redis at {self._safe_url()} is full (maxmemory reached): nothing was stored; "
+                "raise its maxmemory or remove unused references"
+            ) from None
 
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
         rows = []
@@ -112,7 +121,9 @@ class RedisStore(ReferenceStore):
         try:
             for key in await self._keys(reference_set):
                 async with self._r.pipeline(transaction=True) as p:
-                    n, _ = await p.hlen(key).delete(key).execute()
+                    p.hlen(key)
+                    p.delete(key)
+                    n, _ = await p.execute()
                 deleted += n
         except _DOWN as e:
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None

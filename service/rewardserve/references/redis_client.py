@@ -15,7 +15,7 @@ Passwords never appear in messages or logs: use ``redact`` wherever a URL is sho
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote
 
 if TYPE_CHECKING:  # redis is an optional dependency (extra `redis`); redact() works without it
@@ -30,16 +30,29 @@ def redact(url: str) -> str:
     return re.sub(r"^([a-z+]+://)[^@/]*@", r"\1***@", url)
 
 
-def parse_sentinel_url(url: str) -> dict:
+class SentinelUrl(TypedDict):
+    """The parts of a ``redis+sentinel://`` URL."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
     """``redis+sentinel://[[user]:password@]h1:p1,h2:p2/master[/db]`` -> its parts."""
     if not url.startswith(SENTINEL_SCHEME):
         raise ValueError(f"not a {SENTINEL_SCHEME} URL: {redact(url)}")
-    rest = url[len(SENTINEL_SCHEME):]
+    rest = url[len(SENTINEL_SCHEME) :]
     userinfo, _, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
     parts = [p for p in path.split("/") if p]
     if not hosts or not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ValueError(f"bad sentinel URL {redact(url)}: expected {SENTINEL_SCHEME}[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]")
+        raise ValueError(
+            f"bad sentinel URL {redact(url)}: "
+            f"expected {SENTINEL_SCHEME}[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]"
+        )
     sentinels = []
     for h in hosts.split(","):
         host, _, port = h.rpartition(":")
@@ -47,8 +60,13 @@ def parse_sentinel_url(url: str) -> dict:
             raise ValueError(f"bad sentinel address {h!r} in {redact(url)}: expected HOST:PORT")
         sentinels.append((host.strip("[]"), int(port)))
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    return {"sentinels": sentinels, "service": parts[0], "db": int(parts[1]) if len(parts) == 2 else 0,
-            "username": unquote(username) or None, "password": unquote(password) or None}
+    return {
+        "sentinels": sentinels,
+        "service": parts[0],
+        "db": int(parts[1]) if len(parts) == 2 else 0,
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+    }
 
 
 def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
@@ -56,11 +74,16 @@ def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
     import redis.asyncio as aioredis
     from redis.asyncio.sentinel import Sentinel
 
-    common = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
+    common: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "decode_responses": True}
     if url.startswith(SENTINEL_SCHEME):
         p = parse_sentinel_url(url)
-        sentinel = Sentinel(p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
-        return sentinel.master_for(p["service"], db=p["db"], username=p["username"], password=p["password"], **common)
+        sentinel = Sentinel(
+            p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        )
+        master: aioredis.Redis = sentinel.master_for(
+            p["service"], db=p["db"], username=p["username"], password=p["password"], **common
+        )
+        return master
     return aioredis.from_url(url, **common)
 
 

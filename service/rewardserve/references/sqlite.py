@@ -43,11 +43,13 @@ CREATE TABLE IF NOT EXISTS set_refs (
 """
 _COLUMNS = "value, revision, quantile, n_samples, policy, updated_at"
 # every entry of every set, as one relation (set, model, fingerprint, columns…)
-_ALL = f"SELECT ? AS reference_set, model, fingerprint, {_COLUMNS} FROM refs UNION ALL " \
-       f"SELECT reference_set, model, fingerprint, {_COLUMNS} FROM set_refs"
+_ALL = (
+    f"SELECT ? AS reference_set, model, fingerprint, {_COLUMNS} FROM refs UNION ALL "
+    f"SELECT reference_set, model, fingerprint, {_COLUMNS} FROM set_refs"
+)
 
 
-def _where_set(rset: str) -> tuple[str, str, tuple]:
+def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
     """(table, condition on the set, its arguments) for the entries of set ``rset``."""
     if rset == DEFAULT_SET:
         return "refs", "1", ()
@@ -70,20 +72,28 @@ class SQLiteStore(ReferenceStore):
         out: dict[str, Reference] = {}
         with self._lock:
             for i in range(0, len(fps), 500):
-                chunk = fps[i:i + 500]
-                q = (f"SELECT fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND model = ? "
-                     f"AND fingerprint IN ({','.join('?' * len(chunk))})")
+                chunk = fps[i : i + 500]
+                q = (
+                    f"SELECT fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND model = ? "
+                    f"AND fingerprint IN ({','.join('?' * len(chunk))})"
+                )
                 for fp, *rest in self._conn.execute(q, [*args, model, *chunk]):
                     out[fp] = Reference(*rest)
         return out
 
     def _put_many(self, model: str, entries: list[tuple[str, Reference]], rset: str) -> None:
         now = time.time()
-        rows = [(model, fp, r.value, r.revision, r.quantile, r.n_samples, r.policy, r.updated_at or now) for fp, r in entries]
+        rows: list[tuple[str | float | int | None, ...]] = [
+            (model, fp, r.value, r.revision, r.quantile, r.n_samples, r.policy, r.updated_at or now)
+            for fp, r in entries
+        ]
         if rset == DEFAULT_SET:
             q = f"INSERT OR REPLACE INTO refs (model, fingerprint, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         else:
-            q = f"INSERT OR REPLACE INTO set_refs (reference_set, model, fingerprint, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            q = (
+                f"INSERT OR REPLACE INTO set_refs (reference_set, model, fingerprint, {_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )
             rows = [(rset, *r) for r in rows]
         with self._lock:
             self._conn.execute("BEGIN")
@@ -95,11 +105,15 @@ class SQLiteStore(ReferenceStore):
                 raise
 
     def _all_rows(self, rset: str | None) -> list[tuple[str, str, str, Reference]]:
+        args: tuple[str, ...]
         if rset is None:
             q, args = f"SELECT * FROM ({_ALL}) ORDER BY reference_set, model, fingerprint", (DEFAULT_SET,)
         else:
             table, cond, args = _where_set(rset)
-            q, args = f"SELECT ?, model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} ORDER BY model, fingerprint", (rset, *args)
+            q, args = (
+                f"SELECT ?, model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} ORDER BY model, fingerprint",
+                (rset, *args),
+            )
         with self._lock:
             rows = self._conn.execute(q, args).fetchall()
         return [(s, m, fp, Reference(*rest)) for s, m, fp, *rest in rows]
@@ -108,8 +122,10 @@ class SQLiteStore(ReferenceStore):
         out: dict[str, dict[str, int]] = {}
         with self._lock:
             for s, m, n in self._conn.execute(
-                    f"SELECT reference_set, model, COUNT(*) FROM ({_ALL}) GROUP BY reference_set, model "
-                    "ORDER BY reference_set, model", (DEFAULT_SET,)):
+                f"SELECT reference_set, model, COUNT(*) FROM ({_ALL}) GROUP BY reference_set, model "
+                "ORDER BY reference_set, model",
+                (DEFAULT_SET,),
+            ):
                 out.setdefault(s, {})[m] = n
         return out
 
@@ -118,12 +134,16 @@ class SQLiteStore(ReferenceStore):
         with self._lock:
             return self._conn.execute(f"DELETE FROM {table} WHERE {cond}", args).rowcount
 
-    async def get_many(self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET) -> dict[str, Reference]:
+    async def get_many(
+        self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
+    ) -> dict[str, Reference]:
         if len(fingerprints) <= 64:  # a handful of indexed lookups: cheaper inline than a thread hop
             return self._get_many(model, fingerprints, reference_set)
         return await asyncio.to_thread(self._get_many, model, fingerprints, reference_set)
 
-    async def put_many(self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET) -> None:
+    async def put_many(
+        self, model: str, entries: list[tuple[str, Reference]], reference_set: str = DEFAULT_SET
+    ) -> None:
         await asyncio.to_thread(self._put_many, model, entries, reference_set)
 
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
