@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -22,7 +22,8 @@ from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 from .prompt_formats import check_format_name
 
 DEFAULT_CONFIG_NAME = "default.yaml"
-SCOPES = ("score", "admin")
+Scope = Literal["score", "admin"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 
 class ConfigError(ValueError):
@@ -319,7 +320,7 @@ class ApiKey:
     (also write and delete references and sets); ``sets``: the reference sets it may use (None: all)."""
 
     key: str
-    scope: Literal["score", "admin"] = "admin"
+    scope: Scope = "admin"
     sets: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # never show the key itself
@@ -334,7 +335,8 @@ def parse_api_key(entry: str, where: str) -> ApiKey:
     from .references.base import check_set_name
 
     key, *attrs = entry.split()
-    scope, sets = "admin", None
+    scope: Scope = "admin"
+    sets: frozenset[str] | None = None
     for attr in attrs:
         name, eq, value = attr.partition("=")
         if name == "scope" and eq and value in SCOPES:
@@ -346,7 +348,7 @@ def parse_api_key(entry: str, where: str) -> ApiKey:
                 raise ConfigError(f"{where}: {e}") from None
         else:
             raise ConfigError(f"{where}: unknown key attribute {name!r}: expected scope=score|admin or sets=A,B")
-    return ApiKey(key, scope, sets)  # type: ignore[arg-type]
+    return ApiKey(key, scope, sets)
 
 
 def _looks_like_hub_id(p: str) -> bool:
