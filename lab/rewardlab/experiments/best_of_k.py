@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,29 @@ def equal_shares(by_source: dict[str, list], n: int) -> list:
     return chosen
 
 
+def seeded_samples(
+    model: Any, tok: Any, prompts: list[dict], done: Mapping[int, Any], per_prompt: int, cfg: HeldOutPrompts, seed: int
+) -> Iterator[tuple[list[dict], list[list[str]]]]:
+    """Base-policy samples, ``per_prompt`` per prompt, batch by batch of ``cfg.batch_prompts`` prompts:
+    yields (batch, texts), skipping batches whose prompts are all ``done``. Each batch is seeded from
+    ``seed`` and its first prompt's position, so a rerun (or a resumed run) draws the same samples."""
+    import torch
+
+    from ..policy import generate
+
+    for s in range(0, len(prompts), cfg.batch_prompts):
+        batch = prompts[s : s + cfg.batch_prompts]
+        if all(p["index"] in done for p in batch):
+            continue
+        torch.manual_seed(seed * 1_000_003 + s)
+        yield (
+            batch,
+            generate(
+                model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
+            ),
+        )
+
+
 def select_prompts(path: str, split: str, n_prompts: int, tok, max_prompt_tokens: int) -> list[dict]:
     """Equal shares of each source's prompts (file order) whose rendered prompt fits the cap."""
     from ..policy import render_prompt
@@ -161,10 +184,9 @@ def _read_samples(path: Path, meta: dict) -> dict[int, dict]:
 
 
 async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[dict]:
-    import torch
 
     from ..evaluation import local_scorer
-    from ..policy import generate, load_policy, policy_id
+    from ..policy import load_policy, policy_id
 
     models = cfg.models or settings.model_names()
     meta = {k: v for k, v in dataclasses.asdict(cfg).items() if k in _SAMPLE_KEYS}
@@ -183,14 +205,7 @@ async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[d
             desc="best-of-k samples",
             unit="prompt",
         )
-        for s in range(0, len(prompts), cfg.batch_prompts):
-            batch = prompts[s : s + cfg.batch_prompts]
-            if all(p["index"] in done for p in batch):
-                continue
-            torch.manual_seed(cfg.seed * 1_000_003 + s)
-            texts = generate(
-                model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
-            )
+        for batch, texts in seeded_samples(model, tok, prompts, done, per_prompt, cfg, cfg.seed):
             pairs = [(p["prompt"], t) for p, ts in zip(batch, texts) for t in ts]
             raw, _, _ = await scorer.raw_rewards(pairs, models)
             with open(path, "a", encoding="utf-8") as f:

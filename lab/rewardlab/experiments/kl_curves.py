@@ -126,10 +126,8 @@ def read_pool(path: Path) -> dict[int, dict]:
 def generate_pool(cfg: KLCurvesConfig, max_seconds: float | None = None) -> tuple[Path, list[dict], bool]:
     """Generate (or continue) the pool; returns (path, rows in prompt order, complete). With
     ``max_seconds`` it stops after the batch that crosses that wall time (resumable)."""
-    import torch
-
-    from ..policy import generate, load_policy
-    from .best_of_k import select_prompts
+    from ..policy import load_policy
+    from .best_of_k import seeded_samples, select_prompts
 
     path = pool_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,14 +146,7 @@ def generate_pool(cfg: KLCurvesConfig, max_seconds: float | None = None) -> tupl
         total=len(prompts), initial=sum(1 for p in prompts if p["index"] in done), desc="kl-curves pool", unit="prompt"
     )
     fresh = 0
-    for s in range(0, len(prompts), cfg.batch_prompts):
-        batch = prompts[s : s + cfg.batch_prompts]
-        if all(p["index"] in done for p in batch):
-            continue
-        torch.manual_seed(cfg.seed * 1_000_003 + s)
-        texts = generate(
-            model, tok, [p["prompt"] for p in batch], per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p
-        )
+    for batch, texts in seeded_samples(model, tok, prompts, done, per_prompt, cfg, cfg.seed):
         with open(path, "a", encoding="utf-8") as f:
             for p, ts in zip(batch, texts):
                 if p["index"] in done:
