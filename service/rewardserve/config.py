@@ -38,6 +38,12 @@ class ModelConfig(_Strict):
     """One reward model served under ``name``."""
 
     head: str | None = Field(None, description="encoder_head only: path of the head's safetensors file")
+    length_correction: bool = Field(
+        True,
+        description="encoder_head only: apply the length correction the head's file carries (reward minus "
+        "length_coef × response characters, fitted so that reward and length are uncorrelated); false serves "
+        "the uncorrected reward",
+    )
     transform: Literal["lsc", "identity"] = Field(
         "lsc", description="lsc: transformed = log σ(raw − reference); identity: transformed = raw"
     )

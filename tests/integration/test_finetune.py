@@ -111,3 +111,54 @@ def test_delta_on_another_base_or_mixed_deltas_is_an_error(tiny, tuned, tmp_path
             path=str(tiny["encoder"]),
             max_length=64,
         )
+
+
+def _length_signal_file(path, n: int, seed: int):
+    """Pairs with no content signal, balanced by count (half chosen-longer) but not by size: the
+    chosen-longer pairs differ by 12 words, the chosen-shorter ones by 1, so a Bradley-Terry model
+    still profits from counting length; the penalty is there to stop that."""
+    rng = np.random.default_rng(seed)
+    words = "the dog cat egg water boil help please hello world".split()
+    with gzip.open(path, "wt") as f:
+        for i in range(n):
+            base = list(rng.choice(words, 3))
+            long, short = base + list(rng.choice(words, 12)), base + list(rng.choice(words, 1))
+            chosen, rejected = (long, base) if i % 2 else (base, short)
+            row = {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": " ".join(chosen)}
+            f.write(json.dumps({**row, "rejected": " ".join(rejected)}) + "\n")
+    return path
+
+
+def test_length_penalty_lowers_the_helpful_rewards_length_correlation(tiny, tmp_path):
+    helpful = _length_signal_file(tmp_path / "help.jsonl.gz", 160, 0)
+    harmless = _pairs_file(tmp_path / "harm.jsonl.gz", 40, 1)
+    rng = np.random.default_rng(5)
+    words = "the dog cat egg water boil help please hello world".split()
+    texts = [(f"probe {i}", " ".join(rng.choice(words, k))) for i, k in enumerate(range(1, 31))]
+    corr = {}
+    for pen in (0.0, 10.0):
+        out = tmp_path / f"out{pen}"
+        cfg = FinetuneConfig(
+            helpful=str(helpful),
+            harmless=str(harmless),
+            out=str(out),
+            backbone=str(tiny["encoder"]),
+            top_layers=1,
+            epochs=3,
+            batch_size=8,
+            lr=1e-3,
+            head_lr=1e-3,
+            helpful_pairs=None,
+            val_helpful_pairs=None,
+            max_length=64,
+            val_fraction=0.2,
+            cache_dir=str(tmp_path / "cache"),
+            length_penalty=pen,
+        )
+        cards = finetune(cfg, log=lambda m: None)
+        assert ("penalty" in cards["helpful"]["length_debiasing"]) == bool(pen)
+        heads = {"helpful": str(out / "helpful.safetensors")}
+        be = EncoderHeadBackend("x", heads=heads, path=str(tiny["encoder"]), max_length=64)
+        r = be.forward([be.encode(p, y) for p, y in texts])[:, 0]
+        corr[pen] = float(np.corrcoef(r, [len(y) for _, y in texts])[0, 1])
+    assert corr[0.0] > 0.5 and corr[10.0] < corr[0.0] - 0.3, corr

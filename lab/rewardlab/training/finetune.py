@@ -43,7 +43,7 @@ from rewardserve.backends.encoder_head import (
 )
 
 from ..datasets import Pair, file_sha256, load_pairs
-from .heads import split_pairs
+from .heads import length_correlation, split_pairs
 
 HIDDEN_CACHE = Path("~/.cache/rewardserve/hidden").expanduser()
 TASKS = ("helpful", "harmless")
@@ -65,6 +65,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     helpful_pairs: int | None = 1600  # length-balanced training sample of helpful pairs (None: all balanced)
+    length_penalty: float = 0.0  # λ·corr(helpful reward, reply length)², per batch over its helpful replies
     val_helpful_pairs: int | None = 400  # validation sample (length-balanced too), for time
     evals_per_epoch: int = 2
     val_fraction: float = 0.1
@@ -329,14 +330,19 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
                 tasks.append(t)
             f = top(kc + kr, cache)
             n = len(kc)
-            loss = torch.zeros(())
+            loss, penalty = torch.zeros(()), torch.zeros(())
             for t in TASKS:
                 sel = torch.tensor([x == t for x in tasks])
                 if sel.any():
                     r = heads[t](f)
                     m = r[:n][sel] - r[n:][sel]
                     loss = loss + torch.nn.functional.softplus(-m).sum()
-            loss = loss / n
+                    if t == "helpful" and cfg.length_penalty and int(sel.sum()) > 1:
+                        lengths = torch.tensor([float(len(texts[k][1])) for k in kc + kr])
+                        both = torch.cat([sel, sel])
+                        corr = length_correlation(r[both], lengths[both])
+                        penalty = cfg.length_penalty * corr**2
+            loss = loss / n + penalty
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(top.trained.parameters()) + list(heads.parameters()), 1.0)
@@ -413,6 +419,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     }
     hp["selected_epoch"] = best["epoch"]
     cards = {}
+    pen = cfg.length_penalty
     for task in TASKS:
         head_path = out / f"{task}.safetensors"
         head = heads[task]
@@ -436,6 +443,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             "other_task_data": data_info[[t for t in TASKS if t != task][0]],
             "length_debiasing": (
                 "helpful pairs: seeded length-balanced sample (as many chosen-longer as chosen-shorter)"
+                + (f"; penalty {cfg.length_penalty} x corr(reward, reply length)^2 per batch" if pen else "")
                 if task == "helpful"
                 else "none (HH's chosen reply is the shorter one in 55 % of pairs)"
             ),

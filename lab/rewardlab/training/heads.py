@@ -114,10 +114,9 @@ def _bt_loss(margin: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.softplus(-margin) * w).sum() / w.sum()
 
 
-def _length_corr(rc: torch.Tensor, rr: torch.Tensor, lc: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-    r = torch.cat([rc, rr])
-    ln = torch.cat([lc, lr])
-    r, ln = r - r.mean(), ln - ln.mean()
+def length_correlation(rewards: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of rewards and reply lengths (differentiable in the rewards)."""
+    r, ln = rewards - rewards.mean(), lengths - lengths.mean()
     return (r * ln).sum() / (r.norm() * ln.norm() + 1e-8)
 
 
@@ -136,7 +135,8 @@ def _fit(cfg: TrainConfig, wd: float, xc, xr, w, vc, vr, vw, lc=None, lr=None) -
             rc, rr = head(xc[b]), head(xr[b])
             loss = _bt_loss(rc - rr, w[b])
             if cfg.length_penalty and lc is not None:
-                loss = loss + cfg.length_penalty * _length_corr(rc, rr, lc[b], lr[b]) ** 2
+                corr = length_correlation(torch.cat([rc, rr]), torch.cat([lc[b], lr[b]]))
+                loss = loss + cfg.length_penalty * corr**2
             opt.zero_grad()
             loss.backward()
             opt.step()

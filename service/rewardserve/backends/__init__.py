@@ -38,7 +38,8 @@ def build_backend(name: str, cfg: BackboneConfig, settings: Settings) -> Backend
             if mc.head is None:  # BackboneConfig's validator already refuses this
                 raise ValueError(f"model {m!r}: encoder_head models need 'head' (a safetensors file)")
             heads[m] = settings.resolve_path(mc.head)
-        return EncoderHeadBackend(name, heads=heads, path=path, **common)
+        uncorrected = {m for m, mc in cfg.models.items() if not mc.length_correction}
+        return EncoderHeadBackend(name, heads=heads, path=path, length_correction_off=uncorrected, **common)
     if cfg.kind == "sequence_classifier":
         from .sequence_classifier import SequenceClassifierBackend
 

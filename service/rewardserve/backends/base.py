@@ -27,6 +27,8 @@ class Encoded:
     truncated: bool = False
     # leading tokens that items of the same prompt share (a decoder's prompt, < length); 0: none
     prefix_len: int = 0
+    # characters of the response as sent (before truncation): a head's length correction reads it
+    response_chars: int = 0
 
     @property
     def length(self) -> int:

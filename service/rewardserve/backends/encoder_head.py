@@ -9,6 +9,12 @@ A head is a safetensors file holding a linear layer or a one-hidden-layer MLP; i
 which (``arch``), its input size and the feature version. A JSON card with the same stem (how it
 was trained, its accuracy) is shown in ``GET /v1/models`` when present.
 
+A head may carry a **length correction** (metadata ``length_coef``, reward per response character):
+the served reward is head(features) − length_coef × the response's characters, the coefficient
+fitted on held-out replies so that reward and length are uncorrelated there (the length-controlled
+reading of a length-biased judge, as AlpacaEval's length-controlled win rate does).
+``length_correction: false`` in the model's config serves the uncorrected reward (its own revision).
+
 A head trained with a fine-tuned encoder names an encoder delta in its metadata
 (``encoder_delta``: a safetensors file beside the head holding the encoder weights that fine-tuning
 changed, e.g. the top layers, and the revision of the base they apply to). The backend loads the
@@ -149,6 +155,7 @@ class EncoderHeadBackend(Backend):
         revision: str | None = None,
         trust_remote_code: bool = False,
         pad_to_multiple_of: int = 8,
+        length_correction_off: set[str] | frozenset[str] = frozenset(),
     ):
         from transformers import AutoModel, AutoTokenizer
 
@@ -174,6 +181,7 @@ class EncoderHeadBackend(Backend):
         self.encoder_revision = weights_digest(self.source) if Path(self.source).is_dir() else (revision or "main")
         self._names = list(heads)
         self._heads: list[RewardHead] = []
+        self._length_coef: list[float] = []
         self._info: dict[str, ModelInfo] = {}
         hidden = self.encoder.config.hidden_size
         loaded = {mname: load_head(hpath) for mname, hpath in heads.items()}
@@ -200,15 +208,19 @@ class EncoderHeadBackend(Backend):
                     f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}"
                 )
             self._heads.append(head.to(self.device, self.dtype))
+            coef = float(meta.get("length_coef", 0.0))
+            off = mname in length_correction_off and coef != 0.0
+            self._length_coef.append(0.0 if off else coef)
             self._info[mname] = ModelInfo(
                 name=mname,
                 kind="encoder_head",
                 source=str(hpath),
-                revision=f"{self.encoder_revision}-{file_digest(hpath)}",
+                revision=f"{self.encoder_revision}-{file_digest(hpath)}" + ("-uncorrected" if off else ""),
                 extra={
                     "encoder": self.source,
                     **({"encoder_delta": self.encoder_delta} if self.encoder_delta else {}),
                     "head_arch": meta["arch"],
+                    "length_coef_per_char": self._length_coef[-1],
                     "card": load_card(hpath),
                 },
             )
@@ -236,4 +248,8 @@ class EncoderHeadBackend(Backend):
         feats = self.features(batch)
         with torch.inference_mode():
             cols = [h(feats.to(self.dtype)).float() for h in self._heads]
-        return torch.stack(cols, dim=1).cpu().double().numpy()
+        out = torch.stack(cols, dim=1).cpu().double().numpy()
+        if any(self._length_coef):
+            chars = np.array([e.response_chars for e in batch], dtype=np.float64)
+            out -= chars[:, None] * np.array(self._length_coef)[None, :]
+        return out

@@ -26,6 +26,7 @@ def encode_pair(tokenizer: Any, prompt: Prompt, response: str, max_length: int) 
     """Encode as a text pair (encoder models): ``[CLS] prompt [SEP] response [SEP]`` or the model's
     own pair format, truncated to ``max_length`` tokens."""
     text = render_plain(prompt)
+    response_chars = len(response)
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     p = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     r = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
@@ -49,6 +50,7 @@ def encode_pair(tokenizer: Any, prompt: Prompt, response: str, max_length: int) 
         token_type_ids=list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
         segments=segments,
         truncated=truncated,
+        response_chars=response_chars,
     )
 
 
