@@ -36,25 +36,26 @@ def _pairs_file(path, n: int, seed: int):
     return path
 
 
+def _tiny_config(tiny, root, helpful, harmless, out, **overrides) -> FinetuneConfig:
+    """Fine-tuning on the tiny encoder: its top layer, every pair, fast learning rates."""
+    base = {"top_layers": 1, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-3, "max_length": 64, "val_fraction": 0.2}
+    return FinetuneConfig(
+        helpful=str(helpful),
+        harmless=str(harmless),
+        out=str(out),
+        backbone=str(tiny["encoder"]),
+        helpful_pairs=None,
+        val_helpful_pairs=None,
+        cache_dir=str(root / "cache"),
+        **{**base, **overrides},
+    )
+
+
 @pytest.fixture(scope="module")
 def tuned(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
-    cfg = FinetuneConfig(
-        helpful=str(_pairs_file(root / "help.jsonl.gz", 80, 0)),
-        harmless=str(_pairs_file(root / "harm.jsonl.gz", 60, 1)),
-        out=str(root / "out"),
-        backbone=str(tiny["encoder"]),
-        top_layers=1,
-        epochs=1,
-        batch_size=8,
-        lr=1e-3,
-        head_lr=1e-3,
-        helpful_pairs=None,
-        val_helpful_pairs=None,
-        max_length=64,
-        val_fraction=0.2,
-        cache_dir=str(root / "cache"),
-    )
+    helpful, harmless = _pairs_file(root / "help.jsonl.gz", 80, 0), _pairs_file(root / "harm.jsonl.gz", 60, 1)
+    cfg = _tiny_config(tiny, root, helpful, harmless, root / "out", epochs=1)
     cards = finetune(cfg, log=lambda m: None)
     return cfg, cards, root / "out"
 
@@ -138,23 +139,7 @@ def test_length_penalty_lowers_the_helpful_rewards_length_correlation(tiny, tmp_
     corr = {}
     for pen in (0.0, 10.0):
         out = tmp_path / f"out{pen}"
-        cfg = FinetuneConfig(
-            helpful=str(helpful),
-            harmless=str(harmless),
-            out=str(out),
-            backbone=str(tiny["encoder"]),
-            top_layers=1,
-            epochs=3,
-            batch_size=8,
-            lr=1e-3,
-            head_lr=1e-3,
-            helpful_pairs=None,
-            val_helpful_pairs=None,
-            max_length=64,
-            val_fraction=0.2,
-            cache_dir=str(tmp_path / "cache"),
-            length_penalty=pen,
-        )
+        cfg = _tiny_config(tiny, tmp_path, helpful, harmless, out, epochs=3, length_penalty=pen)
         cards = finetune(cfg, log=lambda m: None)
         assert ("penalty" in cards["helpful"]["length_debiasing"]) == bool(pen)
         heads = {"helpful": str(out / "helpful.safetensors")}

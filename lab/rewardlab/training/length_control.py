@@ -18,11 +18,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rewardserve.backends.encoder_head import EncoderHeadBackend, load_card, load_head, save_head
 
 from ..datasets import file_sha256, load_pairs
-from .heads import split_pairs
+from ..evaluation import pairwise_metrics
+from .heads import encode_features, split_pairs
 
 
 def length_slope(rewards: np.ndarray, chars: np.ndarray) -> float:
@@ -35,40 +37,20 @@ def length_slope(rewards: np.ndarray, chars: np.ndarray) -> float:
     return float(np.mean((chars - chars.mean()) * (rewards - rewards.mean())) / var)
 
 
-def _pair_metrics(chosen: np.ndarray, rejected: np.ndarray, lc: np.ndarray, lr: np.ndarray) -> dict:
-    m = chosen - rejected
-    bal = lc <= lr
-    corr = np.corrcoef(np.r_[chosen, rejected], np.r_[lc, lr])[0, 1]
-    return {
-        "accuracy": float(np.mean(m > 0)),
-        "length_balanced_accuracy": float(np.mean(m[bal] > 0)),
-        "reward_length_correlation": float(corr),
-    }
-
-
-def _score(backend: EncoderHeadBackend, texts: list[tuple], bs: int = 32) -> np.ndarray:
-    enc = [backend.encode(p, r) for p, r in texts]
-    order = np.argsort([e.length for e in enc], kind="stable")
-    out = np.zeros(len(enc))
-    for s in range(0, len(enc), bs):
-        idx = order[s : s + bs]
-        out[idx] = backend.forward([enc[j] for j in idx])[:, 0]
-    return out
-
-
 def fit_length_control(
     head: str, data: str, val_fraction: float = 0.1, seed: int = 0, backbone: str | None = None, log=print
 ) -> dict:
     """Fit β for ``head`` on the validation split of ``data`` and write it into the head and its card."""
     path = Path(head)
     model, meta = load_head(path)
-    be = EncoderHeadBackend("fit", heads={"m": str(path)}, path=backbone, length_correction_off={"m"})
+    be = EncoderHeadBackend("fit", heads={"m": str(path)}, path=backbone)  # base encoder + the head's delta
     pairs = load_pairs(data)
     _, va = split_pairs(pairs, val_fraction, seed)
     val = [pairs[i] for i in va]
     log(f"scoring {2 * len(val)} validation replies of {data} with {path.name} (uncorrected)")
-    rc = _score(be, [(p.prompt, p.chosen) for p in val])
-    rr = _score(be, [(p.prompt, p.rejected) for p in val])
+    with torch.inference_mode():  # the head alone: the uncorrected reward
+        rc = model(encode_features(be, [(p.prompt, p.chosen) for p in val])).double().numpy()
+        rr = model(encode_features(be, [(p.prompt, p.rejected) for p in val])).double().numpy()
     lc = np.array([len(p.chosen) for p in val], dtype=np.float64)
     lr = np.array([len(p.rejected) for p in val], dtype=np.float64)
     beta = length_slope(np.r_[rc, rr], np.r_[lc, lr])
@@ -80,8 +62,8 @@ def fit_length_control(
             "split": f"validation: {val_fraction:.0%} of pairs grouped by first user message, seed {seed}",
             "pairs": len(val),
         },
-        "validation_uncorrected": _pair_metrics(rc, rr, lc, lr),
-        "validation_corrected": _pair_metrics(rc - beta * lc, rr - beta * lr, lc, lr),
+        "validation_uncorrected": pairwise_metrics(rc, rr, lc, lr),
+        "validation_corrected": pairwise_metrics(rc - beta * lc, rr - beta * lr, lc, lr),
     }
     save_head(model, path, {**meta, "length_coef": repr(beta)})
     card = load_card(path) or {}
