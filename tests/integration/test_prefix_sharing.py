@@ -167,7 +167,7 @@ def test_live_server_same_rewards_one_request_per_group_and_one_request_per_item
     got = {}
     for share in (True, False):
         with LiveServer(create_app(_server_settings(tiny, tmp_path, share))) as srv:
-            batcher = srv.state.scorer.batchers["dec"]
+            batcher = srv.state.registry.backbones["dec"].batcher
             assert batcher.backend.shares_prefix is share
             assert httpx.get(f"{srv.url}/v1/models").status_code == 200
             with Calls(batcher.backend) as calls:
