@@ -260,3 +260,36 @@ def test_lsc_matches_the_math_module(tmp_path):
 
     r = run(tmp_path, body)
     assert r.transformed["a"] == float(lsc.transform(r.raw["a"], 1.7))
+
+
+def test_a_failing_backbone_takes_the_other_backbones_items_out_of_their_queues(tmp_path):
+    async def go():
+        settings = Settings(
+            references={"store": f"sqlite:///{tmp_path / 'refs.db'}"},
+            backbones={
+                "bad": {"kind": "encoder_head", "models": {"a": {"head": "unused"}}},
+                "slow": {
+                    "kind": "encoder_head",
+                    "batching": {"max_wait_ms": 500, "max_batch_tokens": 100_000},  # waits for company
+                    "models": {"c": {"head": "unused"}},
+                },
+            },
+        )
+        registry = BackboneRegistry(settings, Metrics(), backend_factory=fake_factory)
+        await registry.load()
+        registry.backbones["bad"].backend.fail = True
+        slow = registry.backbones["slow"]
+        forwards = list(slow.backend.forwards)
+        store = SQLiteStore(tmp_path / "refs.db")
+        try:
+            with pytest.raises(ModelFailed):
+                await Scorer(settings, registry, store, Metrics()).score(
+                    ScoreRequest(items("r0", "r1", reference={"a": 0.0, "c": 0.0}), ["a", "c"])
+                )
+            await asyncio.sleep(0.6)  # past max_wait: had they stayed queued, they would have run
+            assert slow.batcher.queued_items == 0 and slow.backend.forwards == forwards
+        finally:
+            await registry.stop(0)
+            await store.close()
+
+    asyncio.run(go())

@@ -1,6 +1,8 @@
 """Backbones of kind ``encoder_head`` and ``sequence_classifier``: a network (``backends/``) behind
 a batcher. Items are encoded (tokenized) here, queued in the batcher, and run in its forwards; the
-batcher knows the network only as a ``ForwardModel`` (``BackendForward``)."""
+batcher knows the network only as a ``ForwardModel`` (``BackendForward``). Any kind that is a
+``Backend`` behind a batcher (a generative judge: raw = log P(Yes) − log P(No)) is this class with
+its own ``factory``."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from ..backends.prefix import TokenCount
 from ..batcher import Batcher, PrefixCost
 from ..combine import Transform
 from ..config import BackboneConfig
-from .backbone import Backbone, BackboneContext, RawScores, ScoreInput, ServedModel
+from .backbone import Backbone, BackboneContext, BackendFactory, RawScores, ScoreInput, ServedModel
 
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 
@@ -45,8 +47,9 @@ def _encode_all(backend: Backend, items: Sequence[ScoreInput]) -> list[Encoded]:
 
 
 class ModelBackbone(Backbone):
-    def __init__(self, name: str, cfg: BackboneConfig, ctx: BackboneContext):
+    def __init__(self, name: str, cfg: BackboneConfig, ctx: BackboneContext, factory: BackendFactory | None = None):
         self.name, self.kind, self.cfg, self.ctx = name, cfg.kind, cfg, ctx
+        self.factory = factory or ctx.backend_factory  # builds the Backend from the config section
         self.models: dict[str, ServedModel] = {}
         self._backend: Backend | None = None
         self._batcher: Batcher[Encoded] | None = None
@@ -66,7 +69,7 @@ class ModelBackbone(Backbone):
 
     async def load(self) -> None:
         settings, cfg = self.ctx.settings, self.cfg
-        backend = self._backend = await asyncio.to_thread(self.ctx.backend_factory, self.name, cfg, settings)
+        backend = self._backend = await asyncio.to_thread(self.factory, self.name, cfg, settings)
         b = cfg.batching or settings.batching
         cpu_threads = torch.get_num_threads() if backend.device.type == "cpu" else None
         self._batcher = Batcher(

@@ -130,9 +130,15 @@ class BackboneRegistry:
         for j, m in enumerate(models):
             by_backbone.setdefault(self.models[m].backbone, []).append(j)
         t0 = time.perf_counter()
-        answers = await asyncio.gather(
-            *(self.backbones[b].raw_rewards(items, [models[j] for j in cols]) for b, cols in by_backbone.items())
-        )
+        tasks = [
+            asyncio.ensure_future(self.backbones[b].raw_rewards(items, [models[j] for j in cols]))
+            for b, cols in by_backbone.items()
+        ]
+        try:
+            answers = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one backbone failed: the others' items leave their queues too
+                task.cancel()
         raw = np.zeros((len(items), len(models)))
         truncated = np.zeros((len(items), len(models)), dtype=bool)
         warnings: list[list[str]] = [[] for _ in items]
