@@ -9,11 +9,13 @@ from .client import (
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RetryPolicy,
     RewardClient,
     RewardServeError,
     ScoreResult,
     ServerError,
+    ServiceUnavailableError,
 )
 from .protocol import canonical_prompt, prompt_fingerprint
 
@@ -25,11 +27,13 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RetryPolicy",
     "RewardClient",
     "RewardServeError",
     "ScoreResult",
     "ServerError",
+    "ServiceUnavailableError",
     "canonical_prompt",
     "prompt_fingerprint",
 ]

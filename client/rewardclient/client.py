@@ -6,9 +6,13 @@ its own I/O style, so the two have the same methods by construction.
 
 - Large batches are split into chunks of at most ``max_items_per_request`` items and sent with
   bounded concurrency (``max_concurrency``); results come back in request order.
-- Retries with jittered exponential backoff only on transient failures (connection errors and
-  timeouts, 429, 502, 503, 504), honouring ``Retry-After``; never on other 4xx.
-- Errors are typed: ``RewardServeError`` subclasses carry the server's error type and message.
+- Retries with jittered exponential backoff only on transient failures, honouring ``Retry-After``:
+  connection errors and timeouts, and answers whose error type is retryable
+  (``protocol.ERROR_TYPES``: ``overloaded``, ``not_ready``, a reference store briefly unavailable);
+  an answer without a known type (a proxy's) only on 429, 502, 503, 504. Never on ``load_failed``
+  (a model failed to load: only an operator helps) nor on invalid input.
+- Errors are typed by the server's error type (not its status): ``ERROR_CLASSES`` names the
+  ``RewardServeError`` subclass of each; it carries the type, message and status.
 """
 
 from __future__ import annotations
@@ -23,69 +27,115 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 
+from . import protocol as p
 from .protocol import PromptLike, ReferenceSource, plain_prompt, prompt_fingerprint
 
 T = TypeVar("T")
 HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
-RETRY_STATUS = frozenset({429, 502, 503, 504})
+RETRY_STATUS = frozenset({429, 502, 503, 504})  # answers without a known error type (a proxy's) that are retried
 
 
 class RewardServeError(Exception):
-    """An error answer of the service (or no answer at all)."""
+    """An error answer of the service (or no answer at all); ``retryable``: whether the same request
+    may succeed when tried again (the retry policy already did, up to ``max_retries``)."""
 
-    def __init__(self, status: int | None, type: str, message: str):
+    def __init__(self, status: int | None, type: str, message: str, retryable: bool = False):
         super().__init__(f"[{status} {type}] {message}" if status else f"[{type}] {message}")
-        self.status, self.type, self.message = status, type, message
+        self.status, self.type, self.message, self.retryable = status, type, message, retryable
 
 
 class BadRequestError(RewardServeError):
-    """422/400: the request is invalid; retrying will not help."""
-
-
-class NotFoundError(RewardServeError):
-    """404: unknown model, route or reference."""
-
-
-class PayloadTooLargeError(RewardServeError):
-    """413: a server limit was exceeded."""
+    """422 (400, 405, 415): the request is invalid (malformed, a missing reference, …); retrying will not help."""
 
 
 class AuthenticationError(RewardServeError):
-    """401/403: missing or wrong API key."""
+    """401: no API key, or an unknown one."""
 
 
-class OverloadedError(RewardServeError):
-    """429/503 after every retry."""
+class PermissionDeniedError(RewardServeError):
+    """403: the API key may not do this (its scope, or the reference sets it may use)."""
+
+
+class NotFoundError(RewardServeError):
+    """404: unknown model, route, reference or reference set."""
+
+
+class PayloadTooLargeError(RewardServeError):
+    """413: a server limit was exceeded (the message names it)."""
 
 
 class ServerError(RewardServeError):
-    """5xx (e.g. a model's forward failed)."""
+    """5xx: a model's forward failed, or an internal error."""
+
+
+class ServiceUnavailableError(ServerError):
+    """503: the service cannot serve now: models loading or failed to load (``load_failed``), the
+    reference store unreachable or full, … (after every retry, where retrying may help)."""
+
+
+class OverloadedError(ServiceUnavailableError):
+    """503 ``overloaded`` (or 429): the queue is full, after every retry."""
 
 
 class ConnectionFailed(RewardServeError):
     """No answer: connection refused, reset or timed out (after every retry)."""
 
 
-_BY_STATUS = {
+# every error type of the protocol → its exception class
+ERROR_CLASSES: dict[str, type[RewardServeError]] = {
+    p.INVALID_REQUEST.name: BadRequestError,
+    p.INVALID_PROMPT_FORMAT.name: BadRequestError,
+    p.MISSING_REFERENCE.name: BadRequestError,
+    p.STALE_REFERENCE.name: BadRequestError,
+    p.METHOD_NOT_ALLOWED.name: BadRequestError,
+    p.UNSUPPORTED_MEDIA_TYPE.name: BadRequestError,
+    p.UNAUTHORIZED.name: AuthenticationError,
+    p.FORBIDDEN.name: PermissionDeniedError,
+    p.MODEL_NOT_FOUND.name: NotFoundError,
+    p.REFERENCE_NOT_FOUND.name: NotFoundError,
+    p.REFERENCE_SET_NOT_FOUND.name: NotFoundError,
+    p.NOT_FOUND.name: NotFoundError,
+    p.TOO_MANY_ITEMS.name: PayloadTooLargeError,
+    p.TEXT_TOO_LONG.name: PayloadTooLargeError,
+    p.TOO_MANY_MODELS.name: PayloadTooLargeError,
+    p.TOO_MANY_REFERENCES.name: PayloadTooLargeError,
+    p.TOO_MANY_SAMPLES.name: PayloadTooLargeError,
+    p.PAYLOAD_TOO_LARGE.name: PayloadTooLargeError,
+    p.CLIENT_CLOSED_REQUEST.name: RewardServeError,
+    p.MODEL_ERROR.name: ServerError,
+    p.INTERNAL_ERROR.name: ServerError,
+    p.NOT_READY.name: ServiceUnavailableError,
+    p.LOAD_FAILED.name: ServiceUnavailableError,
+    p.NOT_LIVE.name: ServiceUnavailableError,
+    p.OVERLOADED.name: OverloadedError,
+    p.REFERENCE_STORE_UNAVAILABLE.name: ServiceUnavailableError,
+    p.REFERENCE_STORE_FULL.name: ServiceUnavailableError,
+}
+# an answer without a known error type (e.g. a proxy's 502 page): by status
+_BY_STATUS: dict[int, type[RewardServeError]] = {
     400: BadRequestError,
-    422: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     413: PayloadTooLargeError,
-    401: AuthenticationError,
-    403: AuthenticationError,
+    422: BadRequestError,
     429: OverloadedError,
-    503: OverloadedError,
+    503: ServiceUnavailableError,
 }
 
 
 def error_from_response(r: httpx.Response) -> RewardServeError:
+    """The typed error of an answer: by its error type, or by status when it has no known type."""
     try:
         err = r.json()["error"]
         etype, msg = str(err["type"]), str(err["message"])
     except Exception:
         etype, msg = "http_error", r.text[:500]
+    known = p.ERROR_TYPES.get(etype)
+    if known is not None:
+        return ERROR_CLASSES[etype](r.status_code, etype, msg, known.retryable)
     cls = _BY_STATUS.get(r.status_code, ServerError if r.status_code >= 500 else RewardServeError)
-    return cls(r.status_code, etype, msg)
+    return cls(r.status_code, etype, msg, r.status_code in RETRY_STATUS)
 
 
 @dataclass(frozen=True)
@@ -136,7 +186,7 @@ Samples = Iterable[tuple[PromptLike, Sequence[str]]]  # (prompt, base-policy res
 @dataclass(frozen=True)
 class RetryPolicy:
     """Retries with full-jitter exponential backoff, only on transient failures (connection errors
-    and timeouts, 429, 502, 503, 504), honouring ``Retry-After`` (at most ``backoff_max``)."""
+    and timeouts, answers whose error is ``retryable``), honouring ``Retry-After`` (at most ``backoff_max``)."""
 
     max_retries: int = 5
     backoff_base: float = 0.25
@@ -152,8 +202,9 @@ class RetryPolicy:
                     pass
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))  # full jitter
 
-    def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
-        return attempt < self.max_retries and (response is None or response.status_code in RETRY_STATUS)
+    def should_retry(self, attempt: int, error: RewardServeError | None) -> bool:
+        """Whether to try again after ``attempt`` tries ended in ``error`` (None: no answer at all)."""
+        return attempt < self.max_retries and (error is None or error.retryable)
 
     def attempts(self, method: str, path: str) -> Generator[float | None, Outcome, httpx.Response]:
         """The retry loop, free of I/O. It yields ``None`` for "send the request" (send it back the
@@ -169,8 +220,10 @@ class RetryPolicy:
                     raise ConnectionFailed(None, type(outcome).__name__, f"{method} {path}: {outcome}") from cause
             elif response.status_code < 400:
                 return response
-            elif not self.should_retry(attempt, response):
-                raise error_from_response(response)
+            else:
+                error = error_from_response(response)
+                if not self.should_retry(attempt, error):
+                    raise error
             yield self.delay(attempt, response)
             attempt += 1
 

@@ -6,6 +6,9 @@
 - ``AggregateMethod``: how per-model rewards are combined (``lsc_sum`` | ``raw_sum`` | ``min``).
 - ``ReferenceSource``: where a result's reference came from.
 - ``DEFAULT_QUANTILE``: the quantile of base-policy sample rewards that a reference is.
+- ``ERROR_TYPES``: every error ``type`` the service answers with (``{"error": {"type", "message"}}``),
+  its HTTP status and whether trying again may succeed; the server's error table and the SDK's
+  exceptions and retries both read it.
 - The prompt fingerprint, the key of per-prompt reference rewards::
 
     fingerprint(prompt) = sha256(canonical_json(prompt)).hexdigest()
@@ -22,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, NamedTuple, TypedDict, get_args
 
 
 class Message(TypedDict):
@@ -41,11 +44,83 @@ AGGREGATE_METHODS: tuple[AggregateMethod, ...] = get_args(AggregateMethod)
 DEFAULT_AGGREGATE: AggregateMethod = "lsc_sum"
 
 # inline (the item), stored (the set's entry for the prompt), set_default (the set's calibrated
-# default), config_default (the model's default_reference)
-ReferenceSource = Literal["inline", "stored", "set_default", "config_default"]
+# default), config_default (the model's default_reference), not_applicable (a reference-free
+# transform, e.g. a check's score)
+ReferenceSource = Literal["inline", "stored", "set_default", "config_default", "not_applicable"]
 REFERENCE_SOURCES: tuple[ReferenceSource, ...] = get_args(ReferenceSource)
 
 DEFAULT_QUANTILE = 0.85  # a reference is this quantile of the base policy's sample rewards
+
+
+class ErrorType(NamedTuple):
+    """One error ``type`` on the wire: its HTTP status, and whether the same request may succeed
+    when tried again (later, or on another replica)."""
+
+    name: str
+    status: int
+    retryable: bool
+
+
+INVALID_REQUEST = ErrorType("invalid_request", 422, False)
+INVALID_PROMPT_FORMAT = ErrorType("invalid_prompt_format", 422, False)
+MISSING_REFERENCE = ErrorType("missing_reference", 422, False)
+STALE_REFERENCE = ErrorType("stale_reference", 422, False)
+UNAUTHORIZED = ErrorType("unauthorized", 401, False)
+FORBIDDEN = ErrorType("forbidden", 403, False)
+MODEL_NOT_FOUND = ErrorType("model_not_found", 404, False)
+REFERENCE_NOT_FOUND = ErrorType("reference_not_found", 404, False)
+REFERENCE_SET_NOT_FOUND = ErrorType("reference_set_not_found", 404, False)
+NOT_FOUND = ErrorType("not_found", 404, False)
+METHOD_NOT_ALLOWED = ErrorType("method_not_allowed", 405, False)
+TOO_MANY_ITEMS = ErrorType("too_many_items", 413, False)
+TEXT_TOO_LONG = ErrorType("text_too_long", 413, False)
+TOO_MANY_MODELS = ErrorType("too_many_models", 413, False)
+TOO_MANY_REFERENCES = ErrorType("too_many_references", 413, False)
+TOO_MANY_SAMPLES = ErrorType("too_many_samples", 413, False)
+PAYLOAD_TOO_LARGE = ErrorType("payload_too_large", 413, False)
+UNSUPPORTED_MEDIA_TYPE = ErrorType("unsupported_media_type", 415, False)
+CLIENT_CLOSED_REQUEST = ErrorType("client_closed_request", 499, False)
+MODEL_ERROR = ErrorType("model_error", 500, False)
+INTERNAL_ERROR = ErrorType("internal_error", 500, False)
+NOT_READY = ErrorType("not_ready", 503, True)  # loading, draining, or forwards failing: later, or another replica
+LOAD_FAILED = ErrorType("load_failed", 503, False)  # a model failed to load: only an operator helps
+NOT_LIVE = ErrorType("not_live", 503, False)  # /healthz: restart the process
+OVERLOADED = ErrorType("overloaded", 503, True)
+REFERENCE_STORE_UNAVAILABLE = ErrorType("reference_store_unavailable", 503, True)
+REFERENCE_STORE_FULL = ErrorType("reference_store_full", 503, True)  # until memory is freed or raised
+
+ERROR_TYPES: dict[str, ErrorType] = {
+    t.name: t
+    for t in (
+        INVALID_REQUEST,
+        INVALID_PROMPT_FORMAT,
+        MISSING_REFERENCE,
+        STALE_REFERENCE,
+        UNAUTHORIZED,
+        FORBIDDEN,
+        MODEL_NOT_FOUND,
+        REFERENCE_NOT_FOUND,
+        REFERENCE_SET_NOT_FOUND,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        TOO_MANY_ITEMS,
+        TEXT_TOO_LONG,
+        TOO_MANY_MODELS,
+        TOO_MANY_REFERENCES,
+        TOO_MANY_SAMPLES,
+        PAYLOAD_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        CLIENT_CLOSED_REQUEST,
+        MODEL_ERROR,
+        INTERNAL_ERROR,
+        NOT_READY,
+        LOAD_FAILED,
+        NOT_LIVE,
+        OVERLOADED,
+        REFERENCE_STORE_UNAVAILABLE,
+        REFERENCE_STORE_FULL,
+    )
+}
 
 
 def plain_prompt(prompt: PromptLike) -> Prompt:

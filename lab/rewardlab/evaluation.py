@@ -1,7 +1,7 @@
 """``rewardserve eval-rm``: pairwise accuracy of a configured model on preference pairs.
 
-Scores go through the service's own scoring path (``Scorer`` → batcher → backend), in process, so
-the numbers are those the service would return.
+Scores go through the service's own path to raw rewards (``BackboneRegistry`` → backbone → batcher
+→ backend), in process, so the numbers are those the service would return.
 """
 
 from __future__ import annotations
@@ -15,42 +15,38 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rewardserve.backends import build_backend
 from rewardserve.config import Settings
 from rewardserve.metrics import Metrics
-from rewardserve.references import open_store
-from rewardserve.scoring import Scorer
+from rewardserve.registry import BackboneRegistry, ScoreInput
 
 from .datasets import file_sha256, load_pairs
 
 
 @asynccontextmanager
-async def local_scorer(
-    settings: Settings, models: list[str] | None = None, store_url: str | None = None
-) -> AsyncIterator[Scorer]:
-    """A ``Scorer`` with the backbones serving ``models`` (default: all) loaded in this process."""
+async def local_scorer(settings: Settings, models: list[str] | None = None) -> AsyncIterator[BackboneRegistry]:
+    """A ``BackboneRegistry`` with the backbones serving ``models`` (default: all) loaded in this process."""
     wanted = set(models or settings.model_names())
     unknown = wanted - set(settings.model_names())
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; configured: {settings.model_names()}")
-    store = open_store(store_url or settings.references.store)
-    scorer = Scorer(settings, store, Metrics())
+    registry = BackboneRegistry(settings, Metrics())
     try:
-        for name, cfg in settings.backbones.items():
-            if wanted & set(cfg.models):
-                await scorer.load_backbone(name, build_backend, warmup=False)
-        yield scorer
+        await registry.load([n for n, cfg in settings.backbones.items() if wanted & set(cfg.models)], warmup=False)
+        yield registry
     finally:
-        await scorer.stop()
-        await store.close()
+        await registry.stop()
 
 
-async def _score_pairs(scorer: Scorer, model: str, texts: list[tuple], chunk: int = 256) -> np.ndarray:
+async def raw_rewards(registry: BackboneRegistry, pairs: list[tuple], models: list[str]) -> np.ndarray:
+    """Raw rewards of (prompt, response) pairs (rows) for ``models`` (columns)."""
+    return (await registry.raw_rewards([ScoreInput(p, r) for p, r in pairs], models)).raw
+
+
+async def _score_pairs(registry: BackboneRegistry, model: str, texts: list[tuple], chunk: int = 256) -> np.ndarray:
     out = np.zeros(len(texts))
     with tqdm(total=len(texts), desc=f"scoring with {model}", unit="text") as bar:
         for s in range(0, len(texts), chunk):
-            raw, _, _ = await scorer.raw_rewards(texts[s : s + chunk], [model])
-            out[s : s + chunk] = raw[:, 0]
+            out[s : s + chunk] = (await raw_rewards(registry, texts[s : s + chunk], [model]))[:, 0]
             bar.update(len(texts[s : s + chunk]))
     return out
 
@@ -153,7 +149,7 @@ async def eval_rm(
     texts = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     async with local_scorer(settings, [model]) as scorer:
         scores = await _score_pairs(scorer, model, texts)
-        revision = scorer.models[model].info.revision
+        revision = scorer.models[model].revision
     n = len(pairs)
     lc, lr = np.array([len(p.chosen) for p in pairs]), np.array([len(p.rejected) for p in pairs])
     result = pairwise_metrics(scores[:n], scores[n:], lc, lr)

@@ -1,7 +1,8 @@
 """The application factory: settings → FastAPI app with routes, middleware and a model loader.
 
-Models load in the background after start-up, so ``/healthz`` answers at once and ``/readyz``
-turns 200 only when every backbone is loaded, warmed up and its batcher running.
+The app owns one ``BackboneRegistry`` (every backbone and its models), one scoring pipeline and one
+reference service over it. Models load in the background after start-up, so ``/healthz`` answers
+at once and ``/readyz`` turns 200 only when every backbone is loaded and warmed up.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .health import ForwardHealth
 from .metrics import Metrics
 from .references import open_store
 from .references.redis_client import redact
-from .scoring import BackendFactory, Scorer
+from .references.service import ReferenceService
+from .registry import BackboneRegistry, BackendFactory
+from .scoring import Scorer
 from .state import AppState
 
 log = logging.getLogger("rewardserve")
@@ -42,38 +45,32 @@ def create_app(
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    state = AppState(settings=settings, metrics=Metrics(), health=ForwardHealth.from_config(settings.health))
+    metrics, health = Metrics(), ForwardHealth.from_config(settings.health)
+    registry = BackboneRegistry(settings, metrics, health, backend_factory)
+    state = AppState(settings=settings, metrics=metrics, health=health, registry=registry)
 
-    async def load_models(scorer: Scorer) -> None:
+    async def load_models() -> None:
         try:
-            await scorer.load(backend_factory, state.health)
+            await registry.load()
         except Exception:
             log.exception("loading models failed")
             if exit_on_load_failure:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     async def recheck_failing_backbones() -> None:
-        """An unready pod gets no traffic: retry one small forward of each failing backbone (the
-        warm-up item), so that a fault that cleared shows without waiting for a restart."""
+        """An unready pod gets no traffic: retry one small item of each failing backbone, so that a
+        fault that cleared shows without waiting for a restart."""
         while True:
             await asyncio.sleep(settings.health.recheck_seconds)
-            for name in state.health.failing_backbones():
-                backend = state.scorer.backends.get(name) if state.scorer else None
-                if backend is None:
-                    continue
-                try:
-                    with state.health.watch(name):
-                        await asyncio.to_thread(backend.warmup)
-                    log.warning("backbone %s: a check forward succeeded; ready again", name)
-                except Exception as e:
-                    log.warning("backbone %s: the check forward failed too: %s: %s", name, type(e).__name__, e)
+            await registry.recheck()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = state.store = open_store(settings.references.store)
         log.info("reference store: %s", redact(settings.references.store))  # never the password
-        scorer = state.scorer = Scorer(settings, store, state.metrics)
-        loader = asyncio.create_task(load_models(scorer), name="load-models")
+        state.scorer = Scorer(settings, registry, store, metrics)
+        state.references = ReferenceService(settings, registry, store)
+        loader = asyncio.create_task(load_models(), name="load-models")
         rechecker = asyncio.create_task(recheck_failing_backbones(), name="recheck-backbones")
         try:
             yield
@@ -82,7 +79,7 @@ def create_app(
             loader.cancel()
             rechecker.cancel()
             await asyncio.gather(loader, rechecker, return_exceptions=True)
-            await scorer.stop()
+            await registry.stop()
             await store.close()
 
     app = FastAPI(

@@ -9,10 +9,13 @@ each at most one forward at a time), so the event loop keeps accepting requests 
 next batch forms while forwards run. Items whose request was cancelled (client gone) are dropped
 before their forward.
 
-Decoder backbones that share prompt prefixes (``backend.shares_prefix``) count a batch's tokens
-as computed (each group's prompt once, then the suffixes; ``backends/prefix.py``) and keep the
-items of one prompt together where the budget allows: a batch starts with the oldest item's
-group, whether its items came in one request or in many, then fills with other groups.
+What the batcher needs of the model it feeds is ``ForwardModel``: ``forward`` (a batch, with a
+number of CPU threads) and ``prefix_cost``, its batch-cost function. A model that shares prompt
+prefixes (decoders: each group's prompt runs once, then the suffixes; ``backends/prefix.py``)
+returns a counter of the tokens a forming batch computes, and the batcher keeps the items of one
+prompt together where the budget allows: a batch starts with the oldest item's group, whether its
+items came in one request or in many, then fills with other groups. Without one (``None``) a batch
+costs its items × the longest.
 
 CPU threads (``cpu_threads`` = the process's torch intra-op threads, T; W workers): a lone item —
 no forward running, nothing else queued — is one forward with all T threads (lowest latency for
@@ -27,133 +30,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from typing import Generic, Protocol
 
 import numpy as np
 
-from .backends.base import Backend, Encoded, intraop_threads
-from .backends.prefix import TokenCount, prefix_key
+from .batch_selection import Batchable, ItemT, ItemT_contra, PrefixCost, Scored, _group, _Pending, pick_batch
 from .errors import ModelFailed, Overloaded
 from .health import ForwardHealth
 from .metrics import Metrics
 
 log = logging.getLogger("rewardserve.batcher")
 
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """What an item's future resolves to: its row of raw rewards and when its forward ran
-    (``time.perf_counter`` seconds; the request's Server-Timing header is made from these)."""
-
-    row: np.ndarray
-    forward_start: float
-    forward_end: float
+__all__ = ["Batchable", "Batcher", "ForwardModel", "PrefixCost", "Scored", "pick_batch"]
 
 
-@dataclass(eq=False, slots=True)
-class _Pending:
-    enc: Encoded
-    future: asyncio.Future[Scored]
-    arrived: float = field(default_factory=time.perf_counter)
-    group: int | None = None  # hash of the prompt prefix this item shares (None: shares nothing)
+class ForwardModel(Protocol[ItemT_contra]):
+    """What the batcher needs of the model it feeds."""
+
+    def forward(self, batch: Sequence[ItemT_contra], threads: int | None) -> np.ndarray:
+        """Raw rewards, one row per item; ``threads``: CPU intra-op threads for it (None: as set)."""
+
+    def batch_width(self, batch: Sequence[ItemT_contra]) -> int:
+        """The width the batch is padded to (for the padding metrics)."""
+
+    def prefix_cost(self) -> PrefixCost | None:
+        """A fresh counter when items of one prompt share its forward; None: a batch costs items × width."""
 
 
-def pick_batch(
-    items: list[_Pending],
-    budget: int,
-    sort_by_length: bool,
-    max_padding: float = 1.0,
-    max_items: int | None = None,
-    shared: bool = False,
-) -> list[_Pending]:
-    """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
-
-    Padded tokens = batch size × longest item. Sorted: grow a window around the oldest item in
-    length order, each step adding whichever neighbour adds fewer pad tokens. Unsorted: arrival order.
-    Either way an item joins only while pad tokens stay ≤ ``max_padding`` × padded tokens (on a CPU
-    a padded batch costs more than its items one by one; the rest waits for the next forward), and
-    while the batch has fewer than ``max_items`` items.
-
-    ``shared`` (a backbone that shares prompt prefixes): when the oldest item has company of its
-    own prompt waiting, the batch is grouped instead (``pick_grouped``).
-    """
-    cap = max_items or len(items)
-    if shared and items[0].group is not None and any(p.group == items[0].group for p in items[1:]):
-        return pick_grouped(items, budget, sort_by_length, max_padding, cap)
-
-    def fits(n: int, width: int, real: int) -> bool:
-        return n <= cap and n * width <= budget and n * width - real <= max_padding * n * width
-
-    if not sort_by_length:
-        batch, width, real = [items[0]], items[0].enc.length, items[0].enc.length
-        for p in items[1:]:
-            w = max(width, p.enc.length)
-            if not fits(len(batch) + 1, w, real + p.enc.length):
-                break
-            batch.append(p)
-            width, real = w, real + p.enc.length
-        return batch
-    order = sorted(items, key=lambda p: p.enc.length)
-    i = next(k for k, p in enumerate(order) if p is items[0])
-    lo = hi = i
-    width = real = order[i].enc.length
-    while True:
-        n = hi - lo + 1
-        left = order[lo - 1].enc.length if lo > 0 else None  # lengths of the neighbours
-        right = order[hi + 1].enc.length if hi + 1 < len(order) else None
-        left_ok = left is not None and fits(n + 1, width, real + left)
-        right_ok = right is not None and fits(n + 1, right, real + right)
-        if not (left_ok or right_ok):
-            break
-        # the side that adds less padding (left: its own; right: every item's, to the new width)
-        if left is not None and left_ok and (right is None or not right_ok or width - left <= n * (right - width)):
-            lo -= 1
-            real += left
-        else:
-            assert right is not None  # right_ok holds here
-            hi += 1
-            width = right
-            real += width
-    return order[lo : hi + 1]
-
-
-def pick_grouped(
-    items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int
-) -> list[_Pending]:
-    """A batch that keeps prompts together: the oldest item, then the rest of its group, then other
-    groups in order of arrival (items of a group closest in length to the oldest first when sorting,
-    else in arrival order). An item joins while the batch's computed tokens (``TokenCount``: each
-    prompt once, then the suffixes) stay within ``budget`` and its pad tokens within ``max_padding``
-    of them; one that does not fit is passed over, not the end. ``cap`` (the batcher's split of the
-    queue over free workers) limits the other groups' items, not the oldest's group: splitting a
-    prompt's items over two forwards computes the prompt twice."""
-    first = items[0]
-    groups: dict[int | None, list[_Pending]] = {}
-    for p in items[1:]:
-        groups.setdefault(p.group if p.group is not None else id(p), []).append(p)
-    if sort_by_length:
-        for members in groups.values():
-            members.sort(key=lambda p: abs(p.enc.length - first.enc.length))
-    order = groups.pop(first.group, []) + [p for members in groups.values() for p in members]
-    count = TokenCount()
-    count.add(first.group, first.enc.prefix_len, first.enc.length)
-    batch = [first]
-    for p in order:
-        if len(batch) >= cap and p.group != first.group:  # the worker split never splits the oldest's prompt
-            break
-        computed, needed, _ = count.with_item(p.group, p.enc.prefix_len, p.enc.length)
-        if computed <= budget and computed - needed <= max_padding * computed:
-            count.add(p.group, p.enc.prefix_len, p.enc.length)
-            batch.append(p)
-    return batch
-
-
-class Batcher:
+class Batcher(Generic[ItemT]):
     def __init__(
         self,
-        backend: Backend,
+        name: str,
+        model: ForwardModel[ItemT],
         max_batch_tokens: int,
         max_wait_ms: float = 2.0,
         max_queued_tokens: int = 262_144,
@@ -162,19 +73,20 @@ class Batcher:
         forward_workers: int = 1,
         cpu_threads: int | None = None,
         metrics: Metrics | None = None,
+        health: ForwardHealth | None = None,
+        models: Sequence[str] = (),
     ):
         if forward_workers < 1:
             raise ValueError(f"forward_workers must be >= 1, got {forward_workers}")
-        self.backend = backend
-        self.name = backend.name
-        self.shares_prefix = getattr(backend, "shares_prefix", False)
+        self.model, self.name, self.models = model, name, list(models)  # models: named in errors
+        self.shares_prefix = model.prefix_cost() is not None
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_tokens = max_queued_tokens
         self.sort_by_length = sort_by_length
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics
-        self._pending: list[_Pending] = []
+        self._pending: list[_Pending[ItemT]] = []
         self._queued_tokens = 0
         self._wakeup = asyncio.Event()
         self.forward_workers = forward_workers
@@ -184,9 +96,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
-        self.health: ForwardHealth | None = (
-            None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
-        )
+        self.health = health  # every forward reports to it (/readyz, /healthz)
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -221,7 +131,7 @@ class Batcher:
         self._pending.clear()
         self._executor.shutdown(wait=True)
 
-    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Scored]]:
+    def submit(self, encoded: Sequence[ItemT]) -> list[asyncio.Future[Scored]]:
         """Queue items; return one future per item, resolving to its ``Scored`` (row of raw rewards)."""
         tokens = sum(e.length for e in encoded)
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
@@ -237,8 +147,7 @@ class Batcher:
         futures = []
         for e in encoded:
             fut = loop.create_future()
-            key = prefix_key(e) if self.shares_prefix else None
-            self._pending.append(_Pending(e, fut, now, None if key is None else hash(key)))
+            self._pending.append(_Pending(e, fut, now, _group(e) if self.shares_prefix else None))
             futures.append(fut)
         self._queued_tokens += tokens
         self._update_depth()
@@ -296,7 +205,7 @@ class Batcher:
                 self.sort_by_length,
                 self.max_padding_ratio,
                 max_items=-(-len(self._pending) // free),
-                shared=self.shares_prefix,
+                cost=self.model.prefix_cost(),
             )
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
@@ -313,24 +222,19 @@ class Batcher:
         self._running.discard(task)
         self._wakeup.set()
 
-    def _forward(self, encs: list[Encoded], threads: int | None) -> np.ndarray:
-        if threads is not None:
-            intraop_threads(threads)
-        return self.backend.forward(encs)
-
-    async def _run(self, batch: list[_Pending], threads: int | None) -> None:
+    async def _run(self, batch: list[_Pending[ItemT]], threads: int | None) -> None:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
             with self.health.watch(self.name) if self.health else nullcontext():
                 rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._forward, encs, threads
+                    self._executor, self.model.forward, encs, threads
                 )
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
             if self.metrics:
                 self.metrics.forward_errors.labels(self.name).inc()
-            err = ModelFailed(self.name, self.backend.model_names, e)
+            err = ModelFailed(self.name, self.models, e)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
@@ -342,7 +246,7 @@ class Batcher:
                 p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)
-            width = self.backend.batch_width(encs)
+            width = self.model.batch_width(encs)
             real = sum(e.length for e in encs)
             m.batch_items.labels(self.name).observe(n)
             m.batch_tokens.labels(self.name).observe(n * width)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
+from .kinds import KINDS
 from .prompt_formats import check_format_name
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -101,7 +102,7 @@ class BackboneConfig(_Strict):
     (each head a model). ``sequence_classifier``: a Hugging Face sequence-classification reward model
     (exactly one model)."""
 
-    kind: Literal["encoder_head", "sequence_classifier"]
+    kind: str = Field(description="the backbone kind (kinds.py): encoder_head or sequence_classifier")
     path: str | None = Field(None, description="local folder or hub id; encoder_head default: bundled all-MiniLM-L6-v2")
     revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
@@ -125,6 +126,13 @@ class BackboneConfig(_Strict):
     )
     batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
     models: dict[str, ModelConfig]
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"unknown backbone kind {v!r}; expected one of: {', '.join(KINDS)}")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -114,7 +114,12 @@ class ModelFailed(RewardServeError, RuntimeError):
 
 
 class NotReady(RewardServeError):
-    """Models are still loading, loading failed, the process drains, or forwards keep failing."""
+    """Models are still loading, the process drains, or forwards keep failing (try again later, or
+    another replica)."""
+
+
+class LoadFailed(NotReady):
+    """A backbone failed to load: this process will not serve until an operator fixes it."""
 
 
 class NotLive(RewardServeError):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, JsonValue, StringConstraints
 
 from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
 
 from .prompt_formats import check_format_name
-from .references.base import DEFAULT_SET, Reference, check_set_name
+from .references.base import DEFAULT_SET, SET_DEFAULT_FINGERPRINT, Reference, check_set_name
 
 
 class _Wire(BaseModel):
@@ -50,6 +50,9 @@ class ScoreItem(_Wire):
     id: str | None = Field(None, max_length=1024, description="echoed back in the result")
     reference: dict[ModelName, FiniteFloat] | None = Field(
         None, description="per-model reference reward r_ref(x); overrides stored references"
+    )
+    label: JsonValue | None = Field(
+        None, repr=False, description="ground truth (any JSON value) for checks; never echoed or logged"
     )
 
 
@@ -171,11 +174,11 @@ class StoredReference(BaseModel):
 
 
 class ReferenceRow(_Wire):
-    """One stored entry of a set, as exported and imported (``prompt_fingerprint`` ``default``: the
-    model's default reference in the set)."""
+    """One stored entry of a set, as exported and imported (``prompt_fingerprint``
+    ``SET_DEFAULT_FINGERPRINT``: the model's default reference in the set)."""
 
     model: ModelName
-    prompt_fingerprint: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64}|default)$")]
+    prompt_fingerprint: Annotated[str, StringConstraints(pattern=rf"^([0-9a-f]{{64}}|{SET_DEFAULT_FINGERPRINT})$")]
     value: FiniteFloat
     revision: str | None = Field(None, max_length=1024)
     quantile: float | None = Field(None, ge=0.0, le=1.0)

@@ -1,4 +1,5 @@
-"""What one running service holds: its settings, metrics, scorer, reference store and health."""
+"""What one running service holds: its settings, metrics, health, backbone registry, scoring
+pipeline, reference service and store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from .config import Settings
 from .health import ForwardHealth
 from .metrics import Metrics
 from .references import ReferenceStore
+from .references.service import ReferenceService
+from .registry import BackboneRegistry
 from .scoring import Scorer
 
 
@@ -16,18 +19,20 @@ class AppState:
     settings: Settings
     metrics: Metrics
     health: ForwardHealth  # forward failures / hung forwards (health.py)
+    registry: BackboneRegistry  # every backbone and its models; loads in the background at start-up
     scorer: Scorer | None = None  # made at start-up (the app's lifespan), before the first request
+    references: ReferenceService | None = None  # likewise
     store: ReferenceStore | None = None
     draining: bool = False  # shutting down: /readyz says 503, in-flight and new requests are still served
 
     @property
     def loaded(self) -> bool:
         """Every model loaded and warmed up: scoring works."""
-        return self.scorer is not None and self.scorer.loaded
+        return self.registry.loaded
 
     @property
     def load_error(self) -> str | None:
-        return self.scorer.load_error if self.scorer else None
+        return self.registry.load_error
 
     @property
     def ready(self) -> bool:

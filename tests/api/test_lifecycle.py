@@ -47,6 +47,10 @@ def test_load_failure_is_reported_by_readyz(tiny, tmp_path):
             time.sleep(0.05)
         r = httpx.get(f"{srv.url}/readyz")
         assert r.status_code == 503 and "loading models failed" in r.json()["error"]["message"]
+        assert r.json()["error"]["type"] == "load_failed" and "retry-after" not in r.headers  # no use retrying
+        r = httpx.post(f"{srv.url}/v1/score", json={"items": [{"prompt": "p", "response": "r"}], "models": ["a"]})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "load_failed"
+        assert "does-not-exist" in r.json()["error"]["message"]
 
 
 def test_full_queue_answers_503_with_retry_after(tiny, tmp_path):
@@ -70,14 +74,14 @@ def test_full_queue_answers_503_with_retry_after(tiny, tmp_path):
                 assert int(r.headers["retry-after"]) >= 1
                 assert r.json()["error"]["type"] == "overloaded"
         # the queue drains; nothing is left behind
-        assert srv.state.scorer.batchers["enc"].queued_tokens == 0
+        assert srv.state.registry.backbones["enc"].batcher.queued_tokens == 0
         assert post(0).status_code == 200
 
 
 def test_disconnected_client_items_are_dropped_before_the_forward(tiny, tmp_path):
     settings = tiny_settings(tiny, tmp_path, batching={"max_wait_ms": 1500, "max_batch_tokens": 100000})
     with LiveServer(create_app(settings)) as srv:
-        batcher = srv.state.scorer.batchers["enc"]
+        batcher = srv.state.registry.backbones["enc"].batcher
         forwards = batcher.forwards
         body = {"items": [{"prompt": "p", "response": f"r {i}"} for i in range(5)], "models": ["a"]}
         try:

@@ -199,7 +199,7 @@ def test_forty_concurrent_requests_answered_correctly_in_order(client, server):
     for b in bodies:
         for it in b["items"]:
             alone[it["id"]] = score(client, items=[it]).json()["results"][0]["raw"]
-    forwards_before = server.state.scorer.batchers["enc"].forwards
+    forwards_before = server.state.registry.backbones["enc"].batcher.forwards
 
     def post(b):
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -216,7 +216,7 @@ def test_forty_concurrent_requests_answered_correctly_in_order(client, server):
             for m, v in x["raw"].items():
                 assert v == pytest.approx(alone[x["id"]][m], abs=1e-4)
     # requests were batched together: fewer forwards than items
-    assert server.state.scorer.batchers["enc"].forwards - forwards_before < n_items
+    assert server.state.registry.backbones["enc"].batcher.forwards - forwards_before < n_items
 
 
 def test_models_health_ready_metrics(client):
@@ -290,7 +290,7 @@ def test_reference_lookup_runs_while_the_items_are_scored(client, server, monkey
         events.setdefault("lookup_done", time.perf_counter())
         return await real(model, fingerprints, *rest)
 
-    encoder = scorer.backends["enc"].encoder
+    encoder = server.state.registry.backbones["enc"].backend.encoder
 
     def on_forward(*_):
         events.setdefault("forward_start", time.perf_counter())
@@ -304,6 +304,6 @@ def test_reference_lookup_runs_while_the_items_are_scored(client, server, monkey
         # a lookup that fails (policy 'error', nothing stored) fails the request; the queue is left empty
         r = score(client, items=[{"prompt": "overlap test, no reference", "response": "fine"}], models=["b"])
         assert r.status_code == 422 and r.json()["error"]["type"] == "missing_reference"
-        assert scorer.batchers["enc"].queued_items == 0
+        assert server.state.registry.backbones["enc"].batcher.queued_items == 0
     finally:
         hook.remove()

@@ -18,7 +18,11 @@ from rewardclient import (
     ConnectionFailed,
     NotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     RewardClient,
+    ServerError,
+    ServiceUnavailableError,
     prompt_fingerprint,
 )
 from rewardserve.service_process import free_port
@@ -125,6 +129,9 @@ class _Flaky(BaseHTTPRequestHandler):
             time.sleep(st["sleep"])
         if st["mode"] == "invalid":
             return self._send(422, {"error": {"type": "invalid_request", "message": "bad"}})
+        if st["mode"] == "error":  # always the given (status, type), with Retry-After 0
+            status, etype = st["error"]
+            return self._send(status, {"error": {"type": etype, "message": "no"}}, {"Retry-After": "0"})
         if st["hits"] <= st.get("fail", 0):
             return self._send(
                 st.get("status", 503), {"error": {"type": "overloaded", "message": "busy"}}, {"Retry-After": "0"}
@@ -204,6 +211,31 @@ def test_input_errors_are_not_retried(flaky):
     with RewardClient(url, backoff_base=0.01) as c, pytest.raises(BadRequestError):
         c.score([("p", "r")])
     assert st["hits"] == 1
+
+
+@pytest.mark.parametrize(
+    "status, etype, cls, tries",
+    [
+        (503, "load_failed", ServiceUnavailableError, 1),  # a model failed to load: retrying cannot help
+        (503, "not_ready", ServiceUnavailableError, 3),  # loading: later it may
+        (503, "overloaded", OverloadedError, 3),
+        (503, "reference_store_unavailable", ServiceUnavailableError, 3),
+        (401, "unauthorized", AuthenticationError, 1),
+        (403, "forbidden", PermissionDeniedError, 1),
+        (404, "model_not_found", NotFoundError, 1),
+        (422, "missing_reference", BadRequestError, 1),
+        (413, "too_many_items", PayloadTooLargeError, 1),
+        (500, "model_error", ServerError, 1),
+        (502, "http_error", ServerError, 3),  # no known type (a proxy's answer): by status
+    ],
+)
+def test_errors_are_typed_and_retried_by_their_type(flaky, status, etype, cls, tries):
+    url, st = flaky
+    st.update(mode="error", error=(status, etype))
+    with RewardClient(url, backoff_base=0.01, max_retries=2) as c, pytest.raises(cls) as e:
+        c.score([("p", "r")])
+    assert type(e.value) is cls and (e.value.status, e.value.type) == (status, etype)
+    assert st["hits"] == tries
 
 
 def test_read_timeout_and_connection_errors(flaky):

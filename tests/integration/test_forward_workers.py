@@ -14,11 +14,14 @@ import torch
 from rewardserve.backends import build_backend
 from rewardserve.batcher import Batcher
 from rewardserve.config import BatchingConfig, Settings
+from rewardserve.registry.model import BackendForward
 
 
 class Recording:
     """The real backend, with each forward's start, end, thread and torch thread count recorded
     (and a short sleep inside, so overlapping forwards are observable on a fast tiny model)."""
+
+    shares_prefix = False
 
     def __init__(self, backend, hold: float = 0.05):
         self.inner, self.hold = backend, hold
@@ -28,6 +31,9 @@ class Recording:
 
     def encode(self, prompt, response):
         return self.inner.encode(prompt, response)
+
+    def batch_width(self, batch):
+        return self.inner.batch_width(batch)
 
     def forward(self, batch):
         t0 = time.perf_counter()
@@ -89,8 +95,7 @@ def _run(backend, encs, concurrent: bool, **kw) -> tuple[list[np.ndarray], Recor
     rec = Recording(backend)
 
     async def main():
-        # a Recording wraps a Backend (duck-typed, not a subclass)
-        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, **kw)  # type: ignore[arg-type]  # see above
+        b = Batcher("bb", BackendForward(rec), max_batch_tokens=4096, max_padding_ratio=0.0, **kw)
         b.start()
         try:
             return await _score(b, encs, concurrent)
@@ -130,8 +135,9 @@ def test_stop_waits_for_every_running_forward(backend):
     rec = Recording(backend, hold=0.3)
 
     async def main():
-        # a Recording wraps a Backend (duck-typed, not a subclass)
-        b = Batcher(rec, max_batch_tokens=4096, max_padding_ratio=0.0, forward_workers=3, cpu_threads=3)  # type: ignore[arg-type]  # see above
+        b = Batcher(
+            "bb", BackendForward(rec), max_batch_tokens=4096, max_padding_ratio=0.0, forward_workers=3, cpu_threads=3
+        )
         b.start()
         futures = b.submit(encs)
         await asyncio.sleep(0.05)
@@ -145,7 +151,7 @@ def test_stop_waits_for_every_running_forward(backend):
 
 def test_forward_workers_validation_and_defaults_per_device():
     with pytest.raises(ValueError):
-        Batcher.__new__(Batcher).__init__(None, 1024, forward_workers=0)  # type: ignore[arg-type]  # no backend needed
+        Batcher("bb", None, 1024, forward_workers=0)  # type: ignore[arg-type]  # refused before the model is used
     b = BatchingConfig()
     assert b.workers_for("cpu", 2) == 2 and b.workers_for("cpu", 8) == 8
     assert b.workers_for("cuda:0", 16) == 1

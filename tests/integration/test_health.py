@@ -76,8 +76,7 @@ def test_failing_forwards_flip_readiness_then_liveness_and_recover(tiny, tmp_pat
         assert r.status_code == 503
         msg = r.json()["error"]["message"]
         assert "'clsbb'" in msg and "illegal memory access" in msg
-        failed = int(re.search(r"the last (\d+) forward passes failed", msg).group(1))
-        assert failed >= 3  # 3 batches, plus any check forward the pod has run by itself since
+        # (how the streak counts, to the forward, is tests/unit/test_health.py's, on a fake clock)
         assert httpx.get(f"{srv.url}/healthz").status_code == 200  # readiness first: traffic moves away
         # the other backbone is fine, but the pod as a whole leaves the Service
         assert httpx.post(f"{srv.url}/v1/score", json={**BODY, "models": ["a"]}).status_code == 200

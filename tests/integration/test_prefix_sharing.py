@@ -167,10 +167,11 @@ def test_live_server_same_rewards_one_request_per_group_and_one_request_per_item
     got = {}
     for share in (True, False):
         with LiveServer(create_app(_server_settings(tiny, tmp_path, share))) as srv:
-            batcher = srv.state.scorer.batchers["dec"]
-            assert batcher.backend.shares_prefix is share
+            backbone = srv.state.registry.backbones["dec"]
+            batcher = backbone.batcher
+            assert backbone.backend.shares_prefix is share and batcher.shares_prefix is share
             assert httpx.get(f"{srv.url}/v1/models").status_code == 200
-            with Calls(batcher.backend) as calls:
+            with Calls(backbone.backend) as calls:
                 # TRL / verl: one request with every prompt's group
                 body = httpx.post(f"{srv.url}/v1/score", json={"items": items}, timeout=60).json()
                 one = [res["raw"]["rm"] for res in body["results"]]

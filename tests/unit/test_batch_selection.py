@@ -4,7 +4,7 @@ import asyncio
 import random
 
 from rewardserve.backends.base import Encoded
-from rewardserve.batcher import _Pending, pick_batch
+from rewardserve.batch_selection import _Pending, pick_batch
 
 
 def _items(lengths):

@@ -6,7 +6,7 @@ import random
 
 from rewardserve.backends.base import Encoded
 from rewardserve.backends.prefix import TokenCount, computed_tokens, plan, pool_index, prefix_key, suffix_chunks
-from rewardserve.batcher import _Pending, pick_batch
+from rewardserve.batch_selection import _Pending, pick_batch
 
 
 def _enc(prompt: list[int], response: list[int]) -> Encoded:
@@ -132,7 +132,7 @@ def test_grouped_batches_keep_the_oldest_and_respect_budget_cap_and_padding():
         budget = rng.choice([128, 256, 1024])
         cap = rng.choice([0.2, 0.5, 1.0])
         for sort in (True, False):
-            batch = pick_batch(items, budget, sort, cap, shared=True)
+            batch = pick_batch(items, budget, sort, cap, cost=TokenCount())
             assert items[0] in batch and len(set(map(id, batch))) == len(batch)
             computed, needed, _ = _count(batch)
             assert len(batch) == 1 or computed <= budget
@@ -149,10 +149,10 @@ def test_a_prompts_items_stay_together_when_the_budget_allows():
         first = items[0].group
         mine = [p for p in items if p.group == first]
         # a budget for the whole group and the worker split (max_items) of two free workers
-        batch = pick_batch(items, 10_000, True, 1.0, max_items=-(-len(items) // 2), shared=True)
+        batch = pick_batch(items, 10_000, True, 1.0, max_items=-(-len(items) // 2), cost=TokenCount())
         assert all(p in batch for p in mine)
         # the same items in plain selection (not shared) ignore prompts
-        plain = pick_batch(items, 10_000, True, 1.0, max_items=4, shared=False)
+        plain = pick_batch(items, 10_000, True, 1.0, max_items=4)
         assert len(plain) == 4
 
 
@@ -163,7 +163,7 @@ def test_grouping_computes_fewer_tokens_than_plain_batches_over_a_whole_queue():
     for shared in (True, False):
         rest, total = list(items), 0
         while rest:
-            b = pick_batch(rest, 1024, True, 0.5, shared=shared)
+            b = pick_batch(rest, 1024, True, 0.5, cost=TokenCount() if shared else None)
             total += _count(b)[0] if shared else len(b) * max(p.enc.length for p in b)
             ids = set(map(id, b))
             rest = [p for p in rest if id(p) not in ids]
@@ -175,4 +175,4 @@ def test_groups_of_one_select_as_without_sharing():
     rng = random.Random(6)
     items = _grpo_queue(rng, 30, g_choices=(1,))
     for sort in (True, False):
-        assert pick_batch(items, 512, sort, 0.2, shared=True) == pick_batch(items, 512, sort, 0.2)
+        assert pick_batch(items, 512, sort, 0.2, cost=TokenCount()) == pick_batch(items, 512, sort, 0.2)

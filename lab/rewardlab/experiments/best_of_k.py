@@ -185,7 +185,7 @@ def _read_samples(path: Path, meta: dict) -> dict[int, dict]:
 
 async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[dict]:
 
-    from ..evaluation import local_scorer
+    from ..evaluation import local_scorer, raw_rewards
     from ..policy import load_policy, policy_id
 
     models = cfg.models or settings.model_names()
@@ -207,7 +207,7 @@ async def _generate_and_score(cfg: BestOfKConfig, settings, out: Path) -> list[d
         )
         for batch, texts in seeded_samples(model, tok, prompts, done, per_prompt, cfg, cfg.seed):
             pairs = [(p["prompt"], t) for p, ts in zip(batch, texts) for t in ts]
-            raw, _, _ = await scorer.raw_rewards(pairs, models)
+            raw = await raw_rewards(scorer, pairs, models)
             with open(path, "a", encoding="utf-8") as f:
                 for j, (p, ts) in enumerate(zip(batch, texts)):
                     if p["index"] in done:

@@ -383,7 +383,7 @@ async def _score_gold(
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     from rewardserve.config import load_settings
 
-    from ..evaluation import local_scorer
+    from ..evaluation import local_scorer, raw_rewards
 
     settings = load_settings(cfg.gold_config)
     models = cfg.gold_models or settings.model_names()
@@ -391,14 +391,14 @@ async def _score_gold(
     async with local_scorer(settings, models) as scorer:
         texts = _texts(rows)
         for m in models:
-            revisions[m] = scorer.models[m].info.revision
+            revisions[m] = scorer.models[m].revision
             path = _score_cache(pool, "gold", m, revisions[m])
             if path.exists():
                 scores[m] = json.loads(path.read_text())
                 continue
             flat: list[float] = []
             for s in tqdm(range(0, len(texts), 256), desc=f"gold scores {m}", unit="chunk"):
-                raw, _, _ = await scorer.raw_rewards(texts[s : s + 256], [m])
+                raw = await raw_rewards(scorer, texts[s : s + 256], [m])
                 flat.extend(raw[:, 0].tolist())
             path.write_text(json.dumps(flat))
             scores[m] = flat

@@ -1,5 +1,6 @@
-"""What every route shares: typed FastAPI dependencies (the app's state, its scorer, the request's
-API key), the key's permission check, and cancelling work whose client has gone."""
+"""What every route shares: typed FastAPI dependencies (the app's state, its registry, scoring
+pipeline and reference service, each ready to serve; the request's API key), the key's permission
+check, and cancelling work whose client has gone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from fastapi import Depends, Request
 
 from ..config import ApiKey
 from ..errors import ClientGone, Forbidden, NotReady
+from ..references.service import ReferenceService
+from ..registry import BackboneRegistry
 from ..scoring import Scorer
 from ..state import AppState
 from .middleware import API_KEY_SCOPE
@@ -26,12 +29,24 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
+async def get_registry(state: StateDep) -> BackboneRegistry:
+    """The backbone registry. Handlers ask ``registry.check_ready()`` themselves, after the request's
+    own checks (authorization), so that the order of errors stays that of the handler."""
+    return state.registry
+
+
 async def get_scorer(state: StateDep) -> Scorer:
-    """The scorer (made at start-up, before the first request). Handlers ask ``scorer.check_ready()``
-    themselves, after the request's own checks, so that the order of errors stays that of the handler."""
+    """The scoring pipeline (made at start-up, before the first request)."""
     if state.scorer is None:
         raise NotReady("the service is not ready (models are loading)")
     return state.scorer
+
+
+async def get_references(state: StateDep) -> ReferenceService:
+    """The reference service (made at start-up, before the first request)."""
+    if state.references is None:
+        raise NotReady("the service is not ready (models are loading)")
+    return state.references
 
 
 async def get_api_key(request: Request) -> ApiKey | None:
@@ -40,7 +55,9 @@ async def get_api_key(request: Request) -> ApiKey | None:
     return key
 
 
+RegistryDep = Annotated[BackboneRegistry, Depends(get_registry)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+ReferencesDep = Annotated[ReferenceService, Depends(get_references)]
 KeyDep = Annotated[ApiKey | None, Depends(get_api_key)]
 
 

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Header, Request
 
 from ..errors import InvalidInput
 from ..prompt_formats import split_query
-from ..schemas import AggregateSpec, OpenRLHFRequest, OpenRLHFResponse, ReferenceSetName, ScoreItem
+from ..schemas import OpenRLHFRequest, OpenRLHFResponse, ReferenceSetName, ScoreItem
+from ..scoring import ScoreRequest
 from .deps import KeyDep, ScorerDep, authorize, cancel_on_disconnect
-from .routes import ERROR_RESPONSES
+from .routes import ERROR_RESPONSES, core_items
 
 router = APIRouter()
 
@@ -33,26 +34,24 @@ async def get_reward(
     service's ``prompt_format``: ``auto``); ``rewards`` is the aggregate configured under ``openrlhf``
     (default ``lsc_sum`` over every model), against the references of the ``X-Reference-Set`` header's
     set (default: ``openrlhf.reference_set``)."""
-    scorer.check_ready()
+    scorer.registry.check_ready()
     cfg = scorer.settings.openrlhf
     reference_set = x_reference_set or cfg.reference_set
     authorize(key, reference_set)
-    items = to_items(body)
-    out = await cancel_on_disconnect(
-        request,
-        scorer.score(
-            items,
-            cfg.models,
-            AggregateSpec(method=cfg.method, weights=cfg.weights),
-            prompt_format=cfg.prompt_format,
-            reference_set=reference_set,
-        ),
+    req = ScoreRequest(
+        core_items(to_items(body)),
+        cfg.models,
+        cfg.method,
+        cfg.weights,
+        prompt_format=cfg.prompt_format,
+        reference_set=reference_set,
     )
-    rewards = [r.aggregate for r in out.results]
+    out = await cancel_on_disconnect(request, scorer.score(req))
+    rewards = [r.aggregate for r in out.items]
     extra: dict[str, list[float]] = {"aggregate": rewards}
-    for m in out.models:
-        extra[f"{m}/raw"] = [r.raw[m] for r in out.results]
-        extra[f"{m}/transformed"] = [r.transformed[m] for r in out.results]
+    for m in out.revisions:
+        extra[f"{m}/raw"] = [r.raw[m] for r in out.items]
+        extra[f"{m}/transformed"] = [r.transformed[m] for r in out.items]
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
 
 

@@ -1,21 +1,27 @@
-"""HTTP routes. Each handler validates (pydantic), authorizes, then hands off to the scorer or the
-references layer (``references/service.py``); errors are domain errors, put on the wire by the
-one table in ``errors.py``. OpenRLHF's ``/get_reward`` lives in ``openrlhf.py``."""
+"""HTTP routes. Each handler validates (pydantic), authorizes, then hands off to the scoring pipeline
+(``scoring.py``), the reference service (``references/service.py``) or the backbone registry, and
+turns the typed answer into its wire model; errors are domain errors, put on the wire by the one
+table in ``errors.py``. OpenRLHF's ``/get_reward`` lives in ``openrlhf.py``."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import NotLive, NotReady
+from rewardclient.protocol import plain_prompt
+
+from ..errors import LoadFailed, NotLive, NotReady
 from ..references import DEFAULT_SET
 from ..references import service as refs
 from ..schemas import (
+    AggregateSpec,
     ErrorBody,
+    ModelRevision,
     ReferenceSetContents,
     ReferenceSetDeleted,
     ReferenceSetImported,
@@ -25,11 +31,25 @@ from ..schemas import (
     ReferencesLookup,
     ReferencesStored,
     ReferencesUpload,
+    ScoreItem,
     ScoreRequest,
     ScoreResponse,
+    ScoreResult,
     StoredReference,
+    Usage,
 )
-from .deps import KeyDep, ScorerDep, StateDep, authorize, cancel_on_disconnect, visible_sets
+from ..scoring import Item, ScoreOutcome
+from ..scoring import ScoreRequest as CoreRequest
+from .deps import (
+    KeyDep,
+    ReferencesDep,
+    RegistryDep,
+    ScorerDep,
+    StateDep,
+    authorize,
+    cancel_on_disconnect,
+    visible_sets,
+)
 
 router = APIRouter()
 
@@ -45,22 +65,50 @@ async def score(
     """Score (prompt, response) items with several reward models: raw, transformed, aggregate."""
     t0 = time.perf_counter()
     authorize(key, body.reference_set)
-    scorer.check_ready()
-    timing: dict[str, float] = {}
-    result = await cancel_on_disconnect(
-        request,
-        scorer.score(
-            body.items,
-            body.models,
-            body.aggregate,
-            timing,
-            body.prompt_format,
-            body.reference_set,
-            body.missing_reference,
-        ),
+    scorer.registry.check_ready()
+    agg = body.aggregate or AggregateSpec()
+    req = CoreRequest(
+        core_items(body.items),
+        body.models,
+        agg.method,
+        agg.weights,
+        body.prompt_format,
+        body.reference_set,
+        body.missing_reference,
     )
-    response.headers["Server-Timing"] = server_timing(timing, time.perf_counter() - t0)
+    outcome = await cancel_on_disconnect(request, scorer.score(req))
+    result = score_response(outcome)
+    response.headers["Server-Timing"] = server_timing(outcome.timing, time.perf_counter() - t0)
     return result
+
+
+def core_items(items: Sequence[ScoreItem]) -> list[Item]:
+    """Parsed wire items as the pipeline takes them."""
+    return [Item(plain_prompt(it.prompt), it.response, it.id, it.reference, it.label) for it in items]
+
+
+def score_response(outcome: ScoreOutcome) -> ScoreResponse:
+    """The wire form of a scoring outcome (built from values the pipeline computed: no validation)."""
+    return ScoreResponse.model_construct(
+        results=[
+            ScoreResult.model_construct(
+                id=r.id,
+                raw=r.raw,
+                reference=r.reference,
+                reference_source=r.reference_source,
+                transformed=r.transformed,
+                aggregate=r.aggregate,
+                p_all_good=r.p_all_good,
+                truncated=r.truncated,
+                warnings=r.warnings or None,
+            )
+            for r in outcome.items
+        ],
+        aggregate_method=outcome.method,
+        reference_set=outcome.reference_set,
+        models={m: ModelRevision.model_construct(revision=rev) for m, rev in outcome.revisions.items()},
+        usage=Usage.model_construct(items=len(outcome.items), tokens=outcome.tokens),
+    )
 
 
 def server_timing(timing: dict[str, float], total: float) -> str:
@@ -86,8 +134,8 @@ router.add_api_route(
 @router.get("/v1/models", tags=["models"], response_model=None)
 async def models(state: StateDep) -> dict[str, Any]:
     """The served reward models with kind, source, revision, device, dtype, transform and reference policy."""
-    scorer = state.scorer
-    if scorer is None or not state.loaded:
+    registry = state.registry
+    if not state.loaded:
         return {"models": [], "ready": False}
     import torch
 
@@ -96,38 +144,36 @@ async def models(state: StateDep) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
-        "batchers": {
-            n: {
-                "forward_workers": b.forward_workers,
-                "threads_alone": b.threads[0] if b.threads else None,
-                "threads_shared": b.threads[1] if b.threads else None,
-            }
-            for n, b in scorer.batchers.items()
-        },
+        "batchers": registry.describe_backbones(),
     }
-    return {"models": scorer.describe_models(), "ready": state.ready, "runtime": runtime}
+    return {"models": registry.describe_models(), "ready": state.ready, "runtime": runtime}
 
 
 @router.post("/v1/references", response_model=ReferencesStored, responses=ERROR_RESPONSES, tags=["references"])
-async def put_references(body: ReferencesUpload, request: Request, scorer: ScorerDep, key: KeyDep) -> ReferencesStored:
+async def put_references(
+    body: ReferencesUpload, request: Request, references: ReferencesDep, registry: RegistryDep, key: KeyDep
+) -> ReferencesStored:
     """Store per-prompt reference rewards: given ``value``s, or ``samples`` that the service scores
     and reduces to their ``quantile`` (default 0.85), into ``reference_set``. Needs scope admin."""
     authorize(key, body.reference_set, admin=True)
-    scorer.check_ready()
-    return await cancel_on_disconnect(request, refs.upload(scorer, body))
+    registry.check_ready()
+    return await cancel_on_disconnect(request, references.upload(body))
 
 
 @router.post("/v1/references/lookup", response_model=ReferencesFound, responses=ERROR_RESPONSES, tags=["references"])
-async def lookup_references(body: ReferencesLookup, scorer: ScorerDep, key: KeyDep) -> ReferencesFound:
+async def lookup_references(
+    body: ReferencesLookup, references: ReferencesDep, registry: RegistryDep, key: KeyDep
+) -> ReferencesFound:
     """Stored references of one set for many prompt fingerprints at once: ``{"references": {fp: entry | null}}``."""
     authorize(key, body.reference_set)
-    scorer.check_ready()
-    return await refs.lookup(scorer, body)
+    registry.check_ready()
+    return await references.lookup(body)
 
 
 @router.get("/v1/references", response_model=StoredReference, responses=ERROR_RESPONSES, tags=["references"])
 async def get_reference(
-    scorer: ScorerDep,
+    references: ReferencesDep,
+    registry: RegistryDep,
     key: KeyDep,
     model: str = Query(...),
     prompt_fingerprint: str = Query(..., min_length=64, max_length=64),
@@ -135,8 +181,8 @@ async def get_reference(
 ) -> StoredReference:
     """The stored reference for one model and prompt fingerprint (sha256 hex, see docs) in a set."""
     authorize(key, reference_set)
-    scorer.check_ready()
-    return await refs.get(scorer, model, prompt_fingerprint, reference_set)
+    registry.check_ready()
+    return await references.get(model, prompt_fingerprint, reference_set)
 
 
 @router.get("/v1/reference-sets", response_model=ReferenceSetList, responses=ERROR_RESPONSES, tags=["references"])
@@ -153,11 +199,13 @@ async def list_reference_sets(state: StateDep, key: KeyDep) -> ReferenceSetList:
     responses=ERROR_RESPONSES,
     tags=["references"],
 )
-async def export_reference_set(name: ReferenceSetName, scorer: ScorerDep, key: KeyDep) -> ReferenceSetContents:
+async def export_reference_set(
+    name: ReferenceSetName, references: ReferencesDep, registry: RegistryDep, key: KeyDep
+) -> ReferenceSetContents:
     """Every entry of a set (its export; POST it to another set's ``/references`` to import)."""
     authorize(key, name)
-    scorer.check_ready()
-    return await refs.export_set(scorer.store, name)
+    registry.check_ready()
+    return await refs.export_set(references.store, name)
 
 
 @router.post(
@@ -167,23 +215,25 @@ async def export_reference_set(name: ReferenceSetName, scorer: ScorerDep, key: K
     tags=["references"],
 )
 async def import_reference_set(
-    name: ReferenceSetName, body: ReferenceSetContents, scorer: ScorerDep, key: KeyDep
+    name: ReferenceSetName, body: ReferenceSetContents, references: ReferencesDep, registry: RegistryDep, key: KeyDep
 ) -> ReferenceSetImported:
     """Insert or replace entries of set ``name`` as given (e.g. another set's export); every model
     must be served. Needs scope admin."""
     authorize(key, name, admin=True)
-    scorer.check_ready()
-    return await refs.import_set(scorer, name, body)
+    registry.check_ready()
+    return await references.import_set(name, body)
 
 
 @router.delete(
     "/v1/reference-sets/{name}", response_model=ReferenceSetDeleted, responses=ERROR_RESPONSES, tags=["references"]
 )
-async def delete_reference_set(name: ReferenceSetName, scorer: ScorerDep, key: KeyDep) -> ReferenceSetDeleted:
+async def delete_reference_set(
+    name: ReferenceSetName, references: ReferencesDep, registry: RegistryDep, key: KeyDep
+) -> ReferenceSetDeleted:
     """Delete every entry of a set (its references and defaults). Needs scope admin."""
     authorize(key, name, admin=True)
-    scorer.check_ready()
-    return await refs.delete_set(scorer.store, name)
+    registry.check_ready()
+    return await refs.delete_set(references.store, name)
 
 
 @router.get("/healthz", tags=["operations"], responses={503: {"model": ErrorBody}}, response_model=None)
@@ -198,12 +248,14 @@ async def healthz(state: StateDep) -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"], responses={503: {"model": ErrorBody}}, response_model=None)
 async def readyz(state: StateDep) -> dict[str, Any]:
-    """200 once every model is loaded and warmed up; 503 before, on a load failure, while draining,
-    and while forwards keep failing or one has hung (``health``)."""
-    if state.ready and state.scorer is not None:
-        return {"status": "ready", "models": list(state.scorer.models)}
+    """200 once every model is loaded and warmed up; 503 before (``not_ready``), on a load failure
+    (``load_failed``), while draining, and while forwards keep failing or one has hung (``health``)."""
+    if state.ready:
+        return {"status": "ready", "models": list(state.registry.models)}
+    if state.load_error:
+        raise LoadFailed(state.load_error)
     unhealthy = state.health.not_ready() if state.loaded else None
-    raise NotReady(state.load_error or ("draining" if state.draining else unhealthy or "loading models"))
+    raise NotReady("draining" if state.draining else unhealthy or "loading models")
 
 
 @router.get("/metrics", tags=["operations"])

@@ -1,8 +1,8 @@
 """The reference store interface: per (reference set, model, prompt fingerprint) reference rewards.
 
 A reference set is one calibration (one base policy): its references and, per model, its default
-reference (stored under the fingerprint ``DEFAULT_KEY``). ``DEFAULT_SET`` is the set used when a
-request names none; stores written before sets existed read as that set.
+reference (stored under the fingerprint ``SET_DEFAULT_FINGERPRINT``). ``DEFAULT_SET`` is the set
+used when a request names none; stores written before sets existed read as that set.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any
 from ..errors import InvalidSetName
 
 DEFAULT_SET = "default"
+# the fingerprint under which a set stores a model's default reference (calibration writes it); not
+# a sha256 hex digest, so it never collides with a prompt's
+SET_DEFAULT_FINGERPRINT = "default"
 SET_NAME_MAX = 64
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
