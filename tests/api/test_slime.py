@@ -170,3 +170,17 @@ def test_auth_is_that_of_the_api(tiny, tmp_path):
     with LiveServer(create_app(opened)) as s:
         assert httpx.post(s.url + "/slime/reward", json=body).is_success
         assert httpx.post(s.url + "/v1/score", json={"items": [body]}).status_code == 401
+
+
+def test_the_slime_section_is_checked_like_openrlhf(tiny, tmp_path):
+    from pydantic import ValidationError
+
+    for bad, what in (
+        ({"modles": ["a"]}, "modles"),
+        ({"prompt_format": "chatmll"}, "prompt_format"),
+        ({"reference_set": "no spaces"}, "reference_set"),
+        ({"method": "mean"}, "method"),
+    ):
+        with pytest.raises(ValidationError, match=what):
+            tiny_settings(tiny, tmp_path, slime=bad)
+    assert tiny_settings(tiny, tmp_path).slime.method == "lsc_sum"

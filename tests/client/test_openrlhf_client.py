@@ -90,8 +90,8 @@ def test_openrlhf_executor_against_two_replicas(replicas, smollm2):
 
 
 def test_the_legacy_sharding_gets_answers_from_every_replica(replicas, smollm2):
-    """OpenRLHF before 0.11.2 (``--remote_rm_url``) splits each request's samples over the URLs in
-    order: one sample goes to the first replica, an empty request to the second; every request must
+    """OpenRLHF before 0.11.2 (``--remote_rm_url`` releases included) splits each request's samples
+    over the URLs in order: one sample goes to the first replica, an empty request to the second; every request must
     get an answer or the executor drops the sample's reward."""
     spec, tok = smollm2
     m, r = conversations(spec)[0]
@@ -103,5 +103,5 @@ def test_the_legacy_sharding_gets_answers_from_every_replica(replicas, smollm2):
     with RewardClient(replicas[0].url) as c:
         want = c.score([(spec.as_sent(m), r)], models=MODELS)[0]
     delta = abs(answers[0].json()["rewards"][0] - want.aggregate)
-    print(f"max |Δ| OpenRLHF legacy --remote_rm_url request: {delta:.2e}")
+    print(f"max |Δ| OpenRLHF before 0.11.2 (sharded request): {delta:.2e}")
     assert delta <= TOL
