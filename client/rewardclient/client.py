@@ -172,7 +172,7 @@ def make_item(item: Mapping[str, Any] | tuple[PromptLike, str]) -> dict[str, Any
         prompt, response = item
         return {"prompt": plain_prompt(prompt), "response": response}
     out = {"prompt": plain_prompt(item["prompt"]), "response": item["response"]}
-    for k in ("id", "reference"):
+    for k in ("id", "reference", "label"):  # label: ground truth for checks (any JSON value)
         if item.get(k) is not None:
             out[k] = item[k]
     return out
@@ -406,7 +406,7 @@ class RewardClient(_BaseClient[httpx.Client]):
         reference_set: str | None = None,
         prompt_format: str | None = None,
     ) -> list[ScoreResult]:
-        """Score items (mappings with prompt/response[/id/reference] or (prompt, response) tuples), in order.
+        """Score items (mappings with prompt/response[/id/reference/label] or (prompt, response) tuples), in order.
         ``aggregate``: ``{"method": ..., "weights": ...}``; ``reference_set``: the named set of stored
         references to use (default: the service's); ``prompt_format``: how string prompts are read
         (default: the service's, ``auto``)."""

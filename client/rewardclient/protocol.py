@@ -144,3 +144,18 @@ def canonical_prompt(prompt: PromptLike) -> str:
 def prompt_fingerprint(prompt: PromptLike) -> str:
     """sha256 hex digest of the canonical JSON encoding of ``prompt`` (see the module docstring)."""
     return hashlib.sha256(canonical_prompt(prompt).encode("utf-8")).hexdigest()
+
+
+def plain_label(label: Any) -> Any:
+    """``label`` (an item's ground truth: any JSON value) as plain JSON data: numpy arrays and scalars
+    (``.tolist()``, as a trainer's parquet columns hold them) become lists and numbers, tuples lists,
+    mapping keys strings. A value JSON cannot hold raises ``TypeError`` naming its type."""
+    if label is None or isinstance(label, (str, bool, int, float)):
+        return label
+    if hasattr(label, "tolist") and callable(label.tolist):  # numpy arrays and scalars, torch tensors
+        return plain_label(label.tolist())
+    if isinstance(label, Mapping):
+        return {str(k): plain_label(v) for k, v in label.items()}
+    if isinstance(label, (list, tuple)):
+        return [plain_label(v) for v in label]
+    raise TypeError(f"a label must be JSON data (str, number, bool, None, list, dict); got {type(label).__name__}")

@@ -1,26 +1,37 @@
 """Reward functions for verl's ``custom_reward_function``, backed by rewardserve.
 
-verl's default reward manager (``naive``) calls ``compute_score(data_source, solution_str,
-ground_truth, extra_info)`` once per response; ``reward_model.reward_manager=batch`` calls
-``compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`` once per batch.
-Responses arrive decoded with ``skip_special_tokens=True``; the prompt only through ``extra_info``.
-verl passes ``custom_reward_function.reward_kwargs`` as keyword arguments (the path of this file:
-``python -c 'import rewardclient.verl as m; print(m.__file__)'``)::
+verl's reward loop (``verl/experimental/reward_loop/reward_manager/``: ``naive``, ``dapo``, ``gdpo``)
+calls ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` once per response,
+many at once; it awaits the function when it is a coroutine function, so ``compute_score_async``
+keeps every response of a worker in flight on one async client and the service batches them.
+``compute_score`` is the same, synchronous (verl runs it in a thread pool). When verl serves a
+reward model of its own it adds ``reward_router_address=`` and ``reward_model_tokenizer=``: both are
+accepted and ignored. The legacy ``batch`` manager (``verl/workers/reward_manager/``) calls
+``compute_score_batch(data_sources=, solution_strs=, ground_truths=, extra_infos=)`` once per batch.
 
-    custom_reward_function.path=/path/to/rewardclient/verl.py
-    custom_reward_function.name=compute_score_batch             # or compute_score (naive manager)
-    reward_model.reward_manager=batch
-    +custom_reward_function.reward_kwargs.url=http://rm:8000
-    +custom_reward_function.reward_kwargs.models=[helpful,harmless]
+Responses arrive decoded with ``skip_special_tokens=True``; the prompt only through ``extra_info``.
+``ground_truth`` goes to the service as the item's ``label`` (checks read it; reward models ignore
+it). verl passes ``custom_reward_function.reward_kwargs`` as keyword arguments::
+
+    reward.custom_reward_function.path=pkg://rewardclient.verl      # or the file: rewardclient/verl.py
+    reward.custom_reward_function.name=compute_score_async          # or compute_score
+    +reward.custom_reward_function.reward_kwargs.url=http://rm:8000
+    +reward.custom_reward_function.reward_kwargs.models=[helpful,harmless]
+
+(verl releases before the ``reward:`` section: ``custom_reward_function.*`` and
+``reward_model.reward_manager=batch`` with ``compute_score_batch``; current verl still maps those keys.)
 
 Keyword arguments: ``url`` (default ``http://127.0.0.1:8000``), ``api_key``, ``models`` (default:
 every served model), ``aggregate`` (``lsc_sum`` | ``raw_sum`` | ``min``), ``weights``,
 ``reference_set``, ``prompt_key`` (the ``extra_info`` key holding the prompt; default ``"prompt"``,
-then ``"question"``) and ``prompt_format`` (default: the service's, ``auto``). The prompt may be a
-message list or a string, chat-templated or not: the service parses templated strings.
+then ``"question"``), ``prompt_format`` (default: the service's, ``auto``) and ``max_concurrency``
+(``compute_score_async``: requests in flight at once per event loop; default 64). The prompt may be a
+message list or a string, chat-templated or not: the service parses templated strings. Any other
+keyword is an error that names the known ones.
 
 Each call returns ``{"score": aggregate, "<model>/raw": r, "<model>/transformed": u, …}``: verl uses
-``"score"`` as the reward and logs the other keys. One client per (url, api_key) is kept per process.
+``"score"`` as the reward and logs the other keys. One client per (url, api_key) is kept per process
+(per event loop for ``compute_score_async``).
 """
 
 from __future__ import annotations
@@ -29,16 +40,32 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .client import RewardClient, ScoreResult
-from .protocol import DEFAULT_AGGREGATE
+# absolute imports: verl may load this file by its path, as a module outside the package
+from rewardclient._per_loop import PerLoop
+from rewardclient.client import AsyncRewardClient, RewardClient, ScoreResult
+from rewardclient.protocol import DEFAULT_AGGREGATE, plain_label
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PROMPT_KEYS = ("prompt", "question")
+DEFAULT_MAX_CONCURRENCY = 64
 _OPTIONS = frozenset(
-    {"url", "api_key", "models", "aggregate", "weights", "reference_set", "prompt_key", "prompt_format"}
+    {
+        "url",
+        "api_key",
+        "models",
+        "aggregate",
+        "weights",
+        "reference_set",
+        "prompt_key",
+        "prompt_format",
+        "max_concurrency",
+    }
 )
+# what verl's reward loop adds when it serves a reward model of its own; not used here
+VERL_KEYWORDS = frozenset({"reward_router_address", "reward_model_tokenizer"})
 
 _clients: dict[tuple[str, str | None], RewardClient] = {}
+_async_clients: PerLoop[AsyncRewardClient] = PerLoop()
 _lock = threading.Lock()
 
 
@@ -50,6 +77,14 @@ def get_client(url: str = DEFAULT_URL, api_key: str | None = None) -> RewardClie
         if client is None:
             client = _clients[key] = RewardClient(key[0], api_key=api_key)
         return client
+
+
+def get_async_client(
+    url: str = DEFAULT_URL, api_key: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+) -> AsyncRewardClient:
+    """The running event loop's async client for (url, api_key, max_concurrency), made on first use."""
+    key = (url.rstrip("/"), api_key, max_concurrency)
+    return _async_clients.get(key, lambda: AsyncRewardClient(key[0], api_key=api_key, max_concurrency=max_concurrency))
 
 
 def prompt_from_extra_info(extra_info: Any, prompt_key: str | None = None) -> str | list[dict[str, str]]:
@@ -87,31 +122,34 @@ def prompt_from_extra_info(extra_info: Any, prompt_key: str | None = None) -> st
 
 
 def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(kwargs) - _OPTIONS)
+    unknown = sorted(set(kwargs) - _OPTIONS - VERL_KEYWORDS)
     if unknown:
         raise TypeError(f"rewardserve: unknown reward_kwargs {unknown}; known: {sorted(_OPTIONS)}")
-    return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in _OPTIONS}
 
 
-def _score(solution_strs: Sequence[str], extra_infos: Sequence[Any], opts: dict[str, Any]) -> list[dict[str, float]]:
-    items = [
-        {"prompt": prompt_from_extra_info(e, opts.get("prompt_key")), "response": s}
-        for s, e in zip(solution_strs, extra_infos, strict=True)
-    ]
+def _request(
+    solution_strs: Sequence[str], ground_truths: Sequence[Any], extra_infos: Sequence[Any], opts: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The items (ground truth as label) and the options of one scoring call."""
+    items = []
+    for s, g, e in zip(solution_strs, ground_truths, extra_infos, strict=True):
+        item = {"prompt": prompt_from_extra_info(e, opts.get("prompt_key")), "response": s}
+        label = plain_label(g)
+        if label is not None:
+            item["label"] = label
+        items.append(item)
     models = opts.get("models")
-    aggregate = {
-        "method": opts.get("aggregate") or DEFAULT_AGGREGATE,
-        **({"weights": dict(opts["weights"])} if opts.get("weights") else {}),
+    options = {
+        "models": list(models) if models else None,
+        "aggregate": {
+            "method": opts.get("aggregate") or DEFAULT_AGGREGATE,
+            **({"weights": dict(opts["weights"])} if opts.get("weights") else {}),
+        },
+        "reference_set": opts.get("reference_set"),
+        "prompt_format": opts.get("prompt_format"),
     }
-    client = get_client(opts.get("url") or DEFAULT_URL, opts.get("api_key"))
-    results = client.score(
-        items,
-        models=list(models) if models else None,
-        aggregate=aggregate,
-        reference_set=opts.get("reference_set"),
-        prompt_format=opts.get("prompt_format"),
-    )
-    return [_as_dict(r) for r in results]
+    return items, options
 
 
 def _as_dict(r: ScoreResult) -> dict[str, float]:
@@ -122,26 +160,50 @@ def _as_dict(r: ScoreResult) -> dict[str, float]:
     return out
 
 
+def _url(opts: Mapping[str, Any]) -> str:
+    return str(opts.get("url") or DEFAULT_URL)
+
+
 def compute_score(
     data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
 ) -> dict[str, float]:
-    """verl's default (naive) reward manager: one response. ``data_source`` and ``ground_truth`` are
-    not used (reward models need none)."""
-    return _score([solution_str], [extra_info], _options(kwargs))[0]
+    """One response (verl's reward loop, synchronous; the legacy ``naive`` manager). ``data_source`` is
+    not used; ``ground_truth`` is sent as the item's label."""
+    opts = _options(kwargs)
+    items, options = _request([solution_str], [ground_truth], [extra_info], opts)
+    return _as_dict(get_client(_url(opts), opts.get("api_key")).score(items, **options)[0])
+
+
+async def compute_score_async(
+    data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+) -> dict[str, float]:
+    """``compute_score`` as a coroutine function: verl's reward loop awaits it, many responses at once,
+    on one async client per worker (at most ``max_concurrency`` requests in flight)."""
+    opts = _options(kwargs)
+    items, options = _request([solution_str], [ground_truth], [extra_info], opts)
+    client = get_async_client(
+        _url(opts), opts.get("api_key"), int(opts.get("max_concurrency") or DEFAULT_MAX_CONCURRENCY)
+    )
+    return _as_dict((await client.score(items, **options))[0])
 
 
 def compute_score_batch(
     data_sources: Sequence[Any],
     solution_strs: Sequence[str],
-    ground_truths: Sequence[Any],
+    ground_truths: Sequence[Any] | None = None,
     extra_infos: Sequence[Any] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, float]]:
-    """``reward_model.reward_manager=batch``: every response of the batch in one scoring request
-    (chunked by the client), results in order."""
+    """The legacy ``batch`` manager: every response of the batch in one scoring request (chunked by the
+    client), results in order; ``ground_truths[i]`` is item i's label."""
     opts = _options(kwargs)
-    if not len(solution_strs):
+    n = len(solution_strs)
+    if not n:
         return []
-    return _score(
-        list(solution_strs), list(extra_infos) if extra_infos is not None else [None] * len(solution_strs), opts
+    items, options = _request(
+        list(solution_strs),
+        list(ground_truths) if ground_truths is not None else [None] * n,
+        list(extra_infos) if extra_infos is not None else [None] * n,
+        opts,
     )
+    return [_as_dict(r) for r in get_client(_url(opts), opts.get("api_key")).score(items, **options)]

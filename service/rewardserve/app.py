@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import openrlhf, routes
+from .api import openrlhf, routes, slime
 from .api.errors import install_error_handlers
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .backends import build_backend
@@ -94,6 +94,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(openrlhf.router)
+    app.include_router(slime.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     keys = settings.load_api_keys()
     if keys:

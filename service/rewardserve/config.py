@@ -198,19 +198,22 @@ class HealthConfig(_Strict):
     )
 
 
-class OpenRLHFConfig(_Strict):
-    """What ``POST /get_reward`` (OpenRLHF's ``--remote_rm_url`` protocol) returns as ``rewards``."""
+class TrainerRouteConfig(_Strict):
+    """What a trainer's own route scores with (``openrlhf:`` for ``/get_reward``, ``slime:`` for
+    ``/slime/reward``): its requests carry no options of their own."""
 
     models: list[str] | None = Field(None, description="default: every configured model")
-    method: AggregateMethod = Field(DEFAULT_AGGREGATE, description="the aggregate returned as rewards")
+    method: AggregateMethod = Field(DEFAULT_AGGREGATE, description="the aggregate returned as the reward")
     weights: dict[str, float] | None = Field(None, description="per-model weights of the aggregate (default: 1 each)")
     prompt_format: str | None = Field(
         None,
-        description="how 'prompts' and 'query' are read (see the top-level prompt_format); default: the top-level one",
+        description="how the route's string prompts are read (see the top-level prompt_format); default: the "
+        "top-level one",
     )
 
     reference_set: str = Field(
-        "default", description="the reference set of /get_reward; a request's X-Reference-Set header overrides it"
+        "default",
+        description="the reference set the route scores against; a request's X-Reference-Set header overrides it",
     )
 
     @field_validator("reference_set")
@@ -221,6 +224,14 @@ class OpenRLHFConfig(_Strict):
         return check_set_name(v)
 
     _format = field_validator("prompt_format")(lambda v: v if v is None else check_format_name(v))
+
+
+class OpenRLHFConfig(TrainerRouteConfig):
+    """``POST /get_reward`` (OpenRLHF's ``--reward.remote_url``): the aggregate returned as ``rewards``."""
+
+
+class SlimeConfig(TrainerRouteConfig):
+    """``POST /slime/reward`` (slime's ``--rm-type remote_rm``): the aggregate returned as ``score``."""
 
 
 class Settings(BaseSettings):
@@ -254,6 +265,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     references: ReferencesConfig = ReferencesConfig()
     openrlhf: OpenRLHFConfig = OpenRLHFConfig()
+    slime: SlimeConfig = SlimeConfig()
     prompt_format: str = Field(
         "auto",
         description="how string prompts are read: 'auto' (parse a chat-templated string back into messages, "

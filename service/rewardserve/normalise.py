@@ -26,7 +26,11 @@ class Normaliser:
         a request's ``tokenizer:`` names a local folder or a hub id already in the local cache."""
         name = name or self.settings.prompt_format
         if name.startswith("tokenizer:"):
-            configured = name in (self.settings.prompt_format, self.settings.openrlhf.prompt_format)
+            configured = name in (
+                self.settings.prompt_format,
+                self.settings.openrlhf.prompt_format,
+                self.settings.slime.prompt_format,
+            )
             name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:") :].strip())
             return await asyncio.to_thread(prompt_formats.resolve_format, name, configured)
         return prompt_formats.resolve_format(name)

@@ -224,12 +224,15 @@ class ErrorBody(BaseModel):
 
 
 class OpenRLHFRequest(BaseModel):
-    """OpenRLHF's remote reward-model request: ``query`` = prompt + response as one string."""
+    """OpenRLHF's remote reward-model request: ``query`` = prompt + response as one string. Empty lists
+    get empty lists back (OpenRLHF before 0.11.2 sends an empty shard to every URL but the first)."""
 
     model_config = ConfigDict(extra="ignore")  # OpenRLHF may send more fields; they are not used
-    query: list[str] = Field(min_length=1)
-    prompts: list[str] = Field(min_length=1)
-    labels: list[str | float | int | bool | None] | None = Field(None, description="accepted and not used")
+    query: list[str]
+    prompts: list[str]
+    labels: list[JsonValue] | None = Field(
+        None, description="ground truth, one per query: each item's label (read by checks, never echoed)"
+    )
 
 
 class OpenRLHFResponse(BaseModel):
@@ -239,3 +242,12 @@ class OpenRLHFResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+
+
+class SlimeRequest(BaseModel):
+    """slime's remote reward-model request (``--rm-type remote_rm``): one sample."""
+
+    model_config = ConfigDict(extra="ignore")  # slime may send more fields; they are not used
+    prompt: Prompt
+    response: str
+    label: JsonValue | None = Field(None, description="ground truth: the item's label (read by checks, never echoed)")

@@ -156,7 +156,7 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
 
     trainer = GRPOTrainer(
         model=policy_path,
-        reward_funcs=[reward],  # type: ignore[list-item]  # TRL wants list[float | None]; list is invariant
+        reward_funcs=[reward],
         args=args,
         train_dataset=_load_dataset(cfg),
         callbacks=[_Recorder()],

@@ -1,68 +1,55 @@
-"""OpenRLHF's remote reward-model protocol (``--remote_rm_url http://HOST:PORT/get_reward``).
+"""OpenRLHF's remote reward-model protocol (``--reward.remote_url http://HOST:PORT/get_reward``;
+``--remote_rm_url`` in earlier releases).
 
-A request holds decoded (prompt + response) strings; each becomes a ``/v1/score`` item scored with
-the aggregate configured under ``openrlhf``."""
+A request holds decoded (prompt + response) strings; each becomes a ``/v1/score`` item, with its
+entry of ``labels`` as the item's ``label``, scored with the options of the ``openrlhf`` section."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 
 from ..errors import InvalidInput
 from ..prompt_formats import split_query
-from ..schemas import OpenRLHFRequest, OpenRLHFResponse, ReferenceSetName, ScoreItem
-from ..scoring import ScoreRequest
-from .deps import KeyDep, ScorerDep, authorize, cancel_on_disconnect
-from .routes import ERROR_RESPONSES, core_items
+from ..schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreItem
+from .deps import KeyDep, ScorerDep
+from .routes import ERROR_RESPONSES
+from .trainers import ReferenceSetHeader, per_model, route_reference_set, score_as_configured
 
 router = APIRouter()
-
-ReferenceSetHeader = Annotated[
-    ReferenceSetName | None, Header(description="the reference set; default: openrlhf.reference_set")
-]
 
 
 @router.post("/get_reward", response_model=OpenRLHFResponse, responses=ERROR_RESPONSES, tags=["scoring"])
 async def get_reward(
     body: OpenRLHFRequest, request: Request, scorer: ScorerDep, key: KeyDep, x_reference_set: ReferenceSetHeader = None
 ) -> OpenRLHFResponse:
-    """OpenRLHF ``--remote_rm_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
+    """OpenRLHF ``--reward.remote_url`` protocol: ``{"query", "prompts", "labels"}`` → ``{"rewards", "scores",
     "extra_logs"}``. Each response is its query minus the prompt prefix (``split_query``: whitespace that
     decoding added is allowed); a prompt rendered with the policy's chat template is parsed back into
     messages and the response's end-of-turn markup removed (``openrlhf.prompt_format``, default the
-    service's ``prompt_format``: ``auto``); ``rewards`` is the aggregate configured under ``openrlhf``
-    (default ``lsc_sum`` over every model), against the references of the ``X-Reference-Set`` header's
-    set (default: ``openrlhf.reference_set``)."""
-    scorer.registry.check_ready()
+    service's ``prompt_format``: ``auto``); ``labels[i]`` is item i's ``label``. ``rewards`` is the aggregate
+    configured under ``openrlhf`` (default ``lsc_sum`` over every model), against the references of the
+    ``X-Reference-Set`` header's set (default: ``openrlhf.reference_set``). Empty lists get empty lists."""
     cfg = scorer.settings.openrlhf
-    reference_set = x_reference_set or cfg.reference_set
-    authorize(key, reference_set)
-    req = ScoreRequest(
-        core_items(to_items(body)),
-        cfg.models,
-        cfg.method,
-        cfg.weights,
-        prompt_format=cfg.prompt_format,
-        reference_set=reference_set,
-    )
-    out = await cancel_on_disconnect(request, scorer.score(req))
+    reference_set = route_reference_set(scorer, key, cfg, x_reference_set)
+    items = to_items(body)
+    if not items:
+        return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
+    out = await score_as_configured(request, scorer, cfg, items, reference_set)
     rewards = [r.aggregate for r in out.items]
-    extra: dict[str, list[float]] = {"aggregate": rewards}
-    for m in out.revisions:
-        extra[f"{m}/raw"] = [r.raw[m] for r in out.items]
-        extra[f"{m}/transformed"] = [r.transformed[m] for r in out.items]
-    return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=extra)
+    return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs={"aggregate": rewards, **per_model(out)})
 
 
 def to_items(body: OpenRLHFRequest) -> list[ScoreItem]:
-    """One item per (query, prompt): the response is the query minus its prompt prefix."""
+    """One item per (query, prompt, label): the response is the query minus its prompt prefix."""
     if len(body.prompts) != len(body.query):
         raise InvalidInput(f"'query' has {len(body.query)} entries but 'prompts' has {len(body.prompts)}")
+    if body.labels is not None and len(body.labels) != len(body.query):
+        raise InvalidInput(f"'query' has {len(body.query)} entries but 'labels' has {len(body.labels)}")
+    labels = body.labels if body.labels is not None else [None] * len(body.query)
     items = []
-    for i, (q, p) in enumerate(zip(body.query, body.prompts)):
+    for i, (q, p, label) in enumerate(zip(body.query, body.prompts, labels)):
         response = split_query(q, p)
         if response is None:
             raise InvalidInput(f"query[{i}] does not start with prompts[{i}]")
-        items.append(ScoreItem(prompt=p, response=response))
+        items.append(ScoreItem(prompt=p, response=response, label=label))
     return items
