@@ -298,3 +298,23 @@ def test_the_server_starts_with_the_service_links_of_a_pod_that_keeps_them(tools
         srv.kill()
     finally:
         run.stop_all()
+
+
+def test_the_emulated_kubelet_expands_and_links_as_the_kubelet_does():
+    """The rules of k8s.io/kubernetes third_party/forked/golang/expansion and pkg/kubelet/envvars."""
+    assert kubelet.expand("$(A)-$(B)", {"A": "x"}) == "x-$(B)"  # undefined: left as it is
+    assert kubelet.expand("$$(A) $$ a$b $(A", {"A": "x"}) == "$(A) $ a$b $(A"  # escapes, no reference
+    assert kubelet.expand("$(A)", {}, {"A": "from links"}) == "from links"
+    svc = {"metadata": {"name": "my-svc"}, "spec": {"ports": [{"name": "http-x", "port": 80}]}}
+    assert kubelet.service_link_env([svc], lambda s: "10.0.0.1") == {
+        "MY_SVC_SERVICE_HOST": "10.0.0.1",
+        "MY_SVC_SERVICE_PORT": "80",
+        "MY_SVC_SERVICE_PORT_HTTP_X": "80",
+        "MY_SVC_PORT": "tcp://10.0.0.1:80",
+        "MY_SVC_PORT_80_TCP": "tcp://10.0.0.1:80",
+        "MY_SVC_PORT_80_TCP_PROTO": "tcp",
+        "MY_SVC_PORT_80_TCP_PORT": "80",
+        "MY_SVC_PORT_80_TCP_ADDR": "10.0.0.1",
+    }
+    headless = {"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}}
+    assert kubelet.service_link_env([headless], lambda s: "10.0.0.2") == {}
