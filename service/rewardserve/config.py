@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -288,8 +289,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # values given to the constructor win over the environment (load_settings layers the file
-        # under the environment and the flags over it itself: _settings_layers)
+        # values given to the constructor win over the environment; load_settings has layered the
+        # file, the environment and the flags itself already
+        if _LAYERED.get():
+            return (init_settings,)
         return (init_settings, ServiceLinkAwareEnvSource(settings_cls))
 
     _format = field_validator("prompt_format")(check_format_name)
@@ -384,6 +387,7 @@ def default_config_path() -> Path:
 
 
 ENV_PREFIX = "REWARDSERVE_"
+_LAYERED: ContextVar[bool] = ContextVar("rewardserve_settings_layered", default=False)
 log = logging.getLogger("rewardserve.config")
 
 # The variables the kubelet generates for every Service with a cluster IP in the pod's namespace
@@ -487,11 +491,13 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     env = env_source.origins()
     data = _deep_merge(_deep_merge(data, env_layer), given)
     data.setdefault("base_dir", str(cfg_path.parent.resolve()))
+    token = _LAYERED.set(True)  # the environment is merged in above: not read again
     try:
-        # model_validate: the layers are merged above; Settings(**data) would read the environment again
-        return Settings.model_validate(data)
+        return Settings(**data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, given, env, cfg_path)) from None
+    finally:
+        _LAYERED.reset(token)
 
 
 def is_loopback_host(host: str) -> bool:
