@@ -25,14 +25,16 @@ if TYPE_CHECKING:
 def _cmd_serve(a: argparse.Namespace) -> int:
     from .config import check_exposure, load_settings
 
-    settings = load_settings(a.config, host=a.host, port=a.port)
-    if not a.allow_unauthenticated:
+    # first, so that --log-level debug shows what the settings ignore (Kubernetes service links)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # flags > REWARDSERVE_* environment > config file > defaults
+    settings = load_settings(a.config, host=a.host, port=a.port, allow_unauthenticated=a.allow_unauthenticated)
+    if not settings.allow_unauthenticated:
         check_exposure(settings)  # before anything heavy is imported: a refusal is immediate
     import uvicorn
 
     from .app import create_app
 
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, exit_on_load_failure=True)
     config = uvicorn.Config(
         app,

@@ -1,13 +1,25 @@
-"""Configuration: one YAML file validated by pydantic, overridable from the environment.
+"""Configuration: one YAML file validated by pydantic, overridable from the environment and the command line.
 
-Precedence (highest first): environment variables ``REWARDSERVE_*`` (nested keys joined with
-``__``, e.g. ``REWARDSERVE_BATCHING__MAX_WAIT_MS=1``), then the YAML file, then the defaults
-below. With no file, the embedded default (``data/default.yaml``) is used: two reward models on
-the bundled MiniLM encoder, offline, on the CPU.
+Precedence (highest first): command-line flags (``rewardserve serve --port``), then environment
+variables ``REWARDSERVE_*`` (nested keys joined with ``__``, e.g. ``REWARDSERVE_BATCHING__MAX_WAIT_MS=1``),
+then the YAML file, then the defaults below. With no file, the embedded default (``data/default.yaml``)
+is used: two reward models on the bundled MiniLM encoder, offline, on the CPU.
+
+Variables that Kubernetes puts into every pod for each Service of its namespace (service links:
+``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT[_<PORT>]``, ``<NAME>_PORT=tcp://IP:PORT``,
+``<NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]``) are never settings, even where their names start
+with ``REWARDSERVE_`` (the Service ``rewardserve`` gives ``REWARDSERVE_PORT=tcp://10.96.0.12:8000``):
+they are recognised and ignored, with a debug log line. A value that does not parse names the
+variable, the flag or the file it came from.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,7 +27,13 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
@@ -291,8 +309,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # the environment overrides the YAML file (passed as init kwargs)
-        return (env_settings, init_settings)
+        # values given to the constructor win over the environment; load_settings has layered the
+        # file, the environment and the flags itself already
+        if _LAYERED.get():
+            return (init_settings,)
+        return (init_settings, ServiceLinkAwareEnvSource(settings_cls))
 
     _format = field_validator("prompt_format")(check_format_name)
 
@@ -385,16 +406,91 @@ def default_config_path() -> Path:
     return Path(str(resources.files("rewardserve") / "data" / DEFAULT_CONFIG_NAME))
 
 
-def _format_errors(err: ValidationError) -> str:
-    parts = []
+ENV_PREFIX = "REWARDSERVE_"
+_LAYERED: ContextVar[bool] = ContextVar("rewardserve_settings_layered", default=False)
+log = logging.getLogger("rewardserve.config")
+
+# The variables the kubelet generates for every Service with a cluster IP in the pod's namespace
+# (pkg/kubelet/envvars): NAME is the Service's name upper-cased with '-' as '_', PORT a port's name
+# the same way, N a port number.
+_SERVICE_LINK_NAME = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"
+)
+# ... and <NAME>_PORT, whose value is the first port as a URL (a real setting REWARDSERVE_PORT is a number)
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://\S+:[0-9]+")
+
+
+def is_service_link(name: str, value: str | None) -> bool:
+    """Whether the environment variable ``name=value`` is one that Kubernetes generates for a
+    Service (a service link), not a setting."""
+    upper = name.upper()
+    if _SERVICE_LINK_NAME.fullmatch(upper):
+        return True
+    return upper.endswith("_PORT") and value is not None and _SERVICE_LINK_URL.fullmatch(value.strip()) is not None
+
+
+class ServiceLinkAwareEnvSource(EnvSettingsSource):
+    """The ``REWARDSERVE_*`` environment without the service-link variables of Kubernetes."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        kept: dict[str, str | None] = {}
+        for name, value in super()._load_env_vars().items():
+            if name.upper().startswith(ENV_PREFIX) and is_service_link(name, value):
+                log.debug("ignoring %s: a Kubernetes service-link variable, not a setting", name.upper())
+                continue
+            kept[name] = value
+        return kept
+
+    def origins(self) -> dict[tuple[str, ...], str]:
+        """Key path (``("batching", "max_wait_ms")``) → the variable that sets it."""
+        names = {k.lower(): k for k in os.environ}
+        fields = set(self.settings_cls.model_fields)
+        out: dict[tuple[str, ...], str] = {}
+        for name in self.env_vars:
+            if not name.lower().startswith(ENV_PREFIX.lower()):
+                continue
+            path = tuple(name[len(ENV_PREFIX) :].lower().split(self.env_nested_delimiter or "__"))
+            if path[0] in fields:
+                out[path] = names.get(name.lower(), name)
+        return out
+
+
+def _deep_merge(low: dict[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(low)
+    for k, v in high.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _source_of(
+    loc: tuple[str, ...], flags: Mapping[str, Any], env: Mapping[tuple[str, ...], str], cfg_path: Path
+) -> str:
+    if loc and loc[0] in flags:
+        return f"command-line flag --{loc[0].replace('_', '-')}"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in env:
+            return f"environment variable {env[loc[:n]]}"
+    return f"config file {cfg_path}"
+
+
+def _format_errors(
+    err: ValidationError, flags: Mapping[str, Any], env: Mapping[tuple[str, ...], str], cfg_path: Path
+) -> str:
+    """One line per source: ``environment variable REWARDSERVE_PORT: port: Input should be …``
+    (the value itself is never repeated: it may be a key or a password)."""
+    by_source: dict[str, list[str]] = {}
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
+        loc = tuple(str(x) for x in e["loc"])
+        by_source.setdefault(_source_of(loc, flags, env, cfg_path), []).append(
+            f"{'.'.join(loc) or '(top level)'}: {e['msg']}"
+        )
+    return "; ".join(f"{src}: {', '.join(msgs)}" for src, msgs in by_source.items())
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load the YAML config at ``path`` (or the embedded default), apply env overrides, validate."""
+def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
+    """Load the YAML config at ``path`` (or the embedded default) and validate it with the
+    environment's ``REWARDSERVE_*`` variables over it and ``flags`` (command-line values; None:
+    not given) over both."""
     cfg_path = Path(path).expanduser() if path else default_config_path()
     try:
         data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
@@ -404,12 +500,24 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"config file {cfg_path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {cfg_path}: the top level must be a mapping")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    env_source = ServiceLinkAwareEnvSource(Settings)
+    try:
+        env_layer = env_source()
+    except SettingsError as e:  # a section given as JSON that does not parse
+        field = re.search(r'field "(\w+)"', str(e))
+        var = env_source.origins().get((field.group(1),), "REWARDSERVE_*") if field else "REWARDSERVE_*"
+        raise ConfigError(f"environment variable {var}: {field.group(1) if field else e}: not valid JSON") from None
+    env = env_source.origins()
+    data = _deep_merge(_deep_merge(data, env_layer), given)
     data.setdefault("base_dir", str(cfg_path.parent.resolve()))
+    token = _LAYERED.set(True)  # the environment is merged in above: not read again
     try:
         return Settings(**data)
     except ValidationError as e:
-        raise ConfigError(f"config file {cfg_path}: {_format_errors(e)}") from None
+        raise ConfigError(_format_errors(e, given, env, cfg_path)) from None
+    finally:
+        _LAYERED.reset(token)
 
 
 def is_loopback_host(host: str) -> bool:
