@@ -65,3 +65,8 @@ def hangs_in_c(solution_str, ground_truth, **kw):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(3600)
     return 1.0
+
+
+def leaks(solution_str, ground_truth, **kw):
+    """Raises with the (secret) label in its message."""
+    raise AssertionError(f"expected {ground_truth!s}, got {solution_str}")

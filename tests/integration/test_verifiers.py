@@ -43,6 +43,7 @@ def engine(metrics):
                 "sleeps": {"verifier": f"{FN}:sleeps", "needs_label": False},
                 "exits": {"verifier": f"{FN}:exits", "needs_label": False},
                 "hangs_in_c": {"verifier": f"{FN}:hangs_in_c", "needs_label": False},
+                "leaks": {"verifier": f"{FN}:leaks"},
             },
         }
     )
@@ -117,6 +118,13 @@ def test_a_failing_user_function_is_a_warning_not_an_exception(engine, metrics):
     assert all("not a number" in r.warning for r in out["not_a_number"])
     assert metrics.check_failures.labels("raises", "error")._value.get() >= 4
     assert metrics.check_failures.labels("out_of_range", "out_of_range")._value.get() >= 3
+
+
+def test_a_warning_never_shows_the_label(engine):
+    out = run(engine.score([CheckItem("41", "secret-answer-42"), CheckItem("41", ["key-a", "key-b"])], ["leaks"]))
+    first, second = (r.warning for r in out["leaks"])
+    assert "AssertionError: expected <label>, got 41" in first and "secret" not in first
+    assert "key-a" not in second and "key-b" not in second
 
 
 @pytest.mark.parametrize("model,trigger", [("spins", "spin"), ("sleeps", "sleep"), ("hangs_in_c", "hang")])

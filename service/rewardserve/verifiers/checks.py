@@ -44,21 +44,22 @@ def _answers(label: Any) -> list[Any]:
 def math_check(response: str, label: Any, **options: Any) -> float:
     """1.0 when the response's final answer is mathematically equal to the reference (or any of a
     list). Options: ``float_rounding`` (decimal places compared, default 6). math-verify's own
-    timeouts are off: the engine times the whole check."""
+    timeouts are off (the engine times the whole check); what it cannot parse or compare is a wrong
+    answer (0), as in math-verify, not an error."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     rounding = int(options.get("float_rounding", 6))
     extraction = [LatexExtractionConfig(), ExprExtractionConfig()]
-    predicted = parse(response, extraction_config=extraction, parsing_timeout=None, raise_on_error=True)
+    predicted = parse(response, extraction_config=extraction, parsing_timeout=None)
     if not predicted:
         return 0.0
     for answer in _answers(label):
         text = str(answer)
         # a bare reference ("1/2", "\frac{1}{2}", "{1,2}") reads best as LaTeX in math mode
-        gold = parse(f"${text}$", extraction_config=extraction, parsing_timeout=None, raise_on_error=True)
+        gold = parse(f"${text}$", extraction_config=extraction, parsing_timeout=None)
         if not gold:
-            gold = parse(text, extraction_config=extraction, parsing_timeout=None, raise_on_error=True)
-        if gold and verify(gold, predicted, float_rounding=rounding, timeout_seconds=None, raise_on_error=True):
+            gold = parse(text, extraction_config=extraction, parsing_timeout=None)
+        if gold and verify(gold, predicted, float_rounding=rounding, timeout_seconds=None):
             return 1.0
     return 0.0
 

@@ -36,7 +36,8 @@ from .worker import ItemOutcome, init_worker, run_chunk
 
 log = logging.getLogger("rewardserve.verifiers")
 
-MAX_CHUNK = 16  # items per task at most (bench/checks.py measured 8-32 alike; small keeps re-runs cheap)
+MAX_CHUNK = 16  # (model, item) pairs per task at most: a task's messaging is shared, re-runs stay cheap
+INFLIGHT_PER_WORKER = 3  # tasks handed to the pool per worker: one running, the next ones already queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class VerifierEngine:
         self.chunk_size = chunk_size
         self.metrics = metrics
         self._ctx = multiprocessing.get_context(start_method)
-        self._slots_total = 4 * workers
+        self._slots_total = 2 * INFLIGHT_PER_WORKER * workers  # recycled FIFO: a freed slot rests a while
         self._progress: Any = None
         self._pool: ProcessPool | None = None
         self._free: asyncio.Queue[int] | None = None
@@ -222,7 +223,7 @@ class VerifierEngine:
             self._free = asyncio.Queue()
             for s in range(self._slots_total):
                 self._free.put_nowait(s)
-            self._inflight = asyncio.Semaphore(2 * self.workers)
+            self._inflight = asyncio.Semaphore(INFLIGHT_PER_WORKER * self.workers)
 
     async def _run_chunk(self, chunk: list[tuple[str, int]], items: Sequence[CheckItem]) -> list[ItemOutcome]:
         """Outcomes of one chunk, in order; re-runs what a killed or dead worker left undone."""

@@ -72,6 +72,16 @@ def _score_of(value: Any) -> float:
     return float(value)
 
 
+def redact(message: str, label: Any) -> str:
+    """The message with every appearance of the label (or of an item of a list label) replaced by
+    ``<label>``: labels may be secret answer keys and warnings are logged and returned."""
+    for part in label if isinstance(label, list | tuple) else [label]:
+        text = part if isinstance(part, str) else None if part is None else str(part)
+        if text and text.strip():
+            message = message.replace(text, "<label>")
+    return message
+
+
 def run_one(model: str, response: str, label: Any, timeout_s: float) -> ItemOutcome:
     fn, options, builtin = _FUNCTIONS[model]
     start = time.perf_counter()
@@ -85,7 +95,7 @@ def run_one(model: str, response: str, label: Any, timeout_s: float) -> ItemOutc
     except ItemTimeout:
         score, error = math.nan, "timeout"
     except Exception as e:
-        score, error = math.nan, f"error: {type(e).__name__}: {e}"[:500]
+        score, error = math.nan, f"error: {type(e).__name__}: {redact(str(e), label)}"[:500]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
