@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rewardserve.errors import InvalidInput
+from rewardserve.errors import InvalidInput, NotReady
 from rewardserve.metrics import Metrics
 from rewardserve.verifiers import CheckConfig, CheckItem, VerifierBackboneConfig, VerifierEngine
 
@@ -217,7 +217,7 @@ def test_describe(engine):
 
 def test_unknown_model_and_not_started():
     eng = VerifierEngine({"m": CheckConfig(verifier="json")}, workers=1, timeout_s=1)
-    with pytest.raises(RuntimeError, match="start"):
+    with pytest.raises(NotReady, match="not started"):
         run(eng.score([CheckItem("{}")]))
     eng.start()
     try:
@@ -226,3 +226,20 @@ def test_unknown_model_and_not_started():
         assert scores(run(eng.score([CheckItem("{}"), CheckItem("{")]))["m"]) == [1.0, 0.0]
     finally:
         eng.stop()
+
+
+def test_stop_ends_checks_in_flight():
+    eng = VerifierEngine({"sleeps": CheckConfig(verifier=f"{FN}:sleeps", needs_label=False)}, workers=1, timeout_s=60)
+    eng.start()
+
+    async def main():
+        pending = asyncio.create_task(eng.score([CheckItem("sleep"), CheckItem("ok")]))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(eng.stop)
+        out = await asyncio.wait_for(pending, 30)
+        with pytest.raises(NotReady):
+            await eng.score([CheckItem("ok")])
+        return out
+
+    out = run(main())
+    assert all(r.score == 0.0 and "stopped" in r.warning for r in out["sleeps"])

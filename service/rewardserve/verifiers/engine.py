@@ -29,7 +29,7 @@ from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotReady
 from ..metrics import Metrics
 from .config import CheckConfig, VerifierBackboneConfig
 from .worker import ItemOutcome, init_worker, run_chunk
@@ -145,7 +145,6 @@ class VerifierEngine:
         if pool is not None:
             pool.stop()  # type: ignore[no-untyped-call]  # pebble's stop has no annotations
             pool.join(timeout=10)
-        self._free = self._inflight = self._loop = None
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per model: what /v1/models shows (kind, verifier, what it needs, ε, missing_label)."""
@@ -179,7 +178,7 @@ class VerifierEngine:
         model with ``missing_label: error`` needs; under ``skip`` that result is ``score=None``.
         A check that times out, raises or crashes scores 0 with a warning; it never raises here."""
         if self._pool is None:
-            raise RuntimeError("VerifierEngine.start() was not called")
+            raise NotReady("the verifier engine is not started (VerifierEngine.start())")
         names = list(models) if models is not None else list(self.models)
         for m in names:
             if m not in self.models:
@@ -250,17 +249,21 @@ class VerifierEngine:
 
     async def _submit(self, payload: list[tuple[str, str, Any]]) -> list[ItemOutcome] | tuple[str, int, float]:
         """Run one task: its outcomes, or (reason, position of the item to blame or -1, seconds)."""
-        assert self._pool is not None and self._free is not None and self._inflight is not None
+        assert self._free is not None and self._inflight is not None
         async with self._inflight:
             slot = await self._free.get()
+            pool = self._pool
+            if pool is None:
+                self._free.put_nowait(slot)
+                raise NotReady("the verifier engine was stopped")
             self._progress[2 * slot] = -1
             # a backstop only: the slot watch below ends a stuck item long before this
             backstop = len(payload) * (self.timeout_s + self.grace_s) + 30.0
-            future: concurrent.futures.Future[list[ItemOutcome]] = self._pool.schedule(
+            future: concurrent.futures.Future[list[ItemOutcome]] = pool.schedule(
                 run_chunk, args=(slot, payload, self.timeout_s), timeout=backstop
             )
             try:
-                return await self._watch(future, slot)
+                return await self._watch(future, slot, pool)
             finally:
                 self._release(slot, future)
 
@@ -285,7 +288,7 @@ class VerifierEngine:
         return -1, 0.0
 
     async def _watch(
-        self, future: concurrent.futures.Future[list[ItemOutcome]], slot: int
+        self, future: concurrent.futures.Future[list[ItemOutcome]], slot: int, pool: ProcessPool
     ) -> list[ItemOutcome] | tuple[str, int, float]:
         waiter = asyncio.wrap_future(future)
         limit = self.timeout_s + self.grace_s
@@ -295,11 +298,16 @@ class VerifierEngine:
             if finished:
                 break
             pos, started = self._position(slot)
+            if self._pool is not pool:  # stopped: pebble may leave the future pending
+                future.cancel()
+                return "error: the verifier pool stopped", pos, 0.0
             if pos >= 0 and time.monotonic() - started > limit:
                 future.cancel()  # pebble terminates the worker and starts a new one
                 return "timeout", pos, time.monotonic() - started
         pos, started = self._position(slot)
         elapsed = time.monotonic() - started if pos >= 0 else 0.0
+        if waiter.cancelled():  # the pool was stopped under it
+            return "error: the verifier pool stopped", pos, elapsed
         try:
             result: list[ItemOutcome] = waiter.result()
             return result
