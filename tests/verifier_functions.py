@@ -70,3 +70,10 @@ def hangs_in_c(solution_str, ground_truth, **kw):
 def leaks(solution_str, ground_truth, **kw):
     """Raises with the (secret) label in its message."""
     raise AssertionError(f"expected {ground_truth!s}, got {solution_str}")
+
+
+def math_verify_defaults(solution_str, ground_truth, **kw):
+    """verl-style math reward on math-verify with its own signal.alarm timeouts (main thread only)."""
+    from math_verify import parse, verify
+
+    return 1.0 if verify(parse(f"${ground_truth}$"), parse(solution_str)) else 0.0

@@ -12,7 +12,7 @@ from rewardserve.metrics import Metrics
 from rewardserve.verifiers import CheckConfig, CheckItem, VerifierBackboneConfig, VerifierEngine
 
 FN = "tests.verifier_functions"
-TIMEOUT = 1.0
+TIMEOUT = 3.0  # generous: a loaded shared machine must not time out a real check
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def engine(metrics):
                 "exits": {"verifier": f"{FN}:exits", "needs_label": False},
                 "hangs_in_c": {"verifier": f"{FN}:hangs_in_c", "needs_label": False},
                 "leaks": {"verifier": f"{FN}:leaks"},
+                "mv_defaults": {"verifier": f"{FN}:math_verify_defaults"},
             },
         }
     )
@@ -68,6 +69,13 @@ def test_math_checks_in_the_pool_keep_item_order(engine):
     assert list(out) == ["correct"]
     assert scores(out["correct"]) == [1.0, 0.0, 1.0] * 7
     assert all(r.warning is None for r in out["correct"])
+
+
+def test_a_user_function_may_use_signal_alarm(engine):
+    # math-verify's own timeouts use signal.alarm, which works only in a main thread: the workers' is one
+    out = run(engine.score([CheckItem("\\boxed{0.5}", "\\frac{1}{2}"), CheckItem("\\boxed{3}", "4")], ["mv_defaults"]))
+    assert scores(out["mv_defaults"]) == [1.0, 0.0]
+    assert all(r.warning is None for r in out["mv_defaults"])
 
 
 def test_labels_in_every_shape(engine):
@@ -135,7 +143,7 @@ def test_a_hung_check_times_out_and_the_pool_goes_on(engine, metrics, model, tri
     out = run(engine.score(items, [model]))
     elapsed = time.monotonic() - t0
     assert scores(out[model]) == [1.0] * 5 + [0.0] + [1.0] * 5
-    assert f"check {model!r} timed out after 1 s" in out[model][5].warning
+    assert f"check {model!r} timed out after {TIMEOUT:g} s" in out[model][5].warning
     assert all(r.warning is None for i, r in enumerate(out[model]) if i != 5)
     assert elapsed < 30  # killed, not waited for (the checks sleep or spin for an hour)
     assert metrics.check_timeouts.labels(model)._value.get() == before + 1
@@ -159,7 +167,7 @@ def test_math_that_never_finishes_is_a_timeout(engine):
     items = [CheckItem("\\boxed{2}", "2"), CheckItem("\\boxed{9^{9^{9^{9}}}}", "1"), CheckItem("\\boxed{3}", "3")]
     out = run(engine.score(items, ["correct"]))
     assert scores(out["correct"]) == [1.0, 0.0, 1.0]
-    assert "'correct'" in out["correct"][1].warning
+    assert "check 'correct' timed out" in out["correct"][1].warning
 
 
 def test_the_event_loop_keeps_running_while_a_check_hangs(engine):
@@ -185,7 +193,7 @@ def test_the_event_loop_keeps_running_while_a_check_hangs(engine):
     out, other, ticks, elapsed = run(main())
     assert out["hangs_in_c"][0].score == 0.0
     assert other["correct"][0].score == 1.0  # another request went on meanwhile
-    # the loop ran its 10 ms ticker throughout the hang (≥ 1 s): at least half the ticks it could
+    # the loop ran its 10 ms ticker throughout the hang (≥ TIMEOUT): at least half the ticks it could
     assert ticks >= 0.5 * elapsed / 0.011
 
 
