@@ -24,7 +24,9 @@ The engine API (what the verifier backbone of the registry wraps)::
   warning naming the model and the reason; ``score`` never raises for a check's failure.
 - ``score`` raises ``rewardserve.errors.InvalidInput`` (422) naming the item and the model when an
   item lacks a label that a ``missing_label: error`` model needs (check first with
-  ``missing_labels`` to report every one), and ``KeyError`` for a model it does not serve.
+  ``missing_labels`` to report every one), ``KeyError`` for a model it does not serve, and
+  ``rewardserve.errors.NotReady`` before ``start()`` or after ``stop()`` (checks in flight at ``stop()``
+  score 0 with the warning "the verifier pool stopped"). Call ``score`` from one event loop.
 - ``transformed = rewardserve.lsc.check_utility(raw, cfg.models[m].epsilon)`` = log(ε + (1 − ε)·raw);
   no reference applies (``reference_source: "not_applicable"``).
 - Metrics (``rewardserve.metrics.Metrics``): ``rewardserve_check_seconds{model}``,
