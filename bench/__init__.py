@@ -16,7 +16,8 @@ def run_benchmark(*args, **kwargs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line of ``python -m bench`` (what ``rewardserve bench`` delegates to);
-    ``python -m bench grpo …`` runs the GRPO benchmark (``bench/grpo.py``)."""
+    ``python -m bench grpo …`` runs the GRPO benchmark (``bench/grpo.py``), ``python -m bench checks …``
+    the verifier checks' one (``bench/checks.py``)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from .grpo import main as _grpo
 
         return _grpo(args[1:])
+    if args[:1] == ["checks"]:
+        from .checks import main as _checks
+
+        return _checks(args[1:])
     from .runner import main as _main
 
     return _main(argv)

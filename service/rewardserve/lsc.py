@@ -6,6 +6,8 @@
 - Aggregation over reward models: ``lsc_sum`` = sum_m w_m u_m (a logical AND: with unit weights it
   is log P(good on every property)), ``raw_sum`` = sum_m w_m r_m (the usual baseline), ``min`` =
   min_m w_m u_m (the worst property decides).
+- Checks (verifiers): u = log(ε + (1 − ε)·s) for a check's score s in [0, 1] (``check_utility``):
+  log P(good) with a floor, so a failed check contributes log ε to the AND instead of −∞.
 - ``quantile``: the linear-interpolation quantile used for reference rewards.
 """
 
@@ -40,6 +42,16 @@ def transform(raw: float | np.ndarray, reference: float | np.ndarray, kind: Tran
     if kind == "identity":
         return raw
     raise ValueError(f"unknown transform {kind!r}; expected 'lsc' or 'identity'")
+
+
+def check_utility(raw: float | np.ndarray, eps: float) -> np.ndarray:
+    """Transformed reward of a check: u = log(ε + (1 − ε)·raw), float64, in [log ε, 0] for raw in
+    [0, 1]; ``raw`` is clipped to [0, 1] (NaN counts as 0) so u is always finite. ε in (0, 1)."""
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1), got {eps}")
+    r = np.clip(np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    out: np.ndarray = np.log(eps + (1.0 - eps) * r)
+    return out
 
 
 def aggregate(

@@ -63,6 +63,32 @@ class Metrics:
             "rewardserve_forward_errors", "forward passes that raised", ["backbone"], registry=r
         )
 
+        self.check_seconds = Histogram(
+            "rewardserve_check_seconds",
+            "time one verifier check ran in its worker process",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.check_timeouts = Counter(
+            "rewardserve_check_timeouts", "verifier checks stopped at their timeout (scored 0)", ["model"], registry=r
+        )
+        self.check_failures = Counter(
+            "rewardserve_check_failures",
+            "verifier checks that raised (error), killed their worker (crashed) or returned a score outside "
+            "[0, 1] (out_of_range)",
+            ["model", "reason"],
+            registry=r,
+        )
+
+    def checks_loaded(self, models: list[str]) -> None:
+        """Give every check model's series a sample (0) once its verifier backbone is loaded."""
+        for m in models:
+            self.check_seconds.labels(m)
+            self.check_timeouts.labels(m)
+            for reason in ("error", "crashed", "out_of_range"):
+                self.check_failures.labels(m, reason)
+
     def backbone_loaded(self, backbone: str, models: list[str]) -> None:
         """Give every per-backbone and per-model series a sample (0) as soon as the backbone is
         loaded: the HPA skips scale-down while a metric it reads is missing, and dashboards show gaps."""
