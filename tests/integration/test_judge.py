@@ -117,7 +117,7 @@ def test_a_batch_of_different_lengths_scores_each_item_as_alone(lms, share):
         assert abs(p_yes(row[0]) - want_p) < TOL and abs(row[0] - want_raw) < TOL
 
 
-@pytest.mark.parametrize("name", ["smollm2", "llama3"])
+@pytest.mark.parametrize("name", list(JUDGE_SPECS))
 def test_a_grpo_group_shares_its_prompt_and_matches(lms, name):
     path = lms[name]
     b = judge(path)
@@ -126,6 +126,8 @@ def test_a_grpo_group_shares_its_prompt_and_matches(lms, name):
     group = ["Yes.", "Boil it.", "Place the egg in boiling water.", LONG_RESPONSE[:120], "No."]
     encs = [b.encode(messages, r) for r in group]
     assert len({tuple(e.input_ids[: e.prefix_len]) for e in encs}) == 1 and encs[0].prefix_len > 20
+    # everything before the response is shared: the conversation and the judge turn's opening words
+    assert "reply to the conversation above" in b.tokenizer.decode(encs[0].input_ids[: encs[0].prefix_len])
     seqs, _ = b._sequences(encs, [0])
     assert prefix.plan(seqs) is not None  # the batch runs shared
     suffix_runs = []

@@ -17,7 +17,8 @@ full-vocabulary logits are computed: the head has the shape of a sequence classi
 the forward reuses that path (``prefix.py``). With reference 0, ``log σ(raw) = log P(Yes | Yes or No)``.
 
 Several questions on one backbone share the LM. Each (item, question) is one sequence; in a batch the
-sequences either share each prompt's tokens across a GRPO group (the conversation comes first) or,
+sequences either share a GRPO group's tokens before the response (the conversation and the opening of
+the judge's turn: everything the template puts before ``{response}``) or,
 with several questions, share each item's conversation + response across its questions (the question
 comes after the response in the default template); ``forward`` takes whichever computes fewer
 tokens (``prefix.computed_tokens``), and a plain padded forward when neither shares. Questions with
@@ -56,6 +57,7 @@ DEFAULT_TEMPLATE = "Here is a reply to the conversation above:\n\n{response}\n\n
 DEFAULT_YES_TOKENS = ("Yes", " Yes", "yes", " yes")
 DEFAULT_NO_TOKENS = ("No", " No", "no", " no")
 TEMPLATE_FIELDS = frozenset({"response", "question", "conversation"})
+_SENTINEL = "\u2063rewardserve-response\u2063"  # marks where the response goes when finding the shared prefix
 
 
 def template_fields(template: str) -> set[str]:
@@ -372,32 +374,39 @@ class JudgeBackend(Backend):
         return padded_width(lengths, self.pad_multiple, self.max_length)
 
     # -- encoding ------------------------------------------------------------------------------------
-    def render(self, q: _Question, prompt: Prompt, response: str) -> tuple[str, str | None]:
-        """(the judge's input text for question ``q``, the conversation's own rendering when the
-        input starts with the conversation's turns, else None)."""
+    def render(self, q: _Question, prompt: Prompt, response: str) -> str:
+        """The judge's input text for question ``q`` (see the module's docstring)."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         if q.inline_conversation:
             turn = q.template.format(response=response, question=q.question, conversation=render_plain(prompt))
-            return self._chat([{"role": "user", "content": turn}]), None
+            return self._chat([{"role": "user", "content": turn}])
         turn = q.template.format(response=response, question=q.question)
         if self._merge_judge_turn and messages and messages[-1]["role"] == "user":
             last = messages[-1]
-            merged = [*messages[:-1], {**last, "content": f"{last['content']}\n\n{turn}"}]
-            return self._chat(merged), None
-        return self._chat([*messages, {"role": "user", "content": turn}]), self._chat(messages, generation=False)
+            return self._chat([*messages[:-1], {**last, "content": f"{last['content']}\n\n{turn}"}])
+        return self._chat([*messages, {"role": "user", "content": turn}])
+
+    def before_response(self, q: _Question, prompt: Prompt) -> str:
+        """The text the judge's input has before the response: the same for every response to
+        ``prompt`` (a GRPO group shares its tokens); empty when the template hides where it is."""
+        probe = self.render(q, prompt, _SENTINEL)
+        at = probe.find(_SENTINEL)
+        return probe[:at] if at >= 0 else ""
 
     def encode(self, prompt: Prompt, response: str) -> JudgeEncoded:
         seqs: list[list[int]] = []
-        conv_len: int | None = None
-        conv_ids: dict[str, list[int]] = {}
+        conv_len = 1 << 30  # tokens before the response that every question's sequence starts with
+        before_ids: dict[str, list[int]] = {}
         for q in self.questions:
-            text, conversation = self.render(q, prompt, response)
+            text = self.render(q, prompt, response)
             ids = self._ids(text)
-            if conversation is not None:
-                if conversation not in conv_ids:
-                    conv_ids[conversation] = self._ids(conversation)
-                shared = common_prefix_len(conv_ids[conversation], ids)
-                conv_len = shared if conv_len is None else min(conv_len, shared)
+            before = self.before_response(q, prompt) if self.shares_prefix else ""
+            if before and text.startswith(before):
+                if before not in before_ids:
+                    before_ids[before] = self._ids(before)
+                b = before_ids[before]
+                # its last token may merge with the response's first characters: not shared
+                conv_len = min(conv_len, common_prefix_len(b, ids), len(b) - 1)
             else:
                 conv_len = 0
             seqs.append(ids)
@@ -420,7 +429,7 @@ class JudgeBackend(Backend):
         )
 
     def _encode_one(self, q: _Question, prompt: Prompt, response: str) -> list[int]:
-        return self._ids(self.render(q, prompt, response)[0])
+        return self._ids(self.render(q, prompt, response))
 
     def _ids(self, text: str) -> list[int]:
         # the rendered template carries its own special tokens (BOS …), as apply_chat_template's tokenize does
