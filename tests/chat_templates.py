@@ -142,7 +142,7 @@ CORPUS = (
 ) * 4
 
 
-def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
+def make_tokenizer(spec: TemplateSpec, out: Path, corpus: str = CORPUS) -> Path:
     """A BPE tokenizer with ``spec``'s special tokens and chat template, saved to ``out``: byte-level
     (exact decode), or SentencePiece-style like Llama-2's (``▁`` for spaces, one prepended to each
     run of text, so ``decode(encode("<s>[INST]"))`` is ``"<s> [INST]"``)."""
@@ -163,7 +163,7 @@ def make_tokenizer(spec: TemplateSpec, out: Path) -> Path:
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     tok.train_from_iterator(
-        [CORPUS], trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
+        [corpus], trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -162,3 +162,41 @@ def make_causal_lm(
     from transformers import LlamaForCausalLM
 
     return _save_tiny_llama(LlamaForCausalLM, out, True, hidden, layers, heads, max_pos, seed)
+
+
+def make_causal_lm_for_tokenizer(
+    tokenizer: str | Path,
+    out: str | Path,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_pos: int = 512,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+    initializer_range: float = 0.02,
+) -> Path:
+    """A tiny random Llama causal LM over an existing tokenizer folder (e.g. one with a real chat
+    template), saved with that tokenizer: a stand-in judge or policy for fast tests. A larger
+    ``initializer_range`` than the default 0.02 gives next-token distributions far from uniform."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_pos,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
+    )
+    out = Path(out)
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
