@@ -140,6 +140,9 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                     {
                         "rlhf": {k: summary[k] for k in ("utility", "steps", "wall_seconds")},
                         "last_step": {k: v for k, v in last.items() if k.startswith("rewardserve/") or k == "kl"},
+                        "same_prompts_before_after": {
+                            k: v for k, v in (summary.get("eval") or {}).items() if not k.startswith("scores_")
+                        },
                     },
                     indent=2,
                 )

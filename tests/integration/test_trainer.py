@@ -73,6 +73,8 @@ def test_grpo_trainer_runs_two_steps_against_the_service(server, policy, tmp_pat
         max_completion_length=8,
         out_dir=str(tmp_path / "run"),
         sample_prompts=1,
+        eval_prompts=2,
+        eval_samples=2,
     )
     summary = run_rlhf(cfg)
     out = tmp_path / "run"
@@ -94,6 +96,15 @@ def test_grpo_trainer_runs_two_steps_against_the_service(server, policy, tmp_pat
         assert (out / f).stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["beta"] > 0
     assert summary["steps"] == 2
+    # the same evaluation prompts before and after training, with the paired difference and its interval
+    ev = summary["eval"]
+    assert (ev["prompts"], ev["samples_per_prompt"]) == (2, 2)
+    per_prompt = [[sum(s) / len(s) for s in ev[k]] for k in ("scores_before", "scores_after")]
+    assert ev["difference"]["mean"] == pytest.approx(sum(a - b for b, a in zip(*per_prompt)) / 2)
+    for k in ("before", "after", "difference"):
+        assert ev[k]["lo"] <= ev[k]["mean"] <= ev[k]["hi"]
+    report = (out / "report.md").read_text()
+    assert "on the same prompts, before and after training" in report and "Training batches" in report
     with pytest.raises(ValueError, match="beta"):
         run_rlhf(RLHFConfig(url=server.url, policy=policy, beta=0.0, out_dir=str(tmp_path / "bad")))
 

@@ -75,6 +75,14 @@ class RLHFConfig:
         metadata=_doc("the service's reference set: one base policy's calibration (default: the set 'default')"),
     )
     sample_prompts: int = field(default=3, metadata=_doc("prompts whose final completions go into report.md"))
+    eval_prompts: int = field(
+        default=4,
+        metadata=_doc(
+            "fixed evaluation prompts (the first N of the prompt file) scored before and after training, "
+            "so the report compares the same prompts (0: no evaluation)"
+        ),
+    )
+    eval_samples: int = field(default=4, metadata=_doc("completions per evaluation prompt, before and after"))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,9 +169,11 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
         train_dataset=_load_dataset(cfg),
         callbacks=[_Recorder()],
     )
+    eval_before = _evaluate(trainer, cfg, reward)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
+    eval_after = _evaluate(trainer, cfg, reward)
     samples = _final_samples(trainer, cfg)
     summary = {
         "policy": policy_id(cfg.policy),
@@ -174,6 +184,7 @@ def run_rlhf(cfg: RLHFConfig, after_train: Callable[[Any], dict] | None = None) 
         "first": rows[0] if rows else {},
         "last": rows[-1] if rows else {},
         "rows": rows,
+        "eval": _compare(eval_before, eval_after),
     }
     if after_train is not None:
         summary["after_train"] = after_train(trainer)
@@ -203,6 +214,43 @@ def generate_with(
     finally:
         tok.padding_side = side
         model.train(training)
+
+
+def _evaluate(trainer, cfg: RLHFConfig, reward: Any) -> list[list[float]] | None:
+    """The utility the policy maximises (the service's aggregate) on the fixed evaluation prompts:
+    ``eval_samples`` completions of each of the first ``eval_prompts`` prompts, sampled with one seed
+    so that before and after differ by the policy alone, scored like training batches."""
+    import torch
+
+    n = min(cfg.eval_prompts, len(trainer.train_dataset))
+    if n <= 0 or cfg.eval_samples <= 0:
+        return None
+    prompts = [trainer.train_dataset[i]["prompt"] for i in range(n)]
+    torch.manual_seed(cfg.seed + 7919)
+    texts = generate_with(trainer, prompts, cfg.eval_samples, cfg.max_completion_length, cfg.temperature, 1.0)
+    flat = [p for p in prompts for _ in range(cfg.eval_samples)]
+    scores = reward(flat, [t for ts in texts for t in ts])
+    return [scores[i * cfg.eval_samples : (i + 1) * cfg.eval_samples] for i in range(n)]
+
+
+def _compare(before: list[list[float]] | None, after: list[list[float]] | None) -> dict | None:
+    """Mean utility on the evaluation prompts before and after training, and the paired per-prompt
+    difference, each with its 95 % bootstrap interval: what a run of a few steps moved, next to its noise."""
+    if before is None or after is None:
+        return None
+    from ..experiments.stats import bootstrap_ci
+
+    b = [sum(s) / len(s) for s in before]
+    a = [sum(s) / len(s) for s in after]
+    return {
+        "prompts": len(b),
+        "samples_per_prompt": len(before[0]),
+        "before": bootstrap_ci([x for s in before for x in s]),
+        "after": bootstrap_ci([x for s in after for x in s]),
+        "difference": bootstrap_ci([y - x for x, y in zip(b, a)]),
+        "scores_before": before,
+        "scores_after": after,
+    }
 
 
 def _final_samples(trainer, cfg: RLHFConfig) -> list[dict]:
@@ -247,6 +295,36 @@ def _plots(rows: list[dict], out: Path) -> None:
         plt.close(fig)
 
 
+def _eval_lines(ev: dict | None, cfg: RLHFConfig) -> list[str]:
+    if not ev:
+        return []
+
+    def cell(c: dict) -> str:
+        return f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
+
+    d = ev["difference"]
+    moved = d["lo"] > 0 or d["hi"] < 0
+    reading = (
+        "The interval of the difference excludes 0: training moved the utility on these prompts."
+        if moved
+        else "The interval of the difference contains 0: on these prompts the run's change is within its noise "
+        "(expected for a run of a few steps)."
+    )
+    return [
+        f"## {cfg.utility} on the same prompts, before and after training",
+        "",
+        f"{ev['prompts']} fixed prompts × {ev['samples_per_prompt']} completions each, sampled with one seed before "
+        "and after training; mean with its 95 % bootstrap interval; the difference is paired per prompt.",
+        "",
+        "| before | after | after − before |",
+        "|---:|---:|---:|",
+        f"| {cell(ev['before'])} | {cell(ev['after'])} | {cell(d)} |",
+        "",
+        reading,
+        "",
+    ]
+
+
 def _report(cfg: RLHFConfig, summary: dict, rows: list[dict], samples: list[dict], out: Path) -> None:
     first, last = summary["first"], summary["last"]
     keys = [k for k in sorted(last) if k.startswith("rewardserve/") or k in ("kl", "completions/mean_length", "reward")]
@@ -256,6 +334,12 @@ def _report(cfg: RLHFConfig, summary: dict, rows: list[dict], samples: list[dict
         f"Policy `{summary['policy']}`, {cfg.steps} steps × {cfg.prompts_per_step} prompts × {cfg.num_generations} "
         f"completions, beta {cfg.beta}, lr {cfg.learning_rate}, scale_rewards `{cfg.scale_rewards}`, seed {cfg.seed}. "
         f"Wall time {summary['wall_seconds']:.1f} s. Rewards from {cfg.url}.",
+        "",
+        *_eval_lines(summary.get("eval"), cfg),
+        "## Training batches",
+        "",
+        "Each step samples different prompts, so the first and last steps' rewards differ by their prompts as "
+        "much as by training; the comparison on the same prompts is the one above.",
         "",
         "| metric | first step | last step |",
         "|---|---:|---:|",
