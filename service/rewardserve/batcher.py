@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend, Encoded, intraop_threads
-from .backends.prefix import TokenCount, prefix_key
+from .backends.prefix import CostModel, TokenCount, prefix_key
 from .errors import ModelFailed, Overloaded
 from .health import ForwardHealth
 from .metrics import Metrics
+from .oom import forward_splitting_on_oom
 
 log = logging.getLogger("rewardserve.batcher")
 
@@ -67,6 +68,7 @@ def pick_batch(
     max_padding: float = 1.0,
     max_items: int | None = None,
     shared: bool = False,
+    cost: CostModel | None = None,
 ) -> list[_Pending]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
@@ -81,10 +83,11 @@ def pick_batch(
     """
     cap = max_items or len(items)
     if shared and items[0].group is not None and any(p.group == items[0].group for p in items[1:]):
-        return pick_grouped(items, budget, sort_by_length, max_padding, cap)
+        return pick_grouped(items, budget, sort_by_length, max_padding, cap, cost)
 
     def fits(n: int, width: int, real: int) -> bool:
-        return n <= cap and n * width <= budget and n * width - real <= max_padding * n * width
+        held = n * width if cost is None else cost.plain(n, width)  # memory-true with a cost model
+        return n <= cap and held <= budget and n * width - real <= max_padding * n * width
 
     if not sort_by_length:
         batch, width, real = [items[0]], items[0].enc.length, items[0].enc.length
@@ -120,7 +123,12 @@ def pick_batch(
 
 
 def pick_grouped(
-    items: list[_Pending], budget: int, sort_by_length: bool, max_padding: float, cap: int
+    items: list[_Pending],
+    budget: int,
+    sort_by_length: bool,
+    max_padding: float,
+    cap: int,
+    cost: CostModel | None = None,
 ) -> list[_Pending]:
     """A batch that keeps prompts together: the oldest item, then the rest of its group, then other
     groups in order of arrival (items of a group closest in length to the oldest first when sorting,
@@ -137,14 +145,15 @@ def pick_grouped(
         for members in groups.values():
             members.sort(key=lambda p: abs(p.enc.length - first.enc.length))
     order = groups.pop(first.group, []) + [p for members in groups.values() for p in members]
-    count = TokenCount()
+    count = TokenCount(cost)  # its cost: what the batch holds (prefix cache, keys/values, attention)
     count.add(first.group, first.enc.prefix_len, first.enc.length)
     batch = [first]
     for p in order:
         if len(batch) >= cap and p.group != first.group:  # the worker split never splits the oldest's prompt
             break
         computed, needed, _ = count.with_item(p.group, p.enc.prefix_len, p.enc.length)
-        if computed <= budget and computed - needed <= max_padding * computed:
+        held = count.cost_with_item(p.group, p.enc.prefix_len, p.enc.length)
+        if held <= budget and computed - needed <= max_padding * computed:
             count.add(p.group, p.enc.prefix_len, p.enc.length)
             batch.append(p)
     return batch
@@ -184,6 +193,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
+        self._tokens_per_s = 0.0  # measured, all workers together (moving average; Retry-After)
         self.health: ForwardHealth | None = (
             None  # the app's health.ForwardHealth: every forward reports to it (/readyz, /healthz)
         )
@@ -247,6 +257,10 @@ class Batcher:
 
     # -- internals --------------------------------------------------------------------------
     def _retry_after(self) -> float:
+        """Seconds until the queue has likely drained: queued tokens at the measured tokens/s (all
+        workers), between 1 and 60; before the first forward, 50 ms per batch."""
+        if self._tokens_per_s:
+            return min(60.0, max(1.0, round(self._queued_tokens / self._tokens_per_s, 1)))
         return max(1.0, round(self._queued_tokens / max(self.max_batch_tokens, 1) * 0.05, 1))
 
     def _update_depth(self) -> None:
@@ -297,6 +311,7 @@ class Batcher:
                 self.max_padding_ratio,
                 max_items=-(-len(self._pending) // free),
                 shared=self.shares_prefix,
+                cost=getattr(self.backend, "cost_model", None),
             )
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
@@ -313,17 +328,17 @@ class Batcher:
         self._running.discard(task)
         self._wakeup.set()
 
-    def _forward(self, encs: list[Encoded], threads: int | None) -> np.ndarray:
+    def _forward(self, encs: list[Encoded], threads: int | None) -> tuple[np.ndarray, dict[int, BaseException]]:
         if threads is not None:
             intraop_threads(threads)
-        return self.backend.forward(encs)
+        return forward_splitting_on_oom(self.backend.forward, encs)  # out of memory: halves (oom.py)
 
     async def _run(self, batch: list[_Pending], threads: int | None) -> None:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
             with self.health.watch(self.name) if self.health else nullcontext():
-                rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
+                rows, failed = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._forward, encs, threads
                 )
         except Exception as e:  # a broken forward fails its batch, not the batcher
@@ -337,8 +352,14 @@ class Batcher:
             return
         t1 = time.perf_counter()
         self.forwards += 1
-        for p, row in zip(batch, rows):
-            if not p.future.done():
+        rate = sum(e.length for e in encs) * len(self._running) / max(t1 - t0, 1e-6)
+        self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        for i, (p, row) in enumerate(zip(batch, rows)):
+            if p.future.done():
+                continue
+            if i in failed:  # out of memory on its own (oom.py)
+                p.future.set_exception(ModelFailed(self.name, self.backend.model_names, failed[i]))
+            else:
                 p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)

@@ -101,7 +101,7 @@ class Scorer:
             backend,
             max_batch_tokens=b.batch_tokens_for(cfg.device),
             max_wait_ms=b.max_wait_ms,
-            max_queued_tokens=b.max_queued_tokens,
+            max_queued_tokens=b.queued_tokens_for(cfg.device),
             sort_by_length=b.sort_by_length,
             max_padding_ratio=b.padding_ratio_for(cfg.device),
             forward_workers=b.workers_for(cfg.device, cpu_threads or 1),
