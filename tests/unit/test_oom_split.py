@@ -110,3 +110,32 @@ def test_batcher_gives_rewards_to_the_items_that_fit_and_an_error_to_the_one_tha
     assert isinstance(results[2], ModelFailed) and "OutOfMemoryError" in str(results[2])
     assert [r.row[0] for i, r in enumerate(results) if i != 2] == [10, 12, 8, 9, 11]
     assert backend.calls[0] == 6 and len(backend.calls) > 1
+
+
+def test_retry_after_comes_from_the_measured_tokens_per_second():
+    class Slow(OomBackend):
+        def forward(self, batch):
+            import time
+
+            time.sleep(0.01 * sum(e.length for e in batch) / 10)  # ~1000 tokens/s
+            return super().forward(batch)
+
+    backend = Slow(limit=10**9)
+
+    async def run():
+        batcher = Batcher(backend, max_batch_tokens=1_000, max_wait_ms=0, max_queued_tokens=1_000)
+        assert batcher._retry_after() == 1.0  # nothing measured, nothing queued: the floor
+        batcher.start()
+        try:
+            await asyncio.gather(*batcher.submit(_encs([20, 20, 20])))
+            rate = batcher._tokens_per_s
+            batcher._queued_tokens = 30_000  # as if the queue held 30k tokens
+            return rate, batcher._retry_after()
+        finally:
+            batcher._queued_tokens = 0
+            await batcher.stop()
+
+    rate, retry_after = asyncio.run(run())
+    assert 200 < rate < 2000  # ~1000 tokens/s, on a loaded machine
+    assert retry_after == min(60.0, max(1.0, round(30_000 / rate, 1)))
+    assert retry_after > 10  # the old rule (50 ms per batch of 1000 tokens) said 1.5 s whatever the model
