@@ -119,7 +119,7 @@ class BatchingConfig(_Strict):
         return 1_048_576 if device.startswith("cuda") else 262_144
 
 
-# a backbone's dtype and max_length when its config leaves them unset, per device (see
+# a sequence_classifier backbone's dtype and max_length when its config leaves them unset, per device (see
 # BackboneConfig.device_defaults): an 8B reward model in float32 needs 32 GB and runs at half speed,
 # and 256 tokens cut RL prompts of 1–2k tokens
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -139,13 +139,13 @@ class BackboneConfig(_Strict):
     revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights and activations; unset: float32 on cpu, bfloat16 on cuda"
+        "float32", description="weights and activations; unset: float32, but bfloat16 for a sequence_classifier on cuda"
     )
     max_length: int = Field(
         256,
         gt=8,
         description="tokens per (prompt, response), at most the model's own limit; longer items are truncated; "
-        "unset: 256 on cpu, 4096 on cuda",
+        "unset: 256, but 4096 for a sequence_classifier on cuda",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
         "sdpa",
@@ -184,6 +184,8 @@ class BackboneConfig(_Strict):
     def _device_defaults(self) -> BackboneConfig:
         """Fill dtype and max_length by device where the config leaves them unset."""
         family = "cuda" if self.device.startswith("cuda") else self.device
+        if self.kind != "sequence_classifier":  # a small encoder and its heads: float32 on any device
+            family = "cpu"
         chosen = {k: v for k, v in DEVICE_DEFAULTS[family].items() if k not in self.model_fields_set}
         for key, value in chosen.items():
             setattr(self, key, value)

@@ -213,3 +213,11 @@ def test_loading_holds_at_most_1_3x_the_weights_in_host_memory(tmp_path):
     r = measure_in_subprocess(path, "float32", str(tmp_path / "digests.json"))
     assert r["weights_bytes"] > 100e6
     assert r["increase_over_weights"] <= 1.3, r
+
+
+def test_encoder_head_backbones_keep_float32_on_cuda():
+    s = Settings(
+        backbones={"enc": {"kind": "encoder_head", "device": "cuda", "models": {"a": {"head": "h.safetensors"}}}}
+    )
+    assert (s.backbones["enc"].dtype, s.backbones["enc"].max_length) == ("float32", 256)
+    assert s.backbones["enc"].device_defaults() == {"dtype": "float32", "max_length": 256}
