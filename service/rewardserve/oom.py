@@ -20,6 +20,8 @@ import torch
 
 log = logging.getLogger("rewardserve.oom")
 T = TypeVar("T")
+# torch >= 2.5 names it at the top level (an alias of torch.cuda.OutOfMemoryError, also raised by MPS/XPU)
+OOM: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _free_cached_memory() -> None:
@@ -37,7 +39,7 @@ def forward_splitting_on_oom(
     items = list(batch)
     try:
         return forward(items), {}
-    except torch.OutOfMemoryError:
+    except OOM:
         if len(items) < 2:
             raise
     _free_cached_memory()
@@ -54,7 +56,7 @@ def forward_splitting_on_oom(
         else:
             try:
                 out = forward(part)
-            except torch.OutOfMemoryError as e:
+            except OOM as e:
                 _free_cached_memory()
                 if len(part) == 1:
                     failures[offset], last = e, e
