@@ -4,13 +4,18 @@
 retry policy (``RetryPolicy``, a loop free of I/O); each client only sends, sleeps and gathers in
 its own I/O style, so the two have the same methods by construction.
 
-- Large batches are split into chunks of at most ``max_items_per_request`` items and sent with
+- Large batches are split into chunks of at most ``max_items_per_request`` items and about
+  ``max_tokens_per_request`` tokens (estimated as characters / 4: about right for English with
+  Llama-, Qwen- or GPT-style tokenizers; a chunk always holds at least one item) and sent with
   bounded concurrency (``max_concurrency``); results come back in request order.
 - Retries with jittered exponential backoff only on transient failures, honouring ``Retry-After``:
   connection errors and timeouts, and answers whose error type is retryable
   (``protocol.ERROR_TYPES``: ``overloaded``, ``not_ready``, a reference store briefly unavailable);
   an answer without a known type (a proxy's) only on 429, 502, 503, 504. Never on ``load_failed``
-  (a model failed to load: only an operator helps) nor on invalid input.
+  (a model failed to load: only an operator helps) nor on invalid input. A service that answers
+  retryable 429 or 503 is retried past ``max_retries`` until ``patience`` seconds have passed since
+  the first try: a GPU service answers a full queue with a ``Retry-After`` of several seconds, and
+  one full batch of long items takes tens of seconds.
 - Errors are typed by the server's error type (not its status): ``ERROR_CLASSES`` names the
   ``RewardServeError`` subclass of each; it carries the type, message and status.
 """
@@ -191,6 +196,7 @@ class RetryPolicy:
     max_retries: int = 5
     backoff_base: float = 0.25
     backoff_max: float = 20.0
+    patience: float = 120.0  # seconds an overloaded service (429/503) is retried, whatever max_retries
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
@@ -202,15 +208,21 @@ class RetryPolicy:
                     pass
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))  # full jitter
 
-    def should_retry(self, attempt: int, error: RewardServeError | None) -> bool:
-        """Whether to try again after ``attempt`` tries ended in ``error`` (None: no answer at all)."""
-        return attempt < self.max_retries and (error is None or error.retryable)
+    def should_retry(self, attempt: int, error: RewardServeError | None, elapsed: float = 0.0) -> bool:
+        """Whether to try again after ``attempt`` tries ended in ``error`` (None: no answer at all),
+        ``elapsed`` seconds after the first: up to ``max_retries`` for any transient failure, then on
+        while an overloaded service (retryable 429 or 503) has kept us waiting less than ``patience``."""
+        if error is not None and not error.retryable:
+            return False
+        if attempt < self.max_retries:
+            return True
+        return error is not None and error.status in (429, 503) and elapsed < self.patience
 
     def attempts(self, method: str, path: str) -> Generator[float | None, Outcome, httpx.Response]:
         """The retry loop, free of I/O. It yields ``None`` for "send the request" (send it back the
         response, or the ``httpx.TransportError``) and a number for "wait this many seconds" (send it
         back ``None``); it returns the first answer below 400 and raises the typed error on giving up."""
-        attempt = 0
+        attempt, start = 0, time.monotonic()
         while True:
             outcome = yield None
             response = outcome if isinstance(outcome, httpx.Response) else None
@@ -222,9 +234,10 @@ class RetryPolicy:
                 return response
             else:
                 error = error_from_response(response)
-                if not self.should_retry(attempt, error):
+                if not self.should_retry(attempt, error, time.monotonic() - start):
                     raise error
-            yield self.delay(attempt, response)
+            wait = self.delay(attempt, response)
+            yield wait if attempt < self.max_retries else max(wait, self.backoff_base)  # patience: never spin
             attempt += 1
 
 
@@ -256,10 +269,13 @@ class _BaseClient(Generic[HttpT]):
         max_items_per_request: int = 256,
         max_concurrency: int = 4,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        max_tokens_per_request: int = 65_536,
+        patience: float = 120.0,
     ):
         self.base_url = base_url.rstrip("/")
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, patience)
         self.max_items_per_request, self.max_concurrency = max_items_per_request, max_concurrency
+        self.max_tokens_per_request = max_tokens_per_request
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http: HttpT = self._make_http(headers, httpx.Timeout(read_timeout, connect=connect_timeout), transport)
 
@@ -285,7 +301,8 @@ class _BaseClient(Generic[HttpT]):
         reference_set: str | None = None,
         prompt_format: str | None = None,
     ) -> list[_Call[list[ScoreResult]]]:
-        """One call per chunk of at most ``max_items_per_request`` items."""
+        """One call per chunk of at most ``max_items_per_request`` items and about
+        ``max_tokens_per_request`` tokens (``chunk_by_tokens``)."""
         items = [make_item(it) for it in items]
         if not items:
             raise ValueError("items is empty")
@@ -296,11 +313,10 @@ class _BaseClient(Generic[HttpT]):
             "prompt_format": prompt_format,
         }
         options = {k: v for k, v in options.items() if v is not None}
-        n = self.max_items_per_request
-        return [
-            _Call("POST", "/v1/score", _score_results, json={"items": items[s : s + n], **options})
-            for s in range(0, len(items), n)
-        ]
+        spans = chunk_by_tokens(
+            [estimate_tokens(it) for it in items], self.max_items_per_request, self.max_tokens_per_request
+        )
+        return [_Call("POST", "/v1/score", _score_results, json={"items": items[a:b], **options}) for a, b in spans]
 
     def _models_call(self) -> _Call[list[dict[str, Any]]]:
         return _Call("GET", "/v1/models", lambda answer: answer["models"])
@@ -350,6 +366,32 @@ class _BaseClient(Generic[HttpT]):
         return _Call("POST", "/v1/references/lookup", _as_is, json=body)
 
 
+CHARS_PER_TOKEN = 4  # the estimate of chunk_by_tokens: English text with a BPE tokenizer of 32k-150k tokens
+
+
+def estimate_tokens(item: Mapping[str, Any]) -> int:
+    """About how many tokens an API item is (characters of its prompt and response / 4; the
+    server's tokenizer and template decide the real count)."""
+    prompt = item["prompt"]
+    chars = len(prompt) if isinstance(prompt, str) else sum(len(str(m.get("content", ""))) + 8 for m in prompt)
+    return (chars + len(item["response"])) // CHARS_PER_TOKEN + 1
+
+
+def chunk_by_tokens(tokens: Sequence[int], max_items: int, max_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive chunks with at most ``max_items`` items and at most ``max_tokens``
+    estimated tokens each (an item larger than that alone is a chunk of its own)."""
+    spans: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, t in enumerate(tokens):
+        if i > start and (i - start >= max_items or total + t > max_tokens):
+            spans.append((start, i))
+            start, total = i, 0
+        total += t
+    if tokens:
+        spans.append((start, len(tokens)))
+    return spans
+
+
 def _score_results(answer: Mapping[str, Any]) -> list[ScoreResult]:
     return [ScoreResult.from_json(r) for r in answer["results"]]
 
@@ -362,8 +404,9 @@ class RewardClient(_BaseClient[httpx.Client]):
     """Synchronous client. ``with RewardClient("http://host:8000") as rc: rc.score([...])``.
 
     Options: ``api_key``; ``connect_timeout`` / ``read_timeout`` (seconds); ``max_retries``,
-    ``backoff_base``, ``backoff_max`` (``RetryPolicy``); ``max_items_per_request`` (larger batches
-    are split) and ``max_concurrency`` (chunks in flight at once); ``transport`` (an httpx transport)."""
+    ``backoff_base``, ``backoff_max``, ``patience`` (``RetryPolicy``); ``max_items_per_request`` and
+    ``max_tokens_per_request`` (larger batches are split; tokens estimated as characters / 4) and
+    ``max_concurrency`` (chunks in flight at once); ``transport`` (an httpx transport)."""
 
     def _make_http(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)

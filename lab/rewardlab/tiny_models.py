@@ -83,6 +83,12 @@ def make_head(path: str | Path, in_features: int, hidden: int = 0, seed: int = 0
     return Path(path)
 
 
+def word_tokenizer(chat_template: bool = True):
+    """The word-level tokenizer of the tiny decoders (one token per word of a fixed list, special
+    tokens <unk> <pad> <s> </s>), with or without the chat template."""
+    return _word_tokenizer(chat_template)
+
+
 def _word_tokenizer(chat_template: bool):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -37,6 +37,10 @@ class PrefixCost(Protocol):
     def add(self, key: Hashable | None, prefix_len: int, length: int) -> None: ...
 
     def with_item(self, key: Hashable | None, prefix_len: int, length: int) -> tuple[int, int, bool]: ...
+
+    def cost_with_item(self, key: Hashable | None, prefix_len: int, length: int) -> int:
+        """What the batch would hold (its memory, in computed tokens) if the item joined."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ def pick_batch(
     max_padding: float = 1.0,
     max_items: int | None = None,
     cost: PrefixCost | None = None,
+    plain_cost: Callable[[int, int], int] | None = None,
 ) -> list[_Pending[ItemT]]:
     """Choose the next batch: the oldest item (``items[0]``) plus neighbours under the token budget.
 
@@ -80,13 +85,16 @@ def pick_batch(
 
     ``cost`` (a fresh ``PrefixCost`` of a model that shares prompt prefixes): when the oldest item
     has company of its own prompt waiting, the batch is grouped instead (``pick_grouped``).
+    ``plain_cost(n, width)``: what a plain batch holds, in computed tokens (memory-true for a model
+    with a memory model, ``backends.prefix.CostModel``); default ``n × width``.
     """
     cap = max_items or len(items)
     if cost is not None and items[0].group is not None and any(p.group == items[0].group for p in items[1:]):
         return pick_grouped(items, budget, sort_by_length, max_padding, cap, cost)
 
     def fits(n: int, width: int, real: int) -> bool:
-        return n <= cap and n * width <= budget and n * width - real <= max_padding * n * width
+        held = n * width if plain_cost is None else plain_cost(n, width)
+        return n <= cap and held <= budget and n * width - real <= max_padding * n * width
 
     if not sort_by_length:
         batch, width, real = [items[0]], items[0].enc.length, items[0].enc.length
@@ -146,7 +154,8 @@ def pick_grouped(
         if len(batch) >= cap and p.group != first.group:  # the worker split never splits the oldest's prompt
             break
         computed, needed, _ = count.with_item(p.group, p.enc.prefix_len, p.enc.length)
-        if computed <= budget and computed - needed <= max_padding * computed:
+        held = count.cost_with_item(p.group, p.enc.prefix_len, p.enc.length)  # memory, not only tokens
+        if held <= budget and computed - needed <= max_padding * computed:
             count.add(p.group, p.enc.prefix_len, p.enc.length)
             batch.append(p)
     return batch

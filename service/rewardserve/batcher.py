@@ -41,6 +41,7 @@ from .batch_selection import Batchable, ItemT, ItemT_contra, PrefixCost, Scored,
 from .errors import ModelFailed, Overloaded
 from .health import ForwardHealth
 from .metrics import Metrics
+from .oom import forward_splitting_on_oom
 
 log = logging.getLogger("rewardserve.batcher")
 
@@ -58,6 +59,10 @@ class ForwardModel(Protocol[ItemT_contra]):
 
     def prefix_cost(self) -> PrefixCost | None:
         """A fresh counter when items of one prompt share its forward; None: a batch costs items × width."""
+
+    def plain_cost(self, n: int, width: int) -> int:
+        """What a plain forward of ``n`` items padded to ``width`` holds, in computed tokens (the
+        budget's unit; ``n × width`` when the model has no memory model)."""
 
 
 class Batcher(Generic[ItemT]):
@@ -96,6 +101,7 @@ class Batcher(Generic[ItemT]):
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.forwards = 0  # forward passes run (for tests and diagnostics)
+        self._tokens_per_s = 0.0  # measured, all workers together (moving average; Retry-After)
         self.health = health  # every forward reports to it (/readyz, /healthz)
 
     # -- public -----------------------------------------------------------------------------
@@ -156,6 +162,10 @@ class Batcher(Generic[ItemT]):
 
     # -- internals --------------------------------------------------------------------------
     def _retry_after(self) -> float:
+        """Seconds until the queue has likely drained: queued tokens at the measured tokens/s (all
+        workers), between 1 and 60; before the first forward, 50 ms per batch."""
+        if self._tokens_per_s:
+            return min(60.0, max(1.0, round(self._queued_tokens / self._tokens_per_s, 1)))
         return max(1.0, round(self._queued_tokens / max(self.max_batch_tokens, 1) * 0.05, 1))
 
     def _update_depth(self) -> None:
@@ -206,6 +216,7 @@ class Batcher(Generic[ItemT]):
                 self.max_padding_ratio,
                 max_items=-(-len(self._pending) // free),
                 cost=self.model.prefix_cost(),
+                plain_cost=self.model.plain_cost,
             )
             taken = set(map(id, batch))
             self._pending = [p for p in self._pending if id(p) not in taken]
@@ -222,13 +233,17 @@ class Batcher(Generic[ItemT]):
         self._running.discard(task)
         self._wakeup.set()
 
+    def _forward(self, encs: list[ItemT], threads: int | None) -> tuple[np.ndarray, dict[int, BaseException]]:
+        """The model's forward; one that runs out of memory is retried in halves (``oom.py``)."""
+        return forward_splitting_on_oom(lambda part: self.model.forward(part, threads), encs)
+
     async def _run(self, batch: list[_Pending[ItemT]], threads: int | None) -> None:
         encs = [p.enc for p in batch]
         t0 = time.perf_counter()
         try:
             with self.health.watch(self.name) if self.health else nullcontext():
-                rows: np.ndarray = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.model.forward, encs, threads
+                rows, failed = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._forward, encs, threads
                 )
         except Exception as e:  # a broken forward fails its batch, not the batcher
             log.exception("forward of backbone %s failed", self.name)
@@ -241,8 +256,14 @@ class Batcher(Generic[ItemT]):
             return
         t1 = time.perf_counter()
         self.forwards += 1
-        for p, row in zip(batch, rows):
-            if not p.future.done():
+        rate = sum(e.length for e in encs) * len(self._running) / max(t1 - t0, 1e-6)
+        self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        for i, (p, row) in enumerate(zip(batch, rows)):
+            if p.future.done():
+                continue
+            if i in failed:  # out of memory on its own (oom.py)
+                p.future.set_exception(ModelFailed(self.name, self.models, failed[i]))
+            else:
                 p.future.set_result(Scored(row, t0, t1))
         if self.metrics:
             m, n = self.metrics, len(batch)

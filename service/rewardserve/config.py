@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -74,7 +83,11 @@ class ModelConfig(_Strict):
 
 class BatchingConfig(_Strict):
     max_batch_tokens: int | None = Field(
-        None, gt=0, description="padded tokens per forward; None picks the per-device default (cpu 1024, cuda 16384)"
+        None,
+        gt=0,
+        description="what one forward may hold, in tokens: padded tokens, plus, for decoder sequence classifiers, "
+        "the prompt cache of a shared batch, each item's keys/values in attention and attention's working set "
+        "(backends/prefix.py CostModel); None picks the per-device default (cpu 1024, cuda 32768)",
     )
     max_wait_ms: float = Field(
         0.0,
@@ -82,7 +95,12 @@ class BatchingConfig(_Strict):
         description="how long the first item of a batch waits for company when the worker is idle; with 0 "
         "batches form from what arrives while the previous forward runs",
     )
-    max_queued_tokens: int = Field(262_144, gt=0, description="tokens waiting per backbone before 503")
+    max_queued_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="tokens waiting per backbone before 503; None picks the per-device default "
+        "(cpu 262144, cuda 1048576: about a minute of an 8B model's forwards on one GPU)",
+    )
     sort_by_length: bool = Field(True, description="fill batches with items of similar length (less padding)")
     max_padding_ratio: float | None = Field(
         None,
@@ -90,7 +108,7 @@ class BatchingConfig(_Strict):
         le=1,
         description="a batch grows only while pad tokens stay at most this share of its padded tokens; "
         "None picks the per-device default (cpu 0.2: padding costs more than batching "
-        "gains there; cuda 1.0: no cap)",
+        "gains there; cuda 0.5: batching gains more, but a pad token costs a real one's compute and memory)",
     )
     forward_workers: int | None = Field(
         None,
@@ -107,12 +125,27 @@ class BatchingConfig(_Strict):
     def batch_tokens_for(self, device: str) -> int:
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
-        return 16_384 if device.startswith("cuda") else 1_024
+        return 32_768 if device.startswith("cuda") else 1_024
 
     def padding_ratio_for(self, device: str) -> float:
         if self.max_padding_ratio is not None:
             return self.max_padding_ratio
-        return 1.0 if device.startswith("cuda") else 0.2
+        return 0.5 if device.startswith("cuda") else 0.2
+
+    def queued_tokens_for(self, device: str) -> int:
+        if self.max_queued_tokens is not None:
+            return self.max_queued_tokens
+        return 1_048_576 if device.startswith("cuda") else 262_144
+
+
+# a sequence_classifier backbone's dtype and max_length when its config leaves them unset, per device (see
+# BackboneConfig.device_defaults): an 8B reward model in float32 needs 32 GB and runs at half speed,
+# and 256 tokens cut RL prompts of 1–2k tokens
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"dtype": "float32", "max_length": 256},
+    "cuda": {"dtype": "bfloat16", "max_length": 4096},
+    "mps": {"dtype": "float32", "max_length": 256},
+}
 
 
 class BackboneConfig(_Strict):
@@ -124,8 +157,20 @@ class BackboneConfig(_Strict):
     path: str | None = Field(None, description="local folder or hub id; encoder_head default: bundled all-MiniLM-L6-v2")
     revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations")
-    max_length: int = Field(256, gt=8, description="tokens per (prompt, response); longer items are truncated")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and activations; unset: float32, but bfloat16 for a sequence_classifier on cuda"
+    )
+    max_length: int = Field(
+        256,
+        gt=8,
+        description="tokens per (prompt, response), at most the model's own limit; longer items are truncated; "
+        "unset: 256, but 4096 for a sequence_classifier on cuda",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        "sdpa",
+        description="sequence_classifier: the attention kernels; flash_attention_* need their package and cuda, "
+        "and run without share_prompt_prefix (they take no 4D mask)",
+    )
     trust_remote_code: bool = Field(
         False, description="run model code shipped with a hub checkpoint (never, unless true)"
     )
@@ -158,6 +203,24 @@ class BackboneConfig(_Strict):
         if v != "cpu" and not v.startswith("cuda") and v != "mps":
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
         return v
+
+    _from_device: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _device_defaults(self) -> BackboneConfig:
+        """Fill dtype and max_length by device where the config leaves them unset."""
+        family = "cuda" if self.device.startswith("cuda") else self.device
+        if self.kind != "sequence_classifier":  # a small encoder and its heads: float32 on any device
+            family = "cpu"
+        chosen = {k: v for k, v in DEVICE_DEFAULTS[family].items() if k not in self.model_fields_set}
+        for key, value in chosen.items():
+            setattr(self, key, value)
+        self._from_device = chosen
+        return self
+
+    def device_defaults(self) -> dict[str, Any]:
+        """The settings this backbone took from its device because its config left them unset."""
+        return dict(self._from_device)
 
     @model_validator(mode="after")
     def _models(self) -> BackboneConfig:

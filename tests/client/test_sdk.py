@@ -21,6 +21,7 @@ from rewardclient import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RewardClient,
+    RewardServeError,
     ServerError,
     ServiceUnavailableError,
     prompt_fingerprint,
@@ -193,14 +194,31 @@ def test_async_client_retries_with_the_same_policy(flaky):
     assert st["hits"] == 3 and st["auth"] == "Bearer k-2"
     st.update(hits=0, fail=100)
     with pytest.raises(OverloadedError):
-        asyncio.run(go(max_retries=1))
+        asyncio.run(go(max_retries=1, patience=0))
     assert st["hits"] == 2
 
 
 def test_gives_up_after_max_retries(flaky):
     url, st = flaky
     st.update(fail=100)
-    with RewardClient(url, backoff_base=0.01, max_retries=2) as c, pytest.raises(OverloadedError):
+    with RewardClient(url, backoff_base=0.01, max_retries=2, patience=0) as c, pytest.raises(OverloadedError):
+        c.score([("p", "r")])
+    assert st["hits"] == 3
+
+
+def test_overload_is_retried_past_max_retries_until_patience_runs_out(flaky):
+    url, st = flaky
+    st.update(fail=6, status=503)  # more 503s than max_retries
+    with RewardClient(url, backoff_base=0.01, max_retries=2, patience=30) as c:
+        assert c.score([("p", "r")])[0].aggregate == -0.3
+    assert st["hits"] == 7
+    st.update(hits=0, fail=10**6)
+    t0 = time.monotonic()
+    with RewardClient(url, backoff_base=0.01, max_retries=2, patience=0.3) as c, pytest.raises(OverloadedError):
+        c.score([("p", "r")])
+    assert 0.3 <= time.monotonic() - t0 < 5 and st["hits"] > 3
+    st.update(hits=0, fail=100, status=502)  # patience is for overload (429, 503) only
+    with RewardClient(url, backoff_base=0.01, max_retries=2, patience=30) as c, pytest.raises(RewardServeError):
         c.score([("p", "r")])
     assert st["hits"] == 3
 
@@ -261,3 +279,31 @@ def test_auth_error_is_typed(tiny, tmp_path, monkeypatch):
             c.score([("p", "r")], models=["a"])
         with RewardClient(srv.url, api_key="sdk-key") as c:
             assert len(c.score([("p", "r")], models=["a"])) == 1
+
+
+def test_chunks_by_estimated_tokens_as_well_as_items(flaky):
+    from rewardclient.client import CHARS_PER_TOKEN, chunk_by_tokens, estimate_tokens
+
+    assert chunk_by_tokens([10, 10, 10, 10], max_items=3, max_tokens=100) == [(0, 3), (3, 4)]
+    assert chunk_by_tokens([60, 50, 10, 200, 5], max_items=10, max_tokens=100) == [(0, 1), (1, 3), (3, 4), (4, 5)]
+    assert chunk_by_tokens([], 3, 100) == []
+    item = {"prompt": "x" * 4000, "response": "y" * 400}
+    assert estimate_tokens(item) == 4400 // CHARS_PER_TOKEN + 1
+    chat = {"prompt": [{"role": "user", "content": "x" * 400}], "response": "y" * 40}
+    assert estimate_tokens(chat) == (400 + 8 + 40) // CHARS_PER_TOKEN + 1
+    url, st = flaky
+    sizes = []
+    real_send = RewardClient._send
+
+    def send(self, call):
+        sizes.append(len(call.json["items"]))
+        return real_send(self, call)
+
+    items = [("p" * 4000, "r" * 4000)] * 20  # ~2000 tokens each
+    try:
+        RewardClient._send = send
+        with RewardClient(url, max_tokens_per_request=9000, max_concurrency=2) as c:
+            assert len(c.score(items)) == 20
+    finally:
+        RewardClient._send = real_send
+    assert sizes == [4, 4, 4, 4, 4]

@@ -111,9 +111,11 @@ def test_sequence_classifier_rejects_multi_label(tmp_path):
 def test_batches_are_padded_to_a_multiple_of_8_without_changing_rewards(backends, name):
     be = backends[name]
     assert be.pad_multiple == 8  # the config default
-    net = be.encoder if name == "encoder_head" else be.model
+    net = be.encoder if name == "encoder_head" else getattr(be.model, be.model.base_model_prefix)
     widths: list[int] = []
-    hook = net.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    hook = net.register_forward_pre_hook(
+        lambda m, a, kw: widths.append((kw["input_ids"] if "input_ids" in kw else a[0]).shape[1]), with_kwargs=True
+    )
     encs = [be.encode(p, r) for p in PROMPTS for r in RESPONSES]
     sharing, be.shares_prefix = be.shares_prefix, False  # plain batches here (shared ones: test_prefix_sharing.py)
     try:

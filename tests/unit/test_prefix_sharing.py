@@ -30,20 +30,20 @@ def _count(batch) -> tuple[int, int, bool]:
 
 
 def test_computed_tokens_counts_each_prompt_once_and_shares_only_when_cheaper():
-    # one group of 3: prefix 10 once + the suffixes' tokens (20 + 10 + 5)
-    assert computed_tokens([("a", 10, 30), ("a", 10, 20), ("a", 10, 15)]) == (10 + 35, 10 + 35, True)
+    # one group of 3: prefix 10 once + the suffixes padded to the longest (3 × 20); needed: 10 + 20 + 10 + 5
+    assert computed_tokens([("a", 10, 30), ("a", 10, 20), ("a", 10, 15)]) == (10 + 3 * 20, 10 + 35, True)
     # no two items share a prompt: plain, whatever the prefixes
     assert computed_tokens([("a", 10, 30), ("b", 10, 20)]) == (60, 50, False)
     assert computed_tokens([("a", 10, 30)]) == (30, 30, False)
     # items without a key run in a plain forward of their own
     assert computed_tokens([("a", 10, 30), ("a", 10, 20), (None, 0, 50), (None, 0, 40)]) == (
-        10 + 30 + 2 * 50,
+        10 + 2 * 20 + 2 * 50,
         10 + 30 + 90,
         True,
     )
-    # two groups: prefix rows padded to the longest prefix
+    # two groups: prefix rows padded to the longest prefix, suffixes to the longest suffix
     assert computed_tokens([("a", 5, 10), ("a", 5, 8), ("b", 40, 42), ("b", 40, 41)]) == (
-        2 * 40 + 5 + 3 + 2 + 1,
+        2 * 40 + 4 * 5,
         5 + 40 + 5 + 3 + 2 + 1,
         True,
     )

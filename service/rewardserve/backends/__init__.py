@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypedDict
 
 from ..config import BackboneConfig, Settings
 from .base import Backend, Encoded, ModelInfo
+
+log = logging.getLogger("rewardserve")
 
 
 class _LoadOptions(TypedDict):
@@ -22,6 +25,7 @@ class _LoadOptions(TypedDict):
 def build_backend(name: str, cfg: BackboneConfig, settings: Settings) -> Backend:
     """Load the backbone ``name`` described by ``cfg`` (paths resolved against the config file)."""
     path = settings.resolve_path(cfg.path) if cfg.path else None
+    log.info("backbone %s: %s", name, describe_settings(cfg, settings))
     common = _LoadOptions(
         device=cfg.device,
         dtype=cfg.dtype,
@@ -52,9 +56,26 @@ def build_backend(name: str, cfg: BackboneConfig, settings: Settings) -> Backend
             path=path,
             share_prompt_prefix=cfg.share_prompt_prefix,
             max_padding_ratio=(cfg.batching or settings.batching).padding_ratio_for(cfg.device),
+            attn_implementation=cfg.attn_implementation,
             **common,
         )
     raise ValueError(f"unknown backbone kind {cfg.kind!r}")
+
+
+def describe_settings(cfg: BackboneConfig, settings: Settings) -> str:
+    """The settings a backbone runs with, those chosen by its device (left unset) marked: printed at start."""
+    b = cfg.batching or settings.batching
+    chosen = cfg.device_defaults()
+    unset = {k for k in ("max_batch_tokens", "max_padding_ratio", "max_queued_tokens") if getattr(b, k) is None}
+    values = {
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "max_length": cfg.max_length,
+        "max_batch_tokens": b.batch_tokens_for(cfg.device),
+        "max_padding_ratio": b.padding_ratio_for(cfg.device),
+        "max_queued_tokens": b.queued_tokens_for(cfg.device),
+    }
+    return ", ".join(f"{k} {v}" + (" (device default)" if k in chosen or k in unset else "") for k, v in values.items())
 
 
 __all__ = ["Backend", "Encoded", "ModelInfo", "build_backend"]

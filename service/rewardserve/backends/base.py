@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,13 +95,109 @@ def file_digest(*paths: str | Path, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
+def digest_cache_path() -> Path:
+    """Where revision digests are remembered: ``$REWARDSERVE_DIGEST_CACHE``, else
+    ``$XDG_CACHE_HOME/rewardserve/digests.json`` (``~/.cache`` by default)."""
+    env = os.environ.get("REWARDSERVE_DIGEST_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rewardserve" / "digests.json"
+
+
+def _hub_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face hub cache snapshot (``…/snapshots/<40 hex>/``): already a revision."""
+    resolved = folder.resolve()
+    name = resolved.name
+    if resolved.parent.name == "snapshots" and len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return None
+
+
 def weights_digest(folder: str | Path) -> str:
-    """Revision of a local model folder: sha256 over its safetensors weights and config.json."""
+    """Revision of a local model folder: sha256 over its safetensors weights and config.json (12 hex
+    digits; the same bytes give the same revision on every machine).
+
+    Hashing an 8B model reads 16 GB, so a digest is computed once per set of files and remembered
+    (``digest_cache_path``) under the files' (path, size, mtime, inode): a later start with the same
+    files reads no weights. A hub cache snapshot folder is named by its commit, which is used as is
+    (``hub-<12 hex>``). A cache that cannot be written (a read-only file system) only costs the hash."""
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors")) + [p for p in [folder / "config.json"] if p.exists()]
     if not files:
         raise FileNotFoundError(f"no safetensors weights in {folder}")
-    return file_digest(*files)
+    commit = _hub_commit(folder)
+    if commit is not None:
+        return f"hub-{commit[:12]}"
+    stats = [(str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino) for p in files for st in [p.stat()]]
+    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    cache = digest_cache_path()
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), str):
+        return str(known[key])
+    digest = file_digest(*files)
+    known[key] = digest
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return digest
+
+
+def enable_tf32(device: torch.device) -> None:
+    """On cuda, float32 matmuls and convolutions run on TF32 tensor cores (bf16/fp16 models are not
+    affected; a float32 model gets ~10 mantissa bits in its matmuls instead of 23)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+def load_to_device(
+    path: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> Any:
+    """``AutoModelForSequenceClassification`` loaded straight onto ``device`` in ``dtype``: the
+    weights go from the safetensors files to the device tensor by tensor (``device_map``, low-memory
+    loading), never all staged in host memory first. ``attn_implementation``: ``sdpa`` by default;
+    a flash-attention one must be installed (and runs without prefix sharing: it takes no 4D mask)."""
+    from transformers import AutoModelForSequenceClassification
+
+    attn = attn_implementation or "sdpa"
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}")
+    if attn.startswith("flash_attention"):
+        import importlib.util
+
+        module = "flash_attn" if attn == "flash_attention_2" else "flash_attn_interface"
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"attn_implementation {attn!r} needs the {module} package, which is not installed")
+        if device.type != "cuda":
+            raise ValueError(f"attn_implementation {attn!r} runs on cuda only, not on {device}")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        revision=revision,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        device_map={"": device},
+        low_cpu_mem_usage=True,
+        attn_implementation=attn,
+    )
+    return model.eval()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -131,10 +229,18 @@ class Backend(ABC):
     pad_multiple: int = 1
     # items with the same prompt prefix run it once (``Encoded.prefix_len``; decoder models)
     shares_prefix: bool = False
+    # what a token costs a forward in memory (``prefix.CostModel``); None: padded tokens
+    cost_model: Any = None
 
     def batch_width(self, batch: list[Encoded]) -> int:
         """The width this backend pads ``batch`` to (see ``padded_width``)."""
         return padded_width([e.length for e in batch], self.pad_multiple, self.max_length)
+
+    def batch_cost(self, batch: list[Encoded]) -> int:
+        """What ``forward(batch)`` holds at its peak, in tokens (the batcher's budget,
+        ``max_batch_tokens``): here its padded tokens; backends with a cache or a costlier
+        attention count those too."""
+        return len(batch) * self.batch_width(batch) if batch else 0
 
     @property
     @abstractmethod

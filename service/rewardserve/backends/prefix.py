@@ -2,20 +2,23 @@
 
 A decoder reads causally, so the hidden states and key/value cache of a prompt's tokens are the same
 for every response to it. Items of a batch whose first ``prefix_len`` tokens are identical form a
-group; one forward runs each group's prefix (one row per group), the cache is expanded to one row
-per item, and a second forward runs every item's remaining tokens (its suffix) on top of its
-group's prefix, with position ids continuing the prefix and a 4D mask that hides the other groups'
-padding. The reward is read where the plain forward reads it (the item's rightmost non-pad token),
-so the result is the plain forward's up to float rounding.
+group; one forward runs each group's prefix (one row per group) and keeps its cache (one row per
+group), and a second forward runs every item's remaining tokens (its suffix) on top of its group's
+prefix, with position ids continuing the prefix and a 4D mask (built on the device from the
+lengths) that hides the other groups' padding. The reward is read where the plain forward reads it
+(the item's rightmost non-pad token), through the score head in float32, so the result is the plain
+forward's up to the rounding of the hidden states (exact in float32: |Δ| ≤ 1e-4; in bfloat16 see
+docs/configuration.md).
 
-The planning (which items group, and whether sharing computes fewer tokens than a plain batch) is
-pure and works on token counts; ``shared_forward`` runs the plan.
+The planning (which items group, whether sharing computes fewer tokens than a plain batch, and what
+a batch costs in memory: ``CostModel``, ``TokenCount``) is pure and works on token counts;
+``shared_forward`` runs the plan.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +33,67 @@ def prefix_key(enc: Encoded) -> tuple[int, ...] | None:
     return tuple(enc.input_ids[: enc.prefix_len]) if enc.prefix_len > 0 else None
 
 
+@dataclass(frozen=True)
+class CostModel:
+    """What a forward holds, per token, in units of one computed token (its working set in one
+    decoder layer: hidden states, attention projections, MLP activations), so that a batch's cost is
+    comparable with ``max_batch_tokens``. From the model's config (``for_model``):
+
+    - ``kv``: one token's keys and values in one layer as attention reads them (after the GQA
+      repeat that SDPA with a mask and eager attention do); held for one layer at a time;
+    - ``cache``: one token of a key/value cache kept over every layer (a shared batch's prompts);
+    - ``score``: one (query, key) pair of attention's working set: the mask, and the scores where
+      the kernel materialises them (eager attention; fused SDPA kernels do not).
+    """
+
+    kv: float
+    cache: float
+    score: float
+
+    @classmethod
+    def for_model(cls, config: Any, dtype: torch.dtype, attn_implementation: str | None) -> CostModel:
+        cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+        hidden = int(cfg.hidden_size)
+        heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+        layers = int(getattr(cfg, "num_hidden_layers", 1) or 1)
+        inter = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+        b = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+        token = b * (4 * hidden + 3 * inter)
+        kv = b * 2 * (heads + kv_heads) * head_dim  # the layer's own K/V and their GQA repeat
+        cache = b * 2 * kv_heads * head_dim * layers
+        eager = (attn_implementation or "eager") == "eager"
+        score = heads * (b + 4) + b if eager else 1  # eager: scores + fp32 softmax + float mask; else a bool mask
+        return cls(kv / token, cache / token, score / token)
+
+    def plain(self, n: int, width: int) -> int:
+        """A plain forward of ``n`` items padded to ``width``."""
+        return math.ceil(n * width * (1 + self.kv) + n * width * width * self.score)
+
+    def shared(self, groups: int, pw: int, n: int, sw: int) -> int:
+        """A shared forward: ``groups`` prefix rows of width ``pw`` (their cache kept), then ``n``
+        suffixes of width ``sw`` on top (as one chunk: an upper bound when they run in several)."""
+        cache = groups * pw * self.cache
+        prefix_phase = groups * pw * (1 + self.kv) + groups * pw * pw * self.score
+        suffix_phase = n * sw + n * (pw + sw) * self.kv + n * sw * (pw + sw) * self.score
+        return math.ceil(cache + max(prefix_phase, suffix_phase))
+
+
 class TokenCount:
-    """Tokens a batch computes, kept as items join (the batcher's budget; O(1) per item).
+    """What a batch computes and holds, kept as items join (the batcher's budget; O(1) per item).
 
     Plain: every item padded to the longest, ``n × max length``. Shared: one row per group padded
-    to the longest prefix, every keyed item's suffix tokens (``shared_forward`` runs the suffixes in
-    length-sorted chunks whose padding stays within the batcher's cap, so their padding is not
-    counted), and a plain forward of the items without a key. Sharing is chosen only when it
-    computes fewer tokens, so a batch without a group of two or more never shares. ``needed`` is
-    the chosen plan's tokens before padding (each prefix once).
+    to the longest prefix, every keyed item's suffix padded to the longest suffix, and a plain
+    forward of the items without a key. Sharing is chosen only when it computes fewer tokens, so a
+    batch without a group of two or more never shares. ``needed`` is the chosen plan's tokens
+    before padding (each prefix once). ``cost`` is what the chosen plan holds at its peak
+    (``CostModel``; without one, the tokens it computes): the prefix cache, each item's keys and
+    values over prompt + response in the layer that attention runs, and attention's working set.
     """
 
     __slots__ = (
+        "model",
         "prefixes",
         "max_p",
         "prefix_sum",
@@ -56,25 +108,14 @@ class TokenCount:
         "total",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, model: CostModel | None = None) -> None:
+        self.model = model
         self.prefixes: set[Hashable] = set()
         self.max_p = self.prefix_sum = self.keyed = self.suffix_w = self.suffix_sum = 0
         self.rest_n = self.rest_w = self.rest_sum = self.n = self.max_len = self.total = 0
 
-    def add(self, key: Hashable | None, p: int, length: int) -> None:
-        self.n, self.max_len, self.total = self.n + 1, max(self.max_len, length), self.total + length
-        if key is None:
-            self.rest_n, self.rest_w, self.rest_sum = self.rest_n + 1, max(self.rest_w, length), self.rest_sum + length
-            return
-        self.keyed += 1
-        self.suffix_w, self.suffix_sum = max(self.suffix_w, length - p), self.suffix_sum + length - p
-        if key not in self.prefixes:
-            self.prefixes.add(key)
-            self.max_p, self.prefix_sum = max(self.max_p, p), self.prefix_sum + p
-
-    def result(self) -> tuple[int, int, bool]:
-        """(computed, needed, shared)."""
-        return self._result(
+    def _state(self) -> tuple[int, ...]:
+        return (
             len(self.prefixes),
             self.max_p,
             self.prefix_sum,
@@ -89,11 +130,10 @@ class TokenCount:
             self.total,
         )
 
-    def with_item(self, key: Hashable | None, p: int, length: int) -> tuple[int, int, bool]:
-        """``result()`` as if the item had joined (the count itself does not change)."""
+    def _state_with(self, key: Hashable | None, p: int, length: int) -> tuple[int, ...]:
         n, max_len, total = self.n + 1, max(self.max_len, length), self.total + length
         if key is None:
-            return self._result(
+            return (
                 len(self.prefixes),
                 self.max_p,
                 self.prefix_sum,
@@ -108,7 +148,7 @@ class TokenCount:
                 total,
             )
         new = key not in self.prefixes
-        return self._result(
+        return (
             len(self.prefixes) + new,
             max(self.max_p, p) if new else self.max_p,
             self.prefix_sum + p * new,
@@ -123,27 +163,65 @@ class TokenCount:
             total,
         )
 
-    @staticmethod
-    def _result(
-        groups: int,
-        max_p: int,
-        prefix_sum: int,
-        keyed: int,
-        suffix_w: int,
-        suffix_sum: int,
-        rest_n: int,
-        rest_w: int,
-        rest_sum: int,
-        n: int,
-        max_len: int,
-        total: int,
-    ) -> tuple[int, int, bool]:
-        plain = n * max_len
-        if groups < keyed:
-            shared = groups * max_p + suffix_sum + rest_n * rest_w
-            if shared < plain:
-                return shared, prefix_sum + suffix_sum + rest_sum, True
-        return plain, total, False
+    def add(self, key: Hashable | None, p: int, length: int) -> None:
+        self.n, self.max_len, self.total = self.n + 1, max(self.max_len, length), self.total + length
+        if key is None:
+            self.rest_n, self.rest_w, self.rest_sum = self.rest_n + 1, max(self.rest_w, length), self.rest_sum + length
+            return
+        self.keyed += 1
+        self.suffix_w, self.suffix_sum = max(self.suffix_w, length - p), self.suffix_sum + length - p
+        if key not in self.prefixes:
+            self.prefixes.add(key)
+            self.max_p, self.prefix_sum = max(self.max_p, p), self.prefix_sum + p
+
+    def result(self) -> tuple[int, int, bool]:
+        """(computed, needed, shared)."""
+        return _result(*self._state())
+
+    def with_item(self, key: Hashable | None, p: int, length: int) -> tuple[int, int, bool]:
+        """``result()`` as if the item had joined (the count itself does not change)."""
+        return _result(*self._state_with(key, p, length))
+
+    def cost(self) -> int:
+        """What the batch holds at its peak, in tokens (see ``CostModel``)."""
+        return _cost(self.model, *self._state())
+
+    def cost_with_item(self, key: Hashable | None, p: int, length: int) -> int:
+        """``cost()`` as if the item had joined."""
+        return _cost(self.model, *self._state_with(key, p, length))
+
+
+def _result(
+    groups: int,
+    max_p: int,
+    prefix_sum: int,
+    keyed: int,
+    suffix_w: int,
+    suffix_sum: int,
+    rest_n: int,
+    rest_w: int,
+    rest_sum: int,
+    n: int,
+    max_len: int,
+    total: int,
+) -> tuple[int, int, bool]:
+    plain = n * max_len
+    if groups < keyed:
+        shared = groups * max_p + keyed * suffix_w + rest_n * rest_w
+        if shared < plain:
+            return shared, prefix_sum + suffix_sum + rest_sum, True
+    return plain, total, False
+
+
+def _cost(model: CostModel | None, *state: int) -> int:
+    computed, _, shared = _result(*state)
+    if model is None:
+        return computed
+    groups, max_p, _, keyed, suffix_w, _, rest_n, rest_w, _, n, max_len, _ = state
+    if not shared:
+        return model.plain(n, max_len)
+    # the keyed items share; the rest run in a plain forward after the shared one (its cache freed)
+    return max(model.shared(groups, max_p, keyed, suffix_w), model.plain(rest_n, rest_w))
 
 
 def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[int, int, bool]:
@@ -153,6 +231,16 @@ def computed_tokens(items: Sequence[tuple[Hashable | None, int, int]]) -> tuple[
     for key, p, length in items:
         c.add(key, p, length)
     return c.result()
+
+
+def batch_cost(batch: Sequence[Encoded], model: CostModel | None, shares: bool) -> int:
+    """What a backend's forward of ``batch`` holds at its peak, in tokens (``TokenCount.cost``);
+    ``shares``: the backend shares prompt prefixes."""
+    c = TokenCount(model)
+    for e in batch:
+        key = prefix_key(e) if shares else None
+        c.add(key, e.prefix_len if key is not None else 0, e.length)
+    return c.cost()
 
 
 def suffix_chunks(lengths: Sequence[int], max_padding: float = 1.0) -> list[list[int]]:
@@ -215,12 +303,18 @@ def pool_index(ids: Sequence[int], pad_id: int | None) -> int:
     return 0
 
 
+def has_score_head(model: Any) -> bool:
+    """Whether ``model`` is a base model + a linear ``score`` head (decoder ``…ForSequenceClassification``)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    return base is not None and isinstance(getattr(model, "score", None), torch.nn.Linear)
+
+
 def supports_sharing(model: Any) -> str | None:  # a transformers model: its attributes are dynamic
     """None when ``model`` (a decoder ``…ForSequenceClassification``) can run a shared forward,
     else the reason it cannot: it needs a ``score`` head over a base model that takes a cache,
     position ids and a 4D mask, and full (not sliding-window) attention in every layer."""
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if base is None or not isinstance(getattr(model, "score", None), torch.nn.Module):
+    if base is None or not has_score_head(model):
         return "no base model + score head"
     params = inspect.signature(base.forward).parameters
     if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
@@ -240,6 +334,71 @@ def _cache_kwarg(base: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def score_fp32(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The reward from pooled hidden states, in float32 whatever the model's dtype: a bf16 score
+    head rounds rewards to bf16's spacing (0.0625 for |r| in 8–16), which ties items of a GRPO
+    group and makes a reward depend on its batch. One row per item: the cost is nothing."""
+    head = model.score
+    bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+    out: torch.Tensor = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    return out
+
+
+def _prefix_cache_class() -> tuple[type, type]:
+    """``(Cache, SharedPrefixLayer)``: a cache layer that holds a group's prompt keys/values once
+    and gives attention each item's prompt + suffix keys/values for the layer being run, without
+    keeping them (transformers' cache layers keep every layer's concatenation until the forward
+    ends: items × (prompt + suffix) × layers)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class SharedPrefixLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, spans: list[tuple[int, int, int]]):
+            super().__init__()  # type: ignore[no-untyped-call]
+            # one row per group; spans: (group, first row, end row) of the chunk's items
+            self.keys, self.values, self.spans = keys, values, spans
+            self._pk, self._pv = keys, values
+            self.is_initialized, self.device = True, keys.device
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            return self._join(self._pk, key_states), self._join(self._pv, value_states)
+
+        def _join(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            n, heads, s, d = new.shape
+            pw = prefix.shape[-2]
+            out = new.new_empty((n, heads, pw + s, d))
+            for g, a, b in self.spans:  # the group's row broadcast into its items' rows (a view: no copy of its own)
+                out[a:b, :, :pw] = prefix[g : g + 1]
+            out[:, :, pw:] = new
+            return out
+
+    return Cache, SharedPrefixLayer
+
+
+def _layer_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+
+def suffix_mask(
+    prefix_lens: torch.Tensor, suffix_lens: torch.Tensor, pw: int, sw: int, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """The 4D attention mask of a chunk of suffixes, built on their device from the lengths: token j
+    of row r sees its group's real prefix tokens (< prefix_lens[r]) and its own real suffix tokens up
+    to j (causal). Boolean (True: attend) for SDPA; additive in ``dtype`` when given (eager)."""
+    dev = prefix_lens.device
+    k = torch.arange(pw + sw, device=dev)
+    q = torch.arange(sw, device=dev)
+    in_prefix = k[None, None, :] < prefix_lens[:, None, None]
+    ks = (k - pw)[None, None, :]
+    in_suffix = (ks >= 0) & (ks <= q[None, :, None]) & (ks < suffix_lens[:, None, None])
+    allowed = (in_prefix | in_suffix)[:, None]
+    if dtype is None:
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def shared_forward(
     model: Any,
     batch: Sequence[Encoded],
@@ -250,63 +409,68 @@ def shared_forward(
     max_length: int | None = None,
     max_padding: float = 1.0,
 ) -> tuple[list[int], torch.Tensor]:
-    """(items, their rewards) of a decoder sequence classifier over the items of ``p.groups``, each
-    group's prefix run once (``p.rest`` is left to a plain forward). The suffixes run on the prefix
-    cache in chunks of similar length (``suffix_chunks`` with ``max_padding``)."""
+    """(items, their float32 rewards) of a decoder sequence classifier over the items of
+    ``p.groups``, each group's prefix run once (``p.rest`` is left to a plain forward). The suffixes
+    run on the prefix cache in chunks of similar length (``suffix_chunks`` with ``max_padding``).
+
+    Memory: the prefix cache holds one row per group; a chunk's items get their group's keys and
+    values broadcast into the attention input of one layer at a time (SDPA with a mask needs one
+    key/value row per item: that copy is the only one), never a per-item cache over every layer."""
     base = getattr(model, model.base_model_prefix)
     kw = _cache_kwarg(base)
+    Cache, SharedPrefixLayer = _prefix_cache_class()
+    eager = getattr(model.config, "_attn_implementation", "eager") == "eager"
     items = [i for members in p.groups for i in members]
     group_of = [g for g, members in enumerate(p.groups) for _ in members]
     k = len(p.groups)
     # 1. prefixes, one row per group, right-padded
     pw = padded_width(p.prefix_lens, multiple, max_length)
     pre_ids = torch.full((k, pw), pad_id, dtype=torch.long)
-    pre_mask = torch.zeros((k, pw), dtype=torch.long)
     for g, members in enumerate(p.groups):
         P = p.prefix_lens[g]
         pre_ids[g, :P] = torch.tensor(batch[members[0]].input_ids[:P], dtype=torch.long)
-        pre_mask[g, :P] = 1
-    out = base(input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device), use_cache=True)
+    plens = torch.tensor(p.prefix_lens, dtype=torch.long).to(device)
+    pre_mask = (torch.arange(pw, device=device)[None, :] < plens[:, None]).long()
+    out = base(input_ids=pre_ids.to(device), attention_mask=pre_mask, use_cache=True)
     prefix_cache = getattr(out, kw, None)
     if prefix_cache is None:
         prefix_cache = out.past_key_values
+    layer_kv = _layer_kv(prefix_cache)
     pre_hidden = out.last_hidden_state
-    dtype = pre_hidden.dtype
+    del out, prefix_cache  # the layers' prefix keys/values live on in layer_kv only
     suffix = [batch[i].input_ids[p.prefix_lens[g] :] for i, g in zip(items, group_of)]
     chunks = suffix_chunks([len(s) for s in suffix], max_padding)
-    rewards = torch.empty(len(items), dtype=dtype, device=device)
+    rewards = torch.empty(len(items), dtype=torch.float32, device=device)
     limit = max_length or (1 << 30)
-    for c, rows_of in enumerate(chunks):
-        # 2. one cache row per item of the chunk (the last chunk may consume the prefix cache)
-        cache = prefix_cache if c == len(chunks) - 1 else copy.deepcopy(prefix_cache)
-        cache.batch_select_indices(torch.tensor([group_of[r] for r in rows_of], dtype=torch.long, device=device))
-        # 3. suffixes on top: position ids continue each item's prefix; a 4D additive mask lets token j
-        # of an item see its group's real prefix tokens and its own suffix tokens up to j
-        n = len(rows_of)
-        sw = padded_width([len(suffix[r]) for r in rows_of], multiple, max_length)
-        ids = torch.full((n, sw), pad_id, dtype=torch.long)
-        pos = torch.zeros((n, sw), dtype=torch.long)
-        allowed = torch.zeros((n, sw, pw + sw), dtype=torch.bool)
-        causal = torch.ones((sw, sw), dtype=torch.bool).tril()
+    for rows_of in chunks:
+        rows_of = sorted(rows_of, key=lambda r: group_of[r])  # a group's items side by side: one span each
+        spans: list[tuple[int, int, int]] = []
         for row, r in enumerate(rows_of):
-            s, P = suffix[r], p.prefix_lens[group_of[r]]
-            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            pos[row] = (torch.arange(sw) + P).clamp(max=max(limit - 1, P))
-            allowed[row, :, :P] = True  # the group's real prefix tokens
-            allowed[row, :, pw : pw + len(s)] = causal[:, : len(s)]  # its own real suffix tokens, causally
-        mask = torch.zeros((n, 1, sw, pw + sw), dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+            if spans and spans[-1][0] == group_of[r]:
+                spans[-1] = (group_of[r], spans[-1][1], row + 1)
+            else:
+                spans.append((group_of[r], row, row + 1))
+        cache = Cache(layers=[SharedPrefixLayer(kk, vv, spans) for kk, vv in layer_kv])
+        # 2. suffixes on top: position ids continue each item's prefix; the 4D mask from the lengths
+        n = len(rows_of)
+        lens = [len(suffix[r]) for r in rows_of]
+        sw = padded_width(lens, multiple, max_length)
+        ids = torch.full((n, sw), pad_id, dtype=torch.long)
+        for row, r in enumerate(rows_of):
+            ids[row, : lens[row]] = torch.tensor(suffix[r], dtype=torch.long)
+        prow = plens[torch.tensor([group_of[r] for r in rows_of], dtype=torch.long).to(device)]
+        srow = torch.tensor(lens, dtype=torch.long).to(device)
+        pos = torch.minimum(
+            torch.arange(sw, device=device)[None, :] + prow[:, None], prow.clamp(min=limit - 1)[:, None]
+        )
+        mask = suffix_mask(prow, srow, pw, sw, pre_hidden.dtype if eager else None)
         hidden = base(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=pos.to(device),
-            use_cache=True,
-            **{kw: cache},
+            input_ids=ids.to(device), attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache}
         ).last_hidden_state
-        # 4. the reward at each item's pooling position, from the prefix or the suffix hidden states
+        # 3. the reward at each item's pooling position, from the prefix or the suffix hidden states
         picked = []
         for row, r in enumerate(rows_of):
-            at, P = pool_index(batch[items[r]].input_ids, pad_id), p.prefix_lens[group_of[r]]
-            picked.append(hidden[row, at - P] if at >= P else pre_hidden[group_of[r], at])
-        rewards[rows_of] = model.score(torch.stack(picked)).reshape(n)
+            at, Pr = pool_index(batch[items[r]].input_ids, pad_id), p.prefix_lens[group_of[r]]
+            picked.append(hidden[row, at - Pr] if at >= Pr else pre_hidden[group_of[r], at])
+        rewards[rows_of] = score_fp32(model, torch.stack(picked)).reshape(n)
     return items, rewards

@@ -14,6 +14,7 @@ tokens attend to the response).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,17 @@ import torch
 from rewardclient.protocol import Prompt
 
 from . import prefix
-from .base import DTYPES, Backend, Encoded, ModelInfo, collate, resolve_device, weights_digest
+from .base import (
+    DTYPES,
+    Backend,
+    Encoded,
+    ModelInfo,
+    collate,
+    enable_tf32,
+    load_to_device,
+    resolve_device,
+    weights_digest,
+)
 from .formatting import encode_chat, encode_pair, encode_single
 
 if TYPE_CHECKING:
@@ -44,22 +55,30 @@ class SequenceClassifierBackend(Backend):
         pad_to_multiple_of: int = 8,
         share_prompt_prefix: bool | None = None,
         max_padding_ratio: float = 1.0,
+        attn_implementation: str | None = None,
     ):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.name, self._model_name, self.source = name, model_name, path
         self.pad_multiple = pad_to_multiple_of
         self.device, self.dtype = resolve_device(device), DTYPES[dtype]
+        enable_tf32(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer.truncation_side = "left"
         self.tokenizer.model_max_length = 1 << 30  # truncation is ours (formatting.py); no length warnings
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(
-                path, revision=revision, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=self.dtype
+        local = Path(path).is_dir()
+        with ThreadPoolExecutor(1) as pool:  # the digest reads the files while the load reads them too
+            digest = pool.submit(weights_digest, path) if local else None
+            self.model = load_to_device(
+                path,
+                self.device,
+                self.dtype,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                attn_implementation=attn_implementation,
             )
-            .to(self.device)
-            .eval()
-        )
+            self.revision = digest.result() if digest is not None else (revision or "main")
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
         if self.model.config.num_labels != 1:
             raise ValueError(
                 f"{path}: a reward model needs exactly one label, this one has {self.model.config.num_labels}"
@@ -74,7 +93,6 @@ class SequenceClassifierBackend(Backend):
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
         self.uses_chat_template = self.is_decoder and bool(getattr(self.tokenizer, "chat_template", None))
-        self.revision = weights_digest(path) if Path(path).is_dir() else (revision or "main")
         self.input_names = set(self.tokenizer.model_input_names)
         why_not = (
             "an encoder reads the prompt together with the response"
@@ -85,6 +103,9 @@ class SequenceClassifierBackend(Backend):
             raise ValueError(f"{path}: share_prompt_prefix is not possible with this model: {why_not}")
         self.shares_prefix = why_not is None if share_prompt_prefix is None else share_prompt_prefix
         self.max_padding_ratio = max_padding_ratio  # shared batches: padding cap of each suffix chunk
+        # decoders with a base model + score head: pooled hidden state and head in float32 (``_plain``)
+        self._fp32_head = self.is_decoder and prefix.has_score_head(self.model)
+        self.cost_model = prefix.CostModel.for_model(self.model.config, self.dtype, self.attn_implementation)
 
     @property
     def model_names(self) -> list[str]:
@@ -102,6 +123,8 @@ class SequenceClassifierBackend(Backend):
                     "architecture": type(self.model).__name__,
                     "input_format": fmt,
                     "share_prompt_prefix": self.shares_prefix,
+                    "attn_implementation": self.attn_implementation,
+                    "dtype": str(self.dtype).removeprefix("torch."),
                 },
             )
         }
@@ -118,6 +141,11 @@ class SequenceClassifierBackend(Backend):
             e.prefix_len = min(e.segments.count(0), e.length - 1)
         return e
 
+    def batch_cost(self, batch: list[Encoded]) -> int:
+        """What ``forward(batch)`` holds at its peak, in tokens (``prefix.CostModel``): the plan it
+        runs (shared or plain), padded, with its key/value cache and attention's working set."""
+        return prefix.batch_cost(batch, self.cost_model, self.shares_prefix and len(batch) > 1)
+
     def forward(self, batch: list[Encoded]) -> np.ndarray:
         p = prefix.plan(batch) if self.shares_prefix and len(batch) > 1 else None
         if p is not None:
@@ -133,7 +161,7 @@ class SequenceClassifierBackend(Backend):
                     self.max_length,
                     self.max_padding_ratio,
                 )
-            out[shared, 0] = rewards.float().cpu().double().numpy()
+            out[shared, 0] = rewards.cpu().double().numpy()
             if p.rest:
                 out[p.rest] = self._plain([batch[i] for i in p.rest])
             return out
@@ -145,8 +173,18 @@ class SequenceClassifierBackend(Backend):
         if "token_type_ids" not in self.input_names:
             t.pop("token_type_ids", None)
         with torch.inference_mode():
-            logits = self.model(**t).logits
-        rewards: np.ndarray = logits.float().cpu().double().numpy().reshape(len(batch), 1)
+            if self._fp32_head:
+                # the base model without a cache, then Hugging Face's pooling (the rightmost non-pad
+                # token) and the score head in float32
+                base = getattr(self.model, self.model.base_model_prefix)
+                hidden = base(**t, use_cache=False).last_hidden_state
+                ids = t["input_ids"]
+                at = (torch.arange(ids.shape[1], device=ids.device) * (ids != self.pad_id)).argmax(-1)
+                logits = prefix.score_fp32(self.model, hidden[torch.arange(len(batch), device=ids.device), at])
+            else:
+                kw = {"use_cache": False} if self.is_decoder else {}
+                logits = self.model(**t, **kw).logits.float()
+        rewards: np.ndarray = logits.cpu().double().numpy().reshape(len(batch), 1)
         return rewards
 
 

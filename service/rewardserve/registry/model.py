@@ -39,7 +39,11 @@ class BackendForward:
         return self.backend.batch_width(list(batch))
 
     def prefix_cost(self) -> PrefixCost | None:
-        return TokenCount() if self.backend.shares_prefix else None
+        return TokenCount(self.backend.cost_model) if self.backend.shares_prefix else None
+
+    def plain_cost(self, n: int, width: int) -> int:
+        cost = self.backend.cost_model
+        return n * width if cost is None else int(cost.plain(n, width))
 
 
 def _encode_all(backend: Backend, items: Sequence[ScoreInput]) -> list[Encoded]:
@@ -77,7 +81,7 @@ class ModelBackbone(Backbone):
             BackendForward(backend),
             max_batch_tokens=b.batch_tokens_for(cfg.device),
             max_wait_ms=b.max_wait_ms,
-            max_queued_tokens=b.max_queued_tokens,
+            max_queued_tokens=b.queued_tokens_for(cfg.device),
             sort_by_length=b.sort_by_length,
             max_padding_ratio=b.padding_ratio_for(cfg.device),
             forward_workers=b.workers_for(cfg.device, cpu_threads or 1),
