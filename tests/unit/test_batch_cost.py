@@ -13,7 +13,7 @@ import torch
 
 from rewardserve.backends.base import Encoded
 from rewardserve.backends.prefix import CostModel, TokenCount, batch_cost, prefix_key
-from rewardserve.batcher import _Pending, pick_batch
+from rewardserve.batch_selection import _Pending, pick_batch
 
 # Llama-3.1-8B
 LLAMA_8B = SimpleNamespace(
@@ -127,12 +127,19 @@ def test_batcher_batches_stay_within_the_budget_by_their_cost(shared):
     prompts = [list(range(k * 1000, k * 1000 + rng.randint(50, 300))) for k in range(4)]
     encs = [_enc(prompts[rng.randrange(4)], [7] * rng.randint(5, 60)) for _ in range(64)]
     items = _pending(encs)
+
+    def pick(budget: int, max_padding: float) -> list:
+        # what the batcher passes: a fresh prefix counter on the model's memory model when it shares
+        # prompt prefixes, and the memory model's cost of a plain batch
+        cost = TokenCount(m) if shared else None
+        return pick_batch(items, budget, True, max_padding=max_padding, cost=cost, plain_cost=m.plain)
+
     for budget in (2_000, 6_000, 20_000):
-        batch = pick_batch(items, budget, True, max_padding=0.5, shared=shared, cost=m)
+        batch = pick(budget, 0.5)
         encs_of = [p.enc for p in batch]
         if len(batch) > 1:
             assert batch_cost(encs_of, m, shared) <= budget
         assert len(batch) >= 1 and batch[0] is items[0] or items[0] in batch
-    big = pick_batch(items, 10**9, True, max_padding=1.0, shared=shared, cost=m)
-    small = pick_batch(items, 3_000, True, max_padding=1.0, shared=shared, cost=m)
+    big = pick(10**9, 1.0)
+    small = pick(3_000, 1.0)
     assert len(big) > len(small) >= 1

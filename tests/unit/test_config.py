@@ -100,7 +100,8 @@ def test_flags_beat_environment_beats_file_beats_defaults(monkeypatch, tmp_path)
         "backbones:\n  a: {kind: sequence_classifier, path: x, models: {m: {}}}\n"
     )
     s = load_settings(p)
-    assert (s.port, s.host, s.batching.max_wait_ms, s.batching.max_queued_tokens) == (9100, "127.0.0.2", 3, 262_144)
+    queued = s.batching.queued_tokens_for("cpu")  # unset in the file: the device's default
+    assert (s.port, s.host, s.batching.max_wait_ms, queued) == (9100, "127.0.0.2", 3, 262_144)
     monkeypatch.setenv("REWARDSERVE_PORT", "9200")
     monkeypatch.setenv("REWARDSERVE_BATCHING__MAX_WAIT_MS", "4")
     s = load_settings(p)

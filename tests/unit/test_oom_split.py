@@ -14,6 +14,7 @@ from rewardserve.backends.base import Backend, Encoded, ModelInfo
 from rewardserve.batcher import Batcher
 from rewardserve.errors import ModelFailed
 from rewardserve.oom import forward_splitting_on_oom
+from rewardserve.registry.model import BackendForward
 
 
 class OomBackend(Backend):
@@ -97,7 +98,7 @@ def test_batcher_gives_rewards_to_the_items_that_fit_and_an_error_to_the_one_tha
     backend = OomBackend(limit=60, item_limit=40)
 
     async def run():
-        batcher = Batcher(backend, max_batch_tokens=10_000, max_wait_ms=50, max_padding_ratio=1.0)
+        batcher = Batcher("b", BackendForward(backend), max_batch_tokens=10_000, max_wait_ms=50, max_padding_ratio=1.0)
         batcher.start()
         try:
             encs = _encs([10, 12, 50, 8, 9, 11])  # 6 × 50 = 300 > 60: splits; the 50-token item fails alone
@@ -123,7 +124,7 @@ def test_retry_after_comes_from_the_measured_tokens_per_second():
     backend = Slow(limit=10**9)
 
     async def run():
-        batcher = Batcher(backend, max_batch_tokens=1_000, max_wait_ms=0, max_queued_tokens=1_000)
+        batcher = Batcher("b", BackendForward(backend), max_batch_tokens=1_000, max_wait_ms=0, max_queued_tokens=1_000)
         assert batcher._retry_after() == 1.0  # nothing measured, nothing queued: the floor
         batcher.start()
         try:
