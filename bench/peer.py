@@ -224,7 +224,7 @@ class RssSampler:
     """Samples each contender's process-tree RSS every ``interval`` seconds; keeps the peak (whole run
     and per phase label)."""
 
-    def __init__(self, servers: dict[str, Any], interval: float = 0.5):
+    def __init__(self, servers: dict[str, Any], interval: float = 1.0):
         self.servers, self.interval = servers, interval
         self.peak: dict[str, float] = {}
         self.phase_peak: dict[str, dict[str, float]] = {}
@@ -233,11 +233,12 @@ class RssSampler:
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> dict[str, float | None]:
-        from .peer_vllm import tree_rss_mb
+        from .peer_vllm import process_children, tree_rss_mb
 
         now = {}
+        children = process_children()  # one pass over /proc for every contender
         for name, s in self.servers.items():
-            mb = tree_rss_mb(s.pid)
+            mb = tree_rss_mb(s.pid, children)
             now[name] = mb
             if mb is not None:
                 self.peak[name] = max(self.peak.get(name, 0.0), mb)

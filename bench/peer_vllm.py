@@ -222,8 +222,8 @@ class VllmServer:
         return False
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and every process below it (from /proc)."""
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -234,6 +234,12 @@ def tree_pids(root: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
+    return children
+
+
+def tree_pids(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """``root`` and every process below it (``children``: a ``process_children()`` to reuse)."""
+    children = process_children() if children is None else children
     out, todo = [], [root]
     while todo:
         p = todo.pop()
@@ -242,13 +248,13 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-def tree_rss_mb(root: int | None) -> float | None:
+def tree_rss_mb(root: int | None, children: dict[int, list[int]] | None = None) -> float | None:
     """Resident memory of a process tree: the sum of its processes' VmRSS, in MB (pages two of them
     share count twice: an upper bound)."""
     if root is None:
         return None
     total, seen = 0, False
-    for pid in tree_pids(root):
+    for pid in tree_pids(root, children):
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
