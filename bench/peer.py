@@ -459,7 +459,7 @@ def run_peer(
     seed: int = 0,
     threads: int | None = None,
     max_length: int = 1024,
-    check_items: int = 32,
+    check_items: int = 16,
     contenders: tuple[str, ...] = CONTENDERS,
     out: str | Path | None = None,
     print_table: bool = True,
@@ -596,6 +596,10 @@ def run_peer(
                             f"cores {fmt(x['server_cpu_cores'], 2)}  load {os.getloadavg()[0]:.1f}"
                         )
                     i += 1
+                # the rounds so far, in case the run is cut short (the final JSON replaces it)
+                partial = {**res, "cells": out_cells, "partial": f"{r + 1} of {rounds} rounds"}
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(json_safe(partial), indent=2) + "\n", encoding="utf-8")
             res["cells"] = out_cells
             res["rss_mb"] = {"peak": rss.peak, "idle_after_start": idle, "peak_by_phase": rss.phase_peak}
         meta["restarts"] = {n: s.restarts for n, s in servers.items()}
@@ -644,9 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="the service's torch threads (default: CPU count)")
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--check-items", type=int, default=32, help="items per G in the reward check (default 32)")
+    p.add_argument("--check-items", type=int, default=16, help="items per G in the reward check (default 16)")
     p.add_argument("--skip", default="", help="contenders to leave out: share, noshare, vllm")
-    p.add_argument("--quick", action="store_true", help="1 round of 4 s cells, pool 128, 16 check items")
+    p.add_argument("--quick", action="store_true", help="1 round of 4 s cells, pool 128")
     p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})")
     a = p.parse_args(argv)
     skip = {x.strip() for x in a.skip.split(",") if x.strip()}
@@ -677,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             threads=a.threads,
             max_length=a.max_length,
-            check_items=16 if a.quick and a.check_items == 32 else a.check_items,
+            check_items=a.check_items,
             contenders=tuple(c for c in CONTENDERS if c not in skip),
             out=a.out or (DEFAULT_QUICK_OUT if a.quick else None),
             command=" ".join(["python -m bench peer", *(argv if argv is not None else sys.argv[2:])]),
