@@ -269,6 +269,13 @@ def _spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "rounds": xs}
 
 
+def per_cpu(r: dict) -> float | None:
+    """Items/s over the CPU cores the server's process tree used in the cell (warm-up and drain
+    included), or None when unknown."""
+    cores = r.get("server_cpu_cores")
+    return r["items_per_s"] / cores if cores else None
+
+
 def summarize(cells: dict[str, dict[str, list[dict]]]) -> tuple[dict, dict]:
     """Per cell and contender: items/s (median over rounds, min, max), p50 latency (median of the
     rounds' p50) and p99 (the worst round's); per cell the ratios share / vllm, noshare / vllm and
@@ -282,6 +289,9 @@ def summarize(cells: dict[str, dict[str, list[dict]]]) -> tuple[dict, dict]:
             p99 = [r["latency_ms"]["p99"] for r in rounds if r["latency_ms"]["p99"] is not None]
             summary[label][name] = {
                 "items_per_s": _spread([r["items_per_s"] for r in rounds]),
+                # items per CPU-second the contender's process tree used during the cell: on a machine
+                # shared with other work, what it did with the CPU it got
+                "items_per_cpu_s": _spread([per_cpu(r) for r in rounds]),
                 "p50_ms": statistics.median(p50) if p50 else None,
                 "p99_ms": max(p99) if p99 else None,
                 "steady": all(r.get("steady", True) for r in rounds),
@@ -294,6 +304,8 @@ def summarize(cells: dict[str, dict[str, list[dict]]]) -> tuple[dict, dict]:
                     x["items_per_s"] / y["items_per_s"] for x, y in zip(by_name[a], by_name[b]) if y["items_per_s"] > 0
                 ]
                 ratios[label][f"{a}_over_{b}"] = _spread(paired)
+                per = [x / y for x, y in zip(map(per_cpu, by_name[a]), map(per_cpu, by_name[b])) if x and y]
+                ratios[label][f"{a}_over_{b}_per_cpu"] = _spread(per)
     return summary, ratios
 
 
@@ -349,10 +361,11 @@ def format_table(res: dict) -> str:
             f"{m['rounds']} round(s), {m['seconds']:g} s cells after {m['warmup']:g} s warm-up, contenders "
             f"interleaved (order rotates per cell and round); items/s median (min–max over rounds)"
         ),
+        "per CPU-s: share / vllm of items per CPU-second each server's process tree used in the cell",
         "",
         f"  {'cell':17s} {'conc':>4s} {'tok/item':>8s} {'prompt%':>7s} | "
         + " ".join(f"{n + ' items/s':>20s}" for n in names)
-        + f" | {'share/vllm':>18s} {'noshare/vllm':>18s} | p50 / p99 ms "
+        + f" | {'share/vllm':>18s} {'noshare/vllm':>18s} {'per CPU-s':>18s} | p50 / p99 ms "
         + " / ".join(names),
     ]
     for c in m["cells"]:
@@ -367,7 +380,8 @@ def format_table(res: dict) -> str:
             f"  {c['title']:17s} {c['concurrency']:>4d} {fmt(tok.get('mean_tokens'), 0):>8s} "
             f"{fmt(100 * tok['prompt_share'] if tok else None, 0):>7s} | "
             + " ".join(f"{_ipss(s.get(n)):>20s}" for n in names)
-            + f" | {_ratio(r.get('share_over_vllm')):>18s} {_ratio(r.get('noshare_over_vllm')):>18s} | {lat}"
+            + f" | {_ratio(r.get('share_over_vllm')):>18s} {_ratio(r.get('noshare_over_vllm')):>18s} "
+            + f"{_ratio(r.get('share_over_vllm_per_cpu')):>18s} | {lat}"
             + (f"  ({'; '.join(flags)})" if flags else "")
         )
     chk = res.get("rewards")

@@ -175,6 +175,11 @@ def test_summary_ratios_pair_rounds_and_targets():
     assert targets["share / vllm, grpo1"]["pass"] is False and targets["share / vllm, grpo1"]["worst_round"] == 0.8
     assert targets["share / vllm, distinct"]["pass"] is None  # not measured
     assert all(t["pass"] is None for t in check_targets(ratios, "cuda"))  # no CPU target on a GPU
+    cpu = summarize(
+        {"g": {"share": [dict(_round(2.0), server_cpu_cores=0.5)], "vllm": [dict(_round(3.0), server_cpu_cores=1.5)]}}
+    )
+    assert cpu[0]["g"]["share"]["items_per_cpu_s"]["median"] == 4.0
+    assert cpu[1]["g"]["share_over_vllm_per_cpu"]["median"] == 2.0 and cpu[1]["g"]["share_over_vllm"]["median"] == 2 / 3
     repeated = summarize({"grpo1": {"share": [dict(_round(1.0), items_sent=65)]}})[0]
     assert repeated["grpo1"]["share"]["repeats"]
 
