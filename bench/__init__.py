@@ -17,7 +17,8 @@ def run_benchmark(*args, **kwargs) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """The command line of ``python -m bench`` (what ``rewardserve bench`` delegates to);
     ``python -m bench grpo …`` runs the GRPO benchmark (``bench/grpo.py``), ``python -m bench checks …``
-    the verifier checks' one (``bench/checks.py``)."""
+    the verifier checks' one (``bench/checks.py``), ``python -m bench peer …`` the comparison with vLLM
+    (``bench/peer.py``)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from .checks import main as _checks
 
         return _checks(args[1:])
+    if args[:1] == ["peer"]:
+        from .peer import main as _peer
+
+        return _peer(args[1:])
     from .runner import main as _main
 
     return _main(argv)
