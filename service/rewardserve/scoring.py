@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,10 +42,16 @@ BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
 log = logging.getLogger("rewardserve")
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
 DEFAULT_KEY = "default"  # store key of a model's calibrated default reference
+T = TypeVar("T")
 
 
 def _encode_all(backend: Backend, pairs: Sequence[tuple[Prompt, str]]) -> list[Encoded]:
     return [backend.encode(p, r) for p, r in pairs]
+
+
+async def _in_thread_if_large(prompts: Sequence[Prompt], work: Callable[[], T]) -> T:
+    """``work()`` (linear in ``prompts``) on the event loop when they are small, else in a worker thread."""
+    return work() if prompt_formats.is_small(prompts) else await asyncio.to_thread(work)
 
 
 @dataclass
@@ -142,7 +148,7 @@ class Scorer:
             raise TooManyItems(f"{len(items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}")
         for i, it in enumerate(items):
             n = len(it.response) + (
-                len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.content) for m in it.prompt)
+                len(it.prompt) if isinstance(it.prompt, str) else sum(len(m.role) + len(m.content) for m in it.prompt)
             )
             if n > lim.max_text_chars:
                 raise TextTooLong(f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
@@ -156,7 +162,7 @@ class Scorer:
         tokenizer is loaded once, off the event loop (a relative path is relative to the config file).
         Only a configured format may download a tokenizer from the hub: a request's ``tokenizer:`` names
         a local folder or a hub id already in the local cache."""
-        name = name or self.settings.prompt_format
+        name = self.settings.check_prompt_format(name or self.settings.prompt_format)
         if name.startswith("tokenizer:"):
             configured = name in (self.settings.prompt_format, self.settings.openrlhf.prompt_format)
             name = "tokenizer:" + self.settings.resolve_path(name[len("tokenizer:") :].strip())
@@ -173,8 +179,8 @@ class Scorer:
         def run() -> list[prompt_formats.Normalised]:
             return [prompt_formats.normalise(p, r, fmt) for p, r in zip(prompts, responses)]
 
-        # a tokenizer's template re-renders each parsed prompt (jinja): many items go to a thread
-        if isinstance(fmt, prompt_formats.TokenizerFormat) and len(prompts) > _INLINE_ENCODE_MAX:
+        # long texts, or many items of a tokenizer's template (jinja re-renders each), go to a thread
+        if not prompt_formats.runs_inline(prompts, responses, fmt):
             return await asyncio.to_thread(run)
         return run()
 
@@ -207,7 +213,7 @@ class Scorer:
             if not missing:
                 continue
             if fps is None:
-                fps = [prompt_fingerprint(p) for p in prompts]
+                fps = await _in_thread_if_large(prompts, lambda: [prompt_fingerprint(p) for p in prompts])
             stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             stored_default = stored.get(DEFAULT_KEY)
             policy = (
@@ -267,7 +273,9 @@ class Scorer:
         try:
             for bname, cols in by_backbone.items():
                 backend = self.backends[bname]
-                if len(pairs) <= _INLINE_ENCODE_MAX:
+                if len(pairs) <= _INLINE_ENCODE_MAX and prompt_formats.is_small(
+                    [p for p, _ in pairs], [r for _, r in pairs]
+                ):
                     encs = [backend.encode(p, r) for p, r in pairs]
                 else:
                     encs = await asyncio.to_thread(_encode_all, backend, pairs)

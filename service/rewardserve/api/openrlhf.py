@@ -5,17 +5,20 @@ the aggregate configured under ``openrlhf``."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
+from .. import prompt_formats
 from ..errors import InvalidInput
 from ..prompt_formats import split_query
 from ..schemas import AggregateSpec, OpenRLHFRequest, OpenRLHFResponse, ReferenceSetName, ScoreItem
+from .bodies import OffLoopBodyRoute
 from .deps import KeyDep, ScorerDep, authorize, cancel_on_disconnect
 from .routes import ERROR_RESPONSES
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 ReferenceSetHeader = Annotated[
     ReferenceSetName | None, Header(description="the reference set; default: openrlhf.reference_set")
@@ -37,7 +40,8 @@ async def get_reward(
     cfg = scorer.settings.openrlhf
     reference_set = x_reference_set or cfg.reference_set
     authorize(key, reference_set)
-    items = to_items(body)
+    small = prompt_formats.is_small(body.prompts, body.query)
+    items = to_items(body) if small else await asyncio.to_thread(to_items, body)  # linear, but long: off the loop
     out = await cancel_on_disconnect(
         request,
         scorer.score(

@@ -29,9 +29,11 @@ from ..schemas import (
     ScoreResponse,
     StoredReference,
 )
+from .bodies import OffLoopBodyRoute
 from .deps import KeyDep, ScorerDep, StateDep, authorize, cancel_on_disconnect, visible_sets
+from .exposure import without_paths
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (403, 404, 413, 422, 429, 500, 503)
@@ -105,7 +107,7 @@ async def models(state: StateDep) -> dict[str, Any]:
             for n, b in scorer.batchers.items()
         },
     }
-    return {"models": scorer.describe_models(), "ready": state.ready, "runtime": runtime}
+    return {"models": without_paths(scorer.describe_models()), "ready": state.ready, "runtime": runtime}
 
 
 @router.post("/v1/references", response_model=ReferencesStored, responses=ERROR_RESPONSES, tags=["references"])
