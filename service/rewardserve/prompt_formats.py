@@ -25,6 +25,8 @@ Messages prompts pass through unchanged. Everything here is pure except loading 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import Message, Messages, Prompt
+from rewardclient.protocol import Message, Messages, Prompt, plain_prompt, prompt_fingerprint
 
 from .errors import PromptFormatError
 
@@ -436,6 +438,26 @@ def is_small(prompts: Sequence[Prompt], responses: Sequence[str] = ()) -> bool:
         if budget < 0:
             return False
     return budget >= 0
+
+
+_FINGERPRINT_CHUNK = 256  # messages encoded per call: each call holds the GIL only briefly
+
+
+def fingerprint(prompt: Prompt) -> str:
+    """``rewardclient.protocol.prompt_fingerprint(prompt)``, the same digest, with a long conversation
+    encoded a slice of messages at a time: one ``json.dumps`` of 100k messages holds the GIL (and so
+    stalls the event loop, even from a worker thread) for a tenth of a second or more. The canonical
+    encoding of a list is ``[`` + its items' encodings joined by ``,`` + ``]``, so the bytes hashed
+    are exactly those of the one-call encoding."""
+    if isinstance(prompt, str) or len(prompt) <= _FINGERPRINT_CHUNK:
+        return prompt_fingerprint(prompt)
+    h = hashlib.sha256(b"[")
+    msgs = plain_prompt(prompt)
+    for i in range(0, len(msgs), _FINGERPRINT_CHUNK):
+        part = json.dumps(msgs[i : i + _FINGERPRINT_CHUNK], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        h.update(("," if i else "").encode() + part[1:-1].encode("utf-8"))
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def runs_inline(prompts: Sequence[Prompt], responses: Sequence[str], fmt: Format) -> bool:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .health import ForwardHealth
 from .metrics import Metrics
-from .references import DEFAULT_SET, Reference, ReferenceStore, prompt_fingerprint
+from .references import DEFAULT_SET, Reference, ReferenceStore
 from .schemas import AggregateSpec, ModelRevision, ScoreItem, ScoreResponse, ScoreResult, Usage
 
 BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
@@ -213,7 +213,7 @@ class Scorer:
             if not missing:
                 continue
             if fps is None:
-                fps = await _in_thread_if_large(prompts, lambda: [prompt_fingerprint(p) for p in prompts])
+                fps = await _in_thread_if_large(prompts, lambda: [prompt_formats.fingerprint(p) for p in prompts])
             stored = await self.store.get_many(m, sorted({fps[i] for i in missing}) + [DEFAULT_KEY], reference_set)
             stored_default = stored.get(DEFAULT_KEY)
             policy = (

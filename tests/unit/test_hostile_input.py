@@ -273,3 +273,34 @@ def test_scans_page_through_large_sets(tmp_path):
         await store.close()
 
     asyncio.run(run())
+
+
+def test_the_chunked_fingerprint_is_the_protocol_fingerprint():
+    from rewardclient.protocol import prompt_fingerprint
+
+    for n in (0, 1, 255, 256, 257, 1000):
+        msgs = [{"role": ("user", "assistant")[i % 2], "content": f'é {i} "q" 😀'} for i in range(n)]
+        assert pf.fingerprint(msgs) == prompt_fingerprint(msgs)
+    assert pf.fingerprint("a string") == prompt_fingerprint("a string")
+
+
+def test_create_app_refuses_a_public_host_without_keys(monkeypatch):
+    """Not only `rewardserve serve`: however the app is started (uvicorn --factory, a test, an embedder)."""
+    from rewardserve.app import create_app
+
+    monkeypatch.delenv("REWARDSERVE_API_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
+        create_app(load_settings(host="0.0.0.0"))
+    create_app(load_settings(host="0.0.0.0", api_keys="0123456789abcdef-key"))
+    create_app(load_settings(host="127.0.0.1"))
+
+
+def test_docs_pass_keys_by_environment_or_file():
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for f in docs.glob("*.md"):
+        for line in f.read_text().splitlines():
+            assert not re.search(r"--api-key[ =]\S", line), f"{f.name}: a key on a command line: {line}"
+            assert not re.search(r"-e REWARDSERVE_API_KEYS=\S", line), f"{f.name}: a key on a command line: {line}"
