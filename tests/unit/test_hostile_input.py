@@ -19,6 +19,7 @@ from rewardserve import lsc
 from rewardserve import prompt_formats as pf
 from rewardserve.config import MIN_API_KEY_CHARS, ConfigError, load_settings, parse_api_key
 from rewardserve.references.redis_client import parse_sentinel_url, redact
+from rewardserve.schemas import ScoreRequest
 
 # turns per prompt for the linearity test; REWARDSERVE_LINEAR_TURNS makes it smaller (e.g. to show
 # that the quadratic parser fails it without waiting minutes)
@@ -316,3 +317,32 @@ def test_docs_pass_keys_by_environment_or_file():
         for line in f.read_text().splitlines():
             assert not re.search(r"--api-key[ =]\S", line), f"{f.name}: a key on a command line: {line}"
             assert not re.search(r"-e REWARDSERVE_API_KEYS=\S", line), f"{f.name}: a key on a command line: {line}"
+
+
+async def _count_items(body: ScoreRequest) -> dict[str, int]:
+    return {"items": len(body.items)}
+
+
+def test_a_large_body_with_a_lone_surrogate_names_the_item():
+    """Bodies over OFF_LOOP_BODY_BYTES validate in a worker thread; their errors match small bodies'."""
+    import json as _json
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rewardserve.api.bodies import OFF_LOOP_BODY_BYTES, OffLoopBodyRoute
+    from rewardserve.api.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.router.route_class = OffLoopBodyRoute
+    app.add_api_route("/t", _count_items, methods=["POST"])
+    c = TestClient(app)
+    for pad in (0, OFF_LOOP_BODY_BYTES):
+        items = [{"prompt": "x" * pad, "response": "r"}, {"prompt": "\ud800", "response": "r"}]
+        r = c.post("/t", content=_json.dumps({"items": items}), headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "items.1.prompt" in r.json()["error"]["message"], (pad, r.text[:200])
+        r = c.post("/t", content=_json.dumps({"items": items[:1]}), headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json() == {"items": 1}
+    r = c.post("/t", content=b"{" + b" " * OFF_LOOP_BODY_BYTES, headers={"content-type": "application/json"})
+    assert r.status_code == 422

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,6 +35,22 @@ def _is_json(request: Request) -> bool:
     return msg.get_content_maintype() == "application" and (sub == "json" or sub.endswith("+json"))
 
 
+def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """``raw`` validated as ``model``. JSON that pydantic's parser refuses but Python's accepts (a lone
+    surrogate escape such as ``"\\ud800"``) is validated from Python's parse, so that the error names
+    the item, as it does for small bodies."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        if not any(err["type"] == "json_invalid" for err in e.errors()):
+            raise
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise e from None
+        return model.model_validate(obj)
+
+
 class OffLoopBodyRoute(APIRoute):
     """An ``APIRoute`` whose large JSON body is parsed and validated in a worker thread."""
 
@@ -50,7 +67,7 @@ class OffLoopBodyRoute(APIRoute):
                 raw = await request.body()  # kept on the request: the handler reads the same bytes
                 if len(raw) > OFF_LOOP_BODY_BYTES:
                     try:
-                        parsed = await asyncio.to_thread(body_model.model_validate_json, raw)
+                        parsed = await asyncio.to_thread(_validate, body_model, raw)
                     except ValidationError as e:
                         errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
                         raise RequestValidationError(errors) from None
