@@ -21,7 +21,7 @@ from .api import openrlhf, routes, slime
 from .api.errors import install_error_handlers
 from .api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from .backends import build_backend
-from .config import Settings, load_settings
+from .config import Settings, check_exposure, load_settings
 from .health import ForwardHealth
 from .metrics import Metrics
 from .references import open_store
@@ -40,6 +40,7 @@ def create_app(
     exit_on_load_failure: bool = False,
 ) -> FastAPI:
     settings = settings or load_settings()
+    check_exposure(settings)  # no app listens beyond loopback without keys, however it is started
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if settings.torch_threads:
         import torch

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -47,6 +47,7 @@ from pydantic_settings import (
 from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 
 from .kinds import KINDS
+from .lsc import MAX_ABS_VALUE
 from .prompt_formats import check_format_name
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -75,7 +76,13 @@ class ModelConfig(_Strict):
     transform: Literal["lsc", "identity"] = Field(
         "lsc", description="lsc: transformed = log σ(raw − reference); identity: transformed = raw"
     )
-    default_reference: float = Field(0.0, allow_inf_nan=False, description="r_ref for prompts with no stored reference")
+    default_reference: float = Field(
+        0.0,
+        allow_inf_nan=False,
+        ge=-MAX_ABS_VALUE,
+        le=MAX_ABS_VALUE,
+        description="r_ref for prompts with no stored reference (|x| ≤ 1e6)",
+    )
     missing_reference: Literal["default", "error"] = Field(
         "default", description="what to do when no inline or stored reference exists: use default_reference, or 422"
     )
@@ -285,7 +292,9 @@ class TrainerRouteConfig(_Strict):
 
     models: list[str] | None = Field(None, description="default: every configured model")
     method: AggregateMethod = Field(DEFAULT_AGGREGATE, description="the aggregate returned as the reward")
-    weights: dict[str, float] | None = Field(None, description="per-model weights of the aggregate (default: 1 each)")
+    weights: dict[str, Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]] | None = (
+        Field(None, description="per-model weights of the aggregate (default: 1 each; |w| ≤ 1e6)")
+    )
     prompt_format: str | None = Field(
         None,
         description="how the route's string prompts are read (see the top-level prompt_format); default: the "
@@ -353,6 +362,12 @@ class Settings(BaseSettings):
         "detecting the family), 'plain', a family (chatml, llama3, llama2, gemma, phi3, zephyr) or "
         "'tokenizer:<path or hub id>' (that tokenizer's chat template); a request may override it",
     )
+    allowed_prompt_formats: list[str] = Field(
+        default_factory=list,
+        description="the 'tokenizer:' formats a request's prompt_format may name, e.g. ['tokenizer:models/qwen'] "
+        "(besides auto, plain and the families, which are always allowed, and the configured prompt_format and "
+        "openrlhf.prompt_format); a request naming any other 'tokenizer:' is refused (422)",
+    )
     health: HealthConfig = HealthConfig()
     allow_unauthenticated: bool = Field(
         False,
@@ -379,6 +394,36 @@ class Settings(BaseSettings):
         return (init_settings, ServiceLinkAwareEnvSource(settings_cls))
 
     _format = field_validator("prompt_format")(check_format_name)
+
+    @field_validator("allowed_prompt_formats")
+    @classmethod
+    def _allowed_formats(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_format_name(name)
+        return v
+
+    def request_prompt_formats(self) -> list[str]:
+        """The ``tokenizer:`` formats a request may name: ``allowed_prompt_formats`` and the configured ones."""
+        configured = [self.prompt_format, self.openrlhf.prompt_format, *self.allowed_prompt_formats]
+        return list(dict.fromkeys(f for f in configured if f and f.startswith("tokenizer:")))
+
+    def check_prompt_format(self, name: str) -> str:
+        """``name`` if a request may use it: auto, plain, a family or alias, or a ``tokenizer:`` format
+        the configuration lists (``request_prompt_formats``); else ``PromptFormatError`` (422) naming the
+        allowed ones. A request can never make the service read a folder the operator did not list."""
+        if not name.startswith("tokenizer:"):
+            return check_format_name(name)
+        allowed = self.request_prompt_formats()
+        if name in allowed:
+            return name
+        from .errors import PromptFormatError
+        from .prompt_formats import FAMILIES
+
+        shown = name if len(name) <= 80 else f"{name[:80]}…"
+        raise PromptFormatError(
+            f"prompt_format {shown!r} is not allowed: use auto, plain, a family ({', '.join(FAMILIES)}) or a "
+            f"tokenizer format this service lists in allowed_prompt_formats: {', '.join(allowed) or '(none)'}"
+        )
 
     @model_validator(mode="after")
     def _unique_models(self) -> Settings:
@@ -437,18 +482,31 @@ class ApiKey:
         return f"ApiKey(scope={self.scope!r}, sets={sorted(self.sets) if self.sets is not None else None})"
 
 
+MIN_API_KEY_CHARS = 16  # shorter keys are a configuration error (docs/deploy.md: `openssl rand -hex 32`)
+_KEY_ATTRIBUTES = ("scope", "sets")
+
+
 def parse_api_key(entry: str, where: str) -> ApiKey:
     """``KEY [scope=score|admin] [sets=A,B]`` (sets also separated by ``+``, for the comma-separated
     ``api_keys``); a plain ``KEY`` keeps full (admin) access to every set. ``where`` names the
-    source in errors; the key itself never appears in them."""
+    source in errors; the key itself never appears in them. Strict: an entry must start with its
+    key (an entry of attributes only, e.g. ``scope=score``, is an error, never a key of that text),
+    the key has at least ``MIN_API_KEY_CHARS`` characters, and each attribute appears once."""
     from .errors import InvalidSetName
     from .references.base import check_set_name
 
-    key, *attrs = entry.split()
+    parts = entry.split()
+    if not parts or parts[0].partition("=")[0] in _KEY_ATTRIBUTES and "=" in parts[0]:
+        raise ConfigError(f"{where}: an API key entry must start with the key, then scope=score|admin and sets=A,B")
+    key, *attrs = parts
+    seen: set[str] = set()
     scope: Scope = "admin"
     sets: frozenset[str] | None = None
     for attr in attrs:
         name, eq, value = attr.partition("=")
+        if name in seen:
+            raise ConfigError(f"{where}: {name} is given twice")
+        seen.add(name)
         if name == "scope" and eq and value in SCOPES:
             scope = value
         elif name == "sets" and eq and value:
@@ -458,6 +516,13 @@ def parse_api_key(entry: str, where: str) -> ApiKey:
                 raise ConfigError(f"{where}: {e}") from None
         else:
             raise ConfigError(f"{where}: unknown key attribute {name!r}: expected scope=score|admin or sets=A,B")
+    if len(key) < MIN_API_KEY_CHARS:
+        raise ConfigError(
+            f"{where}: an API key has {len(key)} characters; at least {MIN_API_KEY_CHARS} are needed "
+            "(make one with `openssl rand -hex 32`)"
+        )
+    if not key.isascii() or not key.isprintable():
+        raise ConfigError(f"{where}: an API key must be printable ASCII (it is sent in an HTTP header)")
     return ApiKey(key, scope, sets)
 
 

@@ -9,6 +9,10 @@
 - Checks (verifiers): u = log(ε + (1 − ε)·s) for a check's score s in [0, 1] (``check_utility``):
   log P(good) with a floor, so a failed check contributes log ε to the AND instead of −∞.
 - ``quantile``: the linear-interpolation quantile used for reference rewards.
+
+Every number a client or operator gives (references, weights, set defaults, config defaults) is
+bounded by ``MAX_ABS_VALUE`` (|x| ≤ 1e6): with rewards of any finite float32 model, each term
+w·u and w·r stays far below float64's range, so an aggregate of up to 1e6 models cannot overflow.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from rewardclient.protocol import AGGREGATE_METHODS, DEFAULT_AGGREGATE, AggregateMethod
 
 TransformKind = Literal["lsc", "identity"]
+MAX_ABS_VALUE = 1e6  # the bound on references, weights and defaults (wire, config and store)
 
 
 def log_sigmoid(x: float | np.ndarray) -> np.ndarray:

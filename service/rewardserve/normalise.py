@@ -13,8 +13,6 @@ from rewardclient.protocol import Prompt
 from . import prompt_formats
 from .config import Settings
 
-_INLINE_MAX = 8  # normalise this many items on the event loop with a tokenizer's template; more in a thread
-
 
 class Normaliser:
     def __init__(self, settings: Settings):
@@ -24,7 +22,7 @@ class Normaliser:
         """The format named by a request (or the service's ``prompt_format``); a relative tokenizer path
         is relative to the config file. Only a configured format may download a tokenizer from the hub:
         a request's ``tokenizer:`` names a local folder or a hub id already in the local cache."""
-        name = name or self.settings.prompt_format
+        name = self.settings.check_prompt_format(name or self.settings.prompt_format)
         if name.startswith("tokenizer:"):
             configured = name in (
                 self.settings.prompt_format,
@@ -43,7 +41,7 @@ class Normaliser:
         def run() -> list[prompt_formats.Normalised]:
             return [prompt_formats.normalise(p, r, fmt) for p, r in zip(prompts, responses)]
 
-        # a tokenizer's template re-renders each parsed prompt (jinja): many items go to a thread
-        if isinstance(fmt, prompt_formats.TokenizerFormat) and len(prompts) > _INLINE_MAX:
+        # long texts, or many items of a tokenizer's template (jinja re-renders each), go to a thread
+        if not prompt_formats.runs_inline(prompts, responses, fmt):
             return await asyncio.to_thread(run)
         return run()

@@ -25,16 +25,26 @@ Messages prompts pass through unchanged. Everything here is pure except loading 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rewardclient.protocol import Message, Messages, Prompt
+from rewardclient.protocol import Message, Messages, Prompt, plain_prompt, prompt_fingerprint
 
 from .errors import PromptFormatError
+
+log = logging.getLogger("rewardserve")
+# prompt text (characters) a request may have parsed on the event loop: parsing is linear, about
+# 0.1 µs per character, so this keeps each request's share of the loop well under a millisecond;
+# a request with more is parsed in its worker thread (``runs_inline``)
+INLINE_MAX_CHARS = 8_192
+INLINE_MAX_TOKENIZER_ITEMS = 8  # a tokenizer's template re-renders each parsed prompt (jinja)
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,12 @@ def _tagged(
     roles = roles or {}
 
     def parse(text: str) -> Messages | None:
+        # linear in len(text): each turn is matched once from where the last one ended, and the
+        # "only whitespace left" test compares positions (never slices the rest of the text)
+        end = len(text.rstrip())
         pos, msgs = _skip(text, 0, bos), list[Message]()
-        while pos < len(text):
-            if open_re.match(text, pos) or not text[pos:].strip():
+        while pos < end:
+            if open_re.match(text, pos):
                 break
             m = turn_re.match(text, pos)
             if m is None:
@@ -258,6 +271,12 @@ class TokenizerFormat:
                 f"prompt_format {name!r}: its chat template does not render a user/assistant "
                 f"conversation with its contents intact ({type(e).__name__}: {e})"
             ) from None
+        if not user_assistant or not assistant_user:
+            # with nothing between turns the turns cannot be told apart (and a split would never advance)
+            raise PromptFormatError(
+                f"prompt_format {name!r}: template not parseable: its chat template puts nothing between a "
+                "user turn and an assistant turn, so a rendered conversation cannot be split back into messages"
+            )
         sys_start = sys_user = None
         try:
             ts = render([{"role": "system", "content": _S}, u1, a1, u2])
@@ -326,10 +345,18 @@ class TokenizerFormat:
         return _strip_end(response, self.end_markers).strip()
 
 
+def normalised_spec(spec: str) -> str:
+    """The cache key of ``tokenizer:<spec>``: a local folder as its resolved absolute path (so that
+    ``a/../a`` and ``./a`` spellings share one load); a hub id as it is."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 @lru_cache(maxsize=16)
 def tokenizer_format(spec: str, download: bool = True) -> TokenizerFormat:
     """The format of ``tokenizer:<spec>`` (a local folder, offline; or a hub id), loaded once; with
-    ``download=False`` a hub id is read only from the local hub cache."""
+    ``download=False`` a hub id is read only from the local hub cache. ``spec`` should be
+    ``normalised_spec``'s (``resolve_format`` does that)."""
     name = f"tokenizer:{spec}"
     try:
         from transformers import AutoTokenizer
@@ -337,8 +364,9 @@ def tokenizer_format(spec: str, download: bool = True) -> TokenizerFormat:
         path = Path(spec).expanduser()
         tok = AutoTokenizer.from_pretrained(str(path) if path.exists() else spec, local_files_only=not download)
     except Exception as e:
+        log.warning("prompt_format %r: the tokenizer cannot be loaded: %s: %s", name, type(e).__name__, e)
         raise PromptFormatError(
-            f"prompt_format {name!r}: the tokenizer cannot be loaded ({type(e).__name__}: {e})"
+            f"prompt_format {name!r}: the tokenizer cannot be loaded ({type(e).__name__}; the service log has details)"
         ) from None
     if not getattr(tok, "chat_template", None):
         raise PromptFormatError(f"prompt_format {name!r}: the tokenizer has no chat template")
@@ -390,8 +418,56 @@ def resolve_format(name: str, download: bool = True) -> Format:
     if name in ("auto", "plain"):
         return name
     if name.startswith("tokenizer:"):
-        return tokenizer_format(name[len("tokenizer:") :].strip(), download)
+        return tokenizer_format(normalised_spec(name[len("tokenizer:") :].strip()), download)
     return FAMILIES[ALIASES.get(name, name)]
+
+
+def is_small(prompts: Sequence[Prompt], responses: Sequence[str] = ()) -> bool:
+    """Whether these texts hold at most ``INLINE_MAX_CHARS`` characters (a message counts its role
+    and content, and one more): work linear in them takes well under a millisecond, cheaper on the
+    event loop than a thread hop. Stops counting as soon as the budget is spent."""
+    budget = INLINE_MAX_CHARS - sum(len(r) for r in responses)
+    for p in prompts:
+        if isinstance(p, str):
+            budget -= len(p)
+        else:
+            for m in p:
+                budget -= len(m["role"]) + len(m["content"]) + 1
+                if budget < 0:
+                    return False
+        if budget < 0:
+            return False
+    return budget >= 0
+
+
+_FINGERPRINT_CHUNK = 256  # messages encoded per call: each call holds the GIL only briefly
+
+
+def fingerprint(prompt: Prompt) -> str:
+    """``rewardclient.protocol.prompt_fingerprint(prompt)``, the same digest, with a long conversation
+    encoded a slice of messages at a time: one ``json.dumps`` of 100k messages holds the GIL (and so
+    stalls the event loop, even from a worker thread) for a tenth of a second or more. The canonical
+    encoding of a list is ``[`` + its items' encodings joined by ``,`` + ``]``, so the bytes hashed
+    are exactly those of the one-call encoding."""
+    if isinstance(prompt, str) or len(prompt) <= _FINGERPRINT_CHUNK:
+        return prompt_fingerprint(prompt)
+    h = hashlib.sha256(b"[")
+    msgs = plain_prompt(prompt)
+    for i in range(0, len(msgs), _FINGERPRINT_CHUNK):
+        part = json.dumps(msgs[i : i + _FINGERPRINT_CHUNK], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        h.update(("," if i else "").encode() + part[1:-1].encode("utf-8"))
+    h.update(b"]")
+    return h.hexdigest()
+
+
+def runs_inline(prompts: Sequence[Prompt], responses: Sequence[str], fmt: Format) -> bool:
+    """Whether normalising these items is cheap enough for the event loop (a few microseconds);
+    otherwise the caller runs ``normalise`` in the request's worker thread."""
+    if fmt == "plain":
+        return True
+    if isinstance(fmt, TokenizerFormat) and len(prompts) > INLINE_MAX_TOKENIZER_ITEMS:
+        return False
+    return is_small([p for p in prompts if isinstance(p, str)], responses)
 
 
 def normalise(prompt: Prompt, response: str, fmt: Format) -> Normalised:

@@ -8,8 +8,30 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 
 from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
 
+from .lsc import MAX_ABS_VALUE
 from .prompt_formats import check_format_name
 from .references.base import DEFAULT_SET, SET_DEFAULT_FINGERPRINT, Reference, check_set_name
+
+
+def check_encodable(text: str) -> str:
+    """``text`` if it encodes as UTF-8: a lone surrogate (``"\\ud800"``, which JSON can carry) is
+    refused here, with the item's location, instead of failing later in a tokenizer or a hash."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"text is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}"
+        ) from None
+    return text
+
+
+# every string a request carries: any length (limits are checked by the route) but valid Unicode
+Text = Annotated[str, AfterValidator(check_encodable)]
+# every number a request gives the reward math: finite and |x| ≤ MAX_ABS_VALUE (lsc.py)
+Bounded = Annotated[
+    FiniteFloat,
+    Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, description=f"finite, |x| ≤ {MAX_ABS_VALUE:g}"),
+]
 
 
 class _Wire(BaseModel):
@@ -17,13 +39,13 @@ class _Wire(BaseModel):
 
 
 class Message(_Wire):  # validates rewardclient.protocol.Message
-    role: str = Field(description="e.g. 'system', 'user', 'assistant'")
-    content: str
+    role: Text = Field(description="e.g. 'system', 'user', 'assistant'")
+    content: Text
 
 
 # the validated wire form of rewardclient.protocol.Prompt (plain_prompt turns it back into plain data)
-Prompt = Annotated[str | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
-ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Prompt = Annotated[Text | list[Message], Field(description="a string, or a chat as a list of role/content messages")]
+ModelName = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 PromptFormat = Annotated[
     str,
     StringConstraints(max_length=1024),
@@ -46,9 +68,9 @@ ReferenceSetName = Annotated[
 
 class ScoreItem(_Wire):
     prompt: Prompt
-    response: str
-    id: str | None = Field(None, max_length=1024, description="echoed back in the result")
-    reference: dict[ModelName, FiniteFloat] | None = Field(
+    response: Text
+    id: Text | None = Field(None, max_length=1024, description="echoed back in the result")
+    reference: dict[ModelName, Bounded] | None = Field(
         None, description="per-model reference reward r_ref(x); overrides stored references"
     )
     label: JsonValue | None = Field(
@@ -58,7 +80,7 @@ class ScoreItem(_Wire):
 
 class AggregateSpec(_Wire):
     method: AggregateMethod = DEFAULT_AGGREGATE
-    weights: dict[ModelName, FiniteFloat] | None = Field(None, description="per-model weights (default 1)")
+    weights: dict[ModelName, Bounded] | None = Field(None, description="per-model weights (default 1)")
 
 
 class ScoreRequest(_Wire):
@@ -114,15 +136,15 @@ class ScoreResponse(BaseModel):
 
 class ReferenceEntry(_Wire):
     prompt: Prompt
-    value: FiniteFloat | None = Field(None, description="the reference reward; or give 'samples'")
-    samples: list[str] | None = Field(
+    value: Bounded | None = Field(None, description="the reference reward; or give 'samples'")
+    samples: list[Text] | None = Field(
         None, min_length=1, description="base-policy responses; the service scores them and stores their quantile"
     )
     n_samples: int | None = Field(None, ge=1, description="with 'value': how many samples it was computed from")
 
 
 class DefaultReference(_Wire):
-    value: FiniteFloat
+    value: Bounded
     n_samples: int | None = Field(None, ge=1)
 
 
@@ -135,7 +157,7 @@ class ReferencesUpload(_Wire):
     quantile: float | None = Field(
         None, ge=0.0, le=1.0, description=f"quantile of sample rewards (default {DEFAULT_QUANTILE})"
     )
-    policy: str | None = Field(None, max_length=1024, description="id of the policy that made the samples")
+    policy: Text | None = Field(None, max_length=1024, description="id of the policy that made the samples")
     reference_set: ReferenceSetName = Field(DEFAULT_SET, description="the set to store into")
 
 
@@ -179,11 +201,11 @@ class ReferenceRow(_Wire):
 
     model: ModelName
     prompt_fingerprint: Annotated[str, StringConstraints(pattern=rf"^([0-9a-f]{{64}}|{SET_DEFAULT_FINGERPRINT})$")]
-    value: FiniteFloat
-    revision: str | None = Field(None, max_length=1024)
+    value: Bounded
+    revision: Text | None = Field(None, max_length=1024)
     quantile: float | None = Field(None, ge=0.0, le=1.0)
     n_samples: int | None = Field(None, ge=0, le=2**62)
-    policy: str | None = Field(None, max_length=1024)
+    policy: Text | None = Field(None, max_length=1024)
     updated_at: FiniteFloat = Field(0.0, ge=0.0, description="unix time; 0: the time of the import")
 
 
@@ -228,8 +250,8 @@ class OpenRLHFRequest(BaseModel):
     get empty lists back (OpenRLHF before 0.11.2 sends an empty shard to every URL but the first)."""
 
     model_config = ConfigDict(extra="ignore")  # OpenRLHF may send more fields; they are not used
-    query: list[str]
-    prompts: list[str]
+    query: list[Text]
+    prompts: list[Text]
     labels: list[JsonValue] | None = Field(
         None, description="ground truth, one per query: each item's label (read by checks, never echoed)"
     )
@@ -249,5 +271,5 @@ class SlimeRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")  # slime may send more fields; they are not used
     prompt: Prompt
-    response: str
+    response: Text
     label: JsonValue | None = Field(None, description="ground truth: the item's label (read by checks, never echoed)")

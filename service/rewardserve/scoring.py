@@ -92,7 +92,9 @@ class Scorer:
             )
         for i, it in enumerate(req.items):
             p = it.prompt
-            n = len(it.response) + (len(p) if isinstance(p, str) else sum(len(m["content"]) for m in p))
+            n = len(it.response) + (
+                len(p) if isinstance(p, str) else sum(len(m["role"]) + len(m["content"]) for m in p)
+            )
             if n > lim.max_text_chars:
                 raise TextTooLong(f"items[{i}] has {n} characters; the limit (max_text_chars) is {lim.max_text_chars}")
             for m in it.reference or {}:

@@ -69,7 +69,7 @@ def test_loopback_starts_as_before(config_file):
     "host,keys,allow,refused",
     [
         ("0.0.0.0", None, False, True),
-        ("0.0.0.0", "k1,k2", False, False),
+        ("0.0.0.0", "k1-0123456789abcdef,k2-0123456789abcdef", False, False),
         ("0.0.0.0", None, True, False),
         ("rewardserve.example", None, False, True),  # a host name may resolve to any interface
         ("127.0.0.1", None, False, False),
@@ -90,7 +90,7 @@ def test_check_exposure(tiny, tmp_path, host, keys, allow, refused):
 
 def test_api_keys_file_counts_as_keys(tiny, tmp_path):
     f = tmp_path / "keys.txt"
-    f.write_text("# trainers\nkey-one\n")
+    f.write_text("# trainers\nkey-one-0123456789abcdef\n")
     check_exposure(tiny_settings(tiny, tmp_path, host="0.0.0.0", api_keys_file=str(f)))
     f.write_text("# no key yet\n")
     with pytest.raises(ConfigError):

@@ -97,10 +97,10 @@ def test_disconnected_client_items_are_dropped_before_the_forward(tiny, tmp_path
 
 def test_api_keys_guard_every_route_but_the_open_ones(tiny, tmp_path, monkeypatch):
     keyfile = tmp_path / "keys"
-    keyfile.write_text("# team keys\nfile-key-123\n")
-    monkeypatch.setenv("REWARDSERVE_API_KEYS", "env-key-1, env-key-2")
+    keyfile.write_text("# team keys\nfile-key-123-0123456789abcdef\n")
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "env-key-1-0123456789abcdef, env-key-2-0123456789abcdef")
     settings = tiny_settings(tiny, tmp_path, api_keys_file=str(keyfile))
-    assert "env-key-1" not in repr(settings)  # a secret
+    assert "env-key-1-0123456789abcdef" not in repr(settings)  # a secret
     with LiveServer(create_app(settings)) as srv:
         body = {"items": [{"prompt": "p", "response": "r"}], "models": ["a"]}
         for path in ("/healthz", "/readyz", "/metrics"):
@@ -110,7 +110,7 @@ def test_api_keys_guard_every_route_but_the_open_ones(tiny, tmp_path, monkeypatc
         assert r.headers["www-authenticate"] == "Bearer"
         r = httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": "Bearer wrong-key"})
         assert r.status_code == 401 and "wrong-key" not in r.text
-        for key in ("env-key-1", "env-key-2", "file-key-123"):
+        for key in ("env-key-1-0123456789abcdef", "env-key-2-0123456789abcdef", "file-key-123-0123456789abcdef"):
             assert (
                 httpx.post(f"{srv.url}/v1/score", json=body, headers={"Authorization": f"Bearer {key}"}).status_code
                 == 200

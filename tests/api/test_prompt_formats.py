@@ -33,7 +33,7 @@ def templates(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def srv(tiny, tmp_path_factory):
+def srv(tiny, tmp_path_factory, templates):
     backbones = {
         "enc": {
             "kind": "encoder_head",
@@ -54,7 +54,13 @@ def srv(tiny, tmp_path_factory):
             "models": {"dec": {}},
         },
     }
-    settings = tiny_settings(tiny, tmp_path_factory.mktemp("fmt"), backbones=backbones, openrlhf={})
+    settings = tiny_settings(
+        tiny,
+        tmp_path_factory.mktemp("fmt"),
+        backbones=backbones,
+        openrlhf={},
+        allowed_prompt_formats=[f"tokenizer:{templates['custom'][2]}"],  # what a request may name
+    )
     with LiveServer(create_app(settings)) as s:
         yield s
 

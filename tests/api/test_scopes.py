@@ -11,10 +11,10 @@ from rewardserve.config import ConfigError, parse_api_key
 from ..conftest import LiveServer, tiny_settings
 
 KEYS_FILE = """# team keys: KEY [scope=score|admin] [sets=A,B]
-admin-key-1
-score-key-2 scope=score
-limited-key-3 scope=score sets=x,y
-limited-admin-4  scope=admin  sets=x
+admin-key-1-0123456789abcdef
+score-key-2-0123456789abcdef scope=score
+limited-key-3-0123456789abcdef scope=score sets=x,y
+limited-admin-4-0123456789abcdef  scope=admin  sets=x
 """
 
 
@@ -23,7 +23,9 @@ def srv(tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scopes")
     (tmp / "keys").write_text(KEYS_FILE)
     mp = pytest.MonkeyPatch()
-    mp.setenv("REWARDSERVE_API_KEYS", "env-plain-5, env-score-6 scope=score sets=x+default")
+    mp.setenv(
+        "REWARDSERVE_API_KEYS", "env-plain-5-0123456789abcdef, env-score-6-0123456789abcdef scope=score sets=x+default"
+    )
     try:
         settings = tiny_settings(tiny, tmp, api_keys_file=str(tmp / "keys"), openrlhf={"models": ["a"]})
     finally:
@@ -65,7 +67,7 @@ def score_body(rset=None):
 
 
 def test_plain_keys_keep_full_access(srv):
-    for key in ("admin-key-1", "env-plain-5"):
+    for key in ("admin-key-1-0123456789abcdef", "env-plain-5-0123456789abcdef"):
         assert call(srv, key, "POST", "/v1/references", json=upload("default", 1.0)).status_code == 200
         assert call(srv, key, "POST", "/v1/references", json=upload("plain-set", 2.0)).status_code == 200
         assert call(srv, key, "POST", "/v1/score", json=score_body("plain-set")).json()["results"][0]["reference"] == {
@@ -75,8 +77,8 @@ def test_plain_keys_keep_full_access(srv):
 
 
 def test_score_scope_reads_and_scores_but_never_writes(srv):
-    key = "score-key-2"
-    call(srv, "admin-key-1", "POST", "/v1/references", json=upload("s", 3.0))
+    key = "score-key-2-0123456789abcdef"
+    call(srv, "admin-key-1-0123456789abcdef", "POST", "/v1/references", json=upload("s", 3.0))
     r = call(srv, key, "POST", "/v1/score", json=score_body("s"))
     assert r.status_code == 200 and r.json()["results"][0]["reference_source"] == {"a": "stored"}
     assert call(srv, key, "GET", "/v1/models").status_code == 200
@@ -103,9 +105,9 @@ def test_score_scope_reads_and_scores_but_never_writes(srv):
 
 
 def test_keys_limited_to_sets(srv):
-    key = "limited-key-3"  # score, sets x and y
-    call(srv, "admin-key-1", "POST", "/v1/references", json=upload("x", 4.0))
-    call(srv, "admin-key-1", "POST", "/v1/references", json=upload("z", 5.0))
+    key = "limited-key-3-0123456789abcdef"  # score, sets x and y
+    call(srv, "admin-key-1-0123456789abcdef", "POST", "/v1/references", json=upload("x", 4.0))
+    call(srv, "admin-key-1-0123456789abcdef", "POST", "/v1/references", json=upload("z", 5.0))
     assert call(srv, key, "POST", "/v1/score", json=score_body("x")).json()["results"][0]["reference"] == {"a": 4.0}
     assert call(srv, key, "POST", "/v1/score", json=score_body("y")).status_code == 200
     forbidden(call(srv, key, "POST", "/v1/score", json=score_body("z")), "'z'", "x, y")
@@ -140,13 +142,13 @@ def test_keys_limited_to_sets(srv):
     assert names == ["x"]  # y holds nothing; z and default are not this key's
     forbidden(call(srv, key, "POST", "/v1/references", json=upload("x", 9.0)), "admin")
     # an admin key limited to set x writes and deletes there only
-    adm = "limited-admin-4"
+    adm = "limited-admin-4-0123456789abcdef"
     assert call(srv, adm, "POST", "/v1/references", json=upload("x", 6.0)).status_code == 200
     forbidden(call(srv, adm, "POST", "/v1/references", json=upload("default", 6.0)), "'default'")
     forbidden(call(srv, adm, "DELETE", "/v1/reference-sets/z"), "'z'")
     assert call(srv, adm, "DELETE", "/v1/reference-sets/x").status_code == 200
     # the env key: score scope, sets x and default
-    env = "env-score-6"
+    env = "env-score-6-0123456789abcdef"
     assert call(srv, env, "POST", "/v1/score", json=score_body()).status_code == 200
     forbidden(call(srv, env, "POST", "/v1/score", json=score_body("z")))
     forbidden(call(srv, env, "POST", "/v1/references", json=upload("default", 1.0)))

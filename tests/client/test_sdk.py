@@ -274,11 +274,11 @@ def test_auth_error_is_typed(tiny, tmp_path, monkeypatch):
 
     from ..conftest import LiveServer, tiny_settings
 
-    monkeypatch.setenv("REWARDSERVE_API_KEYS", "sdk-key")
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "sdk-key-0123456789abcdef")
     with LiveServer(create_app(tiny_settings(tiny, tmp_path))) as srv:
         with RewardClient(srv.url) as c, pytest.raises(AuthenticationError):
             c.score([("p", "r")], models=["a"])
-        with RewardClient(srv.url, api_key="sdk-key") as c:
+        with RewardClient(srv.url, api_key="sdk-key-0123456789abcdef") as c:
             assert len(c.score([("p", "r")], models=["a"])) == 1
 
 

@@ -12,7 +12,7 @@ from rewardclient.verl import compute_score, compute_score_batch, get_client, pr
 from rewardserve.app import create_app
 from tests.conftest import LiveServer, tiny_settings
 
-KEY = "verl-test-key"
+KEY = "verl-test-key-0123456789abcdef"
 PROMPTS = [[{"role": "user", "content": f"question {i}?"}] for i in range(5)]
 RESPONSES = [f"answer number {i} " * (i + 1) for i in range(5)]
 

@@ -283,7 +283,7 @@ def test_baked_config_needs_api_keys_to_serve(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
         check_exposure(load_settings(REPO / "docker" / "config.yaml"))
-    monkeypatch.setenv("REWARDSERVE_API_KEYS", "k1")
+    monkeypatch.setenv("REWARDSERVE_API_KEYS", "k1-0123456789abcdef")
     check_exposure(load_settings(REPO / "docker" / "config.yaml"))
 
 

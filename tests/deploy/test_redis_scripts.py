@@ -143,7 +143,7 @@ def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins
                 },
                 tmp_path / f"sentinel{i}.log",
             )
-        sentinels = [redis.Redis(port=p, socket_timeout=2, decode_responses=True) for p in sp]
+        sentinels = [redis.Redis(port=p, password=PASSWORD, socket_timeout=2, decode_responses=True) for p in sp]
         wait(
             lambda: all(
                 s.sentinel_master("rs")["num-other-sentinels"] == 2 and s.sentinel_master("rs")["num-slaves"] == 1
@@ -152,6 +152,10 @@ def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins
             30,
             "the sentinels did not find each other and the replica",
         )
+        # the sentinels require the Secret's password too (before, anyone reaching them could reconfigure them)
+        for p in sp:
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=p, socket_timeout=2).sentinel_masters()
         nodes[0].hset("rewardserve:refs:m", "fp", '{"value": 1.5}')
         assert nodes[0].wait(1, 5000) == 1
         # the master dies: the sentinels promote the replica

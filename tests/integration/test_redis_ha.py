@@ -54,7 +54,7 @@ class Proc:
         if self.sentinel:
             conf = self.dir / "sentinel.conf"  # sentinels rewrite their config file: it must be theirs
             conf.write_text(
-                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nrequirepass {PASSWORD}\n"
                 f"sentinel monitor rs 127.0.0.1 {sentinel_of} 2\nsentinel auth-pass rs {PASSWORD}\n"
                 f"sentinel down-after-milliseconds rs {down_after_ms}\nsentinel failover-timeout rs 5000\n"
                 "sentinel parallel-syncs rs 1\n"
@@ -84,7 +84,7 @@ class Proc:
             ]
         self.log = open(self.dir / "log", "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = redis.Redis(port=self.port, password=None if self.sentinel else PASSWORD, socket_timeout=2)
+        self.client = redis.Redis(port=self.port, password=PASSWORD, socket_timeout=2)
         deadline = time.monotonic() + 20
         while True:
             try:

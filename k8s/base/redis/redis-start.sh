@@ -4,7 +4,7 @@
 # replica of the promoted one (no split brain). Only when no sentinel knows a master (the very
 # first start) is SEED_MASTER the master. (Should a stale master still start as one, the Sentinels
 # turn it into a replica of the promoted master as soon as they see it.) The password comes from the Secret as REDIS_PASSWORD and
-# goes into a config file (mode 600), not onto the command line.
+# goes into a config file (mode 600), not onto the command line; the sentinels ask for it too.
 #   SELF_HOST SELF_PORT            how the sentinels and replicas reach this pod (its stable DNS name)
 #   SEED_MASTER_HOST SEED_MASTER_PORT   the first master (pod 0)
 #   SENTINEL_HOST SENTINEL_PORT    the sentinels' Service;  MASTER_NAME  their name for this master
@@ -16,7 +16,7 @@ set -eu
 MASTER_NAME=${MASTER_NAME:-rewardserve}
 master=""
 for _ in 1 2 3; do
-  master=$(REDISCLI_AUTH="" redis-cli -h "$SENTINEL_HOST" -p "$SENTINEL_PORT" --raw \
+  master=$(REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h "$SENTINEL_HOST" -p "$SENTINEL_PORT" --raw \
     sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//') || master=""
   case "$master" in *" "[0-9]*) break ;; *) master="" ;; esac
   sleep 1

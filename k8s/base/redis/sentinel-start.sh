@@ -2,6 +2,9 @@
 # Start one Sentinel pod (k8s/base/sentinel.yaml). It monitors the master that its peers (or, on
 # the first start, the Redis pods themselves) name, and announces itself by its stable DNS name.
 # Sentinel rewrites its config file, so the file lives in a writable emptyDir ($CONF_DIR).
+# REDIS_PASSWORD (the Secret's) is both the masters' password (auth-pass) and this sentinel's own
+# (requirepass: clients, peers and probes authenticate; sentinels use it with each other too). It
+# goes into the config file (mode 600) and to redis-cli as REDISCLI_AUTH, never onto a command line.
 #   SELF_HOST SELF_PORT            this sentinel's stable address
 #   PEERS                          the sentinels, "host:port host:port ..." (this one may be among them)
 #   REDIS_NODES                    the Redis pods, "host:port host:port ..."; the first is the seed master
@@ -12,7 +15,7 @@ MASTER_NAME=${MASTER_NAME:-rewardserve}
 master=""
 for peer in $PEERS; do  # a running sentinel knows the current master (after any failover)
   [ "$peer" = "$SELF_HOST:$SELF_PORT" ] && continue
-  m=$(redis-cli -h "${peer%:*}" -p "${peer##*:}" --raw sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null \
+  m=$(REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h "${peer%:*}" -p "${peer##*:}" --raw sentinel get-master-addr-by-name "$MASTER_NAME" 2>/dev/null \
       | tr '\n' ' ' | sed 's/ *$//') || m=""
   case "$m" in *" "[0-9]*) master=$m; break ;; esac
 done
@@ -34,6 +37,7 @@ cat > "$CONF_DIR/sentinel.conf" <<CONF
 port $SELF_PORT
 dir $CONF_DIR
 protected-mode no
+requirepass $REDIS_PASSWORD
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
 sentinel announce-ip $SELF_HOST

@@ -101,7 +101,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     more = len(exc.errors()) - 10
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    text = "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate in a key: shown escaped
 
 
 # the framework's own errors

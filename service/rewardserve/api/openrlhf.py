@@ -6,16 +6,20 @@ entry of ``labels`` as the item's ``label``, scored with the options of the ``op
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
+from .. import prompt_formats
 from ..errors import InvalidInput
 from ..prompt_formats import split_query
 from ..schemas import OpenRLHFRequest, OpenRLHFResponse, ScoreItem
+from .bodies import OffLoopBodyRoute
 from .deps import KeyDep, ScorerDep
 from .routes import ERROR_RESPONSES
 from .trainers import ReferenceSetHeader, per_model, route_reference_set, score_as_configured
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 
 @router.post("/get_reward", response_model=OpenRLHFResponse, responses=ERROR_RESPONSES, tags=["scoring"])
@@ -31,7 +35,8 @@ async def get_reward(
     ``X-Reference-Set`` header's set (default: ``openrlhf.reference_set``). Empty lists get empty lists."""
     cfg = scorer.settings.openrlhf
     reference_set = route_reference_set(scorer, key, cfg, x_reference_set)
-    items = to_items(body)
+    small = prompt_formats.is_small(body.prompts, body.query)
+    items = to_items(body) if small else await asyncio.to_thread(to_items, body)  # linear, but long: off the loop
     if not items:
         return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
     out = await score_as_configured(request, scorer, cfg, items, reference_set)

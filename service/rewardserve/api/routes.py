@@ -40,6 +40,7 @@ from ..schemas import (
 )
 from ..scoring import Item, ScoreOutcome
 from ..scoring import ScoreRequest as CoreRequest
+from .bodies import OffLoopBodyRoute
 from .deps import (
     KeyDep,
     ReferencesDep,
@@ -50,8 +51,9 @@ from .deps import (
     cancel_on_disconnect,
     visible_sets,
 )
+from .exposure import without_paths
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (403, 404, 413, 422, 429, 500, 503)
@@ -146,7 +148,7 @@ async def models(state: StateDep) -> dict[str, Any]:
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
         "batchers": registry.describe_backbones(),
     }
-    return {"models": registry.describe_models(), "ready": state.ready, "runtime": runtime}
+    return {"models": without_paths(registry.describe_models()), "ready": state.ready, "runtime": runtime}
 
 
 @router.post("/v1/references", response_model=ReferencesStored, responses=ERROR_RESPONSES, tags=["references"])

@@ -10,11 +10,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..schemas import ScoreItem, SlimeRequest
+from .bodies import OffLoopBodyRoute
 from .deps import KeyDep, ScorerDep
 from .routes import ERROR_RESPONSES
 from .trainers import ReferenceSetHeader, per_model, route_reference_set, score_as_configured
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 
 @router.post("/slime/reward", response_model=dict[str, float], responses=ERROR_RESPONSES, tags=["scoring"])

@@ -6,17 +6,16 @@
   Sentinel. The sentinels are asked for the current master of ``MASTER_NAME`` on every new
   connection; after a failover the old master's connections fail (the request answers 503, the SDK
   retries) and the next connection goes to the promoted replica, with no service restart. The
-  password is the one of the Redis servers (``requirepass``/``masterauth``); the sentinels
-  themselves are reached without one (keep them behind a NetworkPolicy, as k8s/base does).
+  password authenticates to both the Redis servers (``requirepass``/``masterauth``) and the
+  sentinels (their ``requirepass``): k8s/base sets all of them from one Secret.
 
 Passwords never appear in messages or logs: use ``redact`` wherever a URL is shown.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, TypedDict
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 if TYPE_CHECKING:  # redis is an optional dependency (extra `redis`); redact() works without it
     import redis.asyncio as aioredis
@@ -25,9 +24,30 @@ SENTINEL_SCHEME = "redis+sentinel://"
 SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 
 
+_SECRET_PARAMS = {"password", "username", "sentinel_password"}
+
+
 def redact(url: str) -> str:
-    """``url`` with any user info replaced by ``***`` (``redis://:pw@h:1/0`` -> ``redis://***@h:1/0``)."""
-    return re.sub(r"^([a-z+]+://)[^@/]*@", r"\1***@", url)
+    """``url`` with its user info replaced by ``***`` (``redis://:pw@h:1/0`` -> ``redis://***@h:1/0``)
+    and any ``password``/``username`` query parameter by ``***``. Safe for any password, however it
+    is spelled: everything before the *last* ``@`` of the part after the scheme is user info (a
+    password with an unescaped ``/``, ``@`` or ``#`` included), and a URL that does not parse as one
+    shows as ``<unparseable URL>``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable URL>" if "@" in url or "password" in url.lower() else url
+    userinfo, at, rest = rest.rpartition("@")
+    try:
+        parts = urlsplit(f"{scheme}://{rest}")
+    except ValueError:
+        return f"{scheme}://***@<unparseable URL>" if at else "<unparseable URL>"
+    query = parts.query
+    if query:
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+            safe="*/",
+        )
+    return f"{scheme}://{'***@' if at else ''}{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 class SentinelUrl(TypedDict):
@@ -78,7 +98,13 @@ def connect(url: str, timeout: float = 2.0) -> aioredis.Redis:
     if url.startswith(SENTINEL_SCHEME):
         p = parse_sentinel_url(url)
         sentinel = Sentinel(
-            p["sentinels"], sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
+            p["sentinels"],
+            sentinel_kwargs={
+                "socket_connect_timeout": timeout,
+                "socket_timeout": timeout,
+                "username": p["username"],
+                "password": p["password"],
+            },
         )
         master: aioredis.Redis = sentinel.master_for(
             p["service"], db=p["db"], username=p["username"], password=p["password"], **common

@@ -18,12 +18,14 @@ knows the store and the rules only; the scoring pipeline calls it, never the oth
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rewardclient.protocol import Prompt, ReferenceSource, prompt_fingerprint
+from rewardclient.protocol import Prompt, ReferenceSource
 
+from .. import prompt_formats
 from ..errors import MissingReference, StaleReference
 from .base import SET_DEFAULT_FINGERPRINT, ReferenceStore
 
@@ -77,7 +79,10 @@ async def resolve_references(
         if not missing:
             continue
         if fps is None:
-            fps = [prompt_fingerprint(p) for p in prompts]
+            if prompt_formats.is_small(prompts):
+                fps = [prompt_formats.fingerprint(p) for p in prompts]
+            else:  # linear, but long: off the event loop
+                fps = await asyncio.to_thread(lambda: [prompt_formats.fingerprint(p) for p in prompts])
         wanted = sorted({fps[i] for i in missing}) + [SET_DEFAULT_FINGERPRINT]
         stored = await store.get_many(rule.model, wanted, reference_set)
         set_default = stored.get(SET_DEFAULT_FINGERPRINT)

@@ -15,7 +15,14 @@ from rewardclient.protocol import DEFAULT_QUANTILE, Prompt, plain_prompt
 
 from .. import lsc
 from ..config import Settings
-from ..errors import InvalidInput, ReferenceNotFound, ReferenceSetNotFound, TooManyReferences, TooManySamples
+from ..errors import (
+    InvalidInput,
+    ReferenceNotFound,
+    ReferenceSetNotFound,
+    TextTooLong,
+    TooManyReferences,
+    TooManySamples,
+)
 from ..normalise import Normaliser
 from ..registry import BackboneRegistry, ScoreInput
 from ..schemas import (
@@ -42,6 +49,18 @@ def _check_count(n: int, limit: int) -> None:
         raise TooManyReferences(f"{n} entries; the limit (max_references_per_upload) is {limit}")
 
 
+def _check_text(body: ReferencesUpload, limit: int) -> None:
+    """An upload's texts under the limit of a scored item (``max_text_chars``: prompt, roles included,
+    plus response): each entry's prompt, and the prompt with each of its samples."""
+    for i, e in enumerate(body.entries):
+        p = len(e.prompt) if isinstance(e.prompt, str) else sum(len(m.role) + len(m.content) for m in e.prompt)
+        n = p + max((len(s) for s in e.samples or ()), default=0)
+        if n > limit:
+            raise TextTooLong(
+                f"entries[{i}] has {n} characters (prompt + its longest sample); the limit (max_text_chars) is {limit}"
+            )
+
+
 class ReferenceService:
     def __init__(self, settings: Settings, registry: BackboneRegistry, store: ReferenceStore):
         self.settings, self.registry, self.store = settings, registry, store
@@ -53,6 +72,7 @@ class ReferenceService:
         templated string prompt under its messages', like ``/v1/score`` reads it)."""
         lim = self.settings.limits
         _check_count(len(body.entries), lim.max_references_per_upload)
+        _check_text(body, lim.max_text_chars)
         (model,) = self.registry.select([body.model])
         if not body.entries and body.default is None:
             raise InvalidInput("give 'entries', a 'default', or both")

@@ -42,11 +42,6 @@ CREATE TABLE IF NOT EXISTS set_refs (
 );
 """
 _COLUMNS = "value, revision, quantile, n_samples, policy, updated_at"
-# every entry of every set, as one relation (set, model, fingerprint, columns…)
-_ALL = (
-    f"SELECT ? AS reference_set, model, fingerprint, {_COLUMNS} FROM refs UNION ALL "
-    f"SELECT reference_set, model, fingerprint, {_COLUMNS} FROM set_refs"
-)
 
 
 def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
@@ -56,7 +51,15 @@ def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
     return "set_refs", "reference_set = ?", (rset,)
 
 
+_PAGE = 2_000  # rows per query of a scan: a listing or export never holds one read open for a whole table
+
+
 class SQLiteStore(ReferenceStore):
+    """Every call runs in a worker thread, never on the event loop. Writes go through one connection
+    under a lock; reads use a connection of their own per thread and take no lock (WAL: readers and
+    the writer never wait for each other), so a lookup never waits for a listing, an export or a
+    write, and scans go page by page."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         self.url = f"sqlite:///{self.path}"
@@ -65,20 +68,37 @@ class SQLiteStore(ReferenceStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._readers_lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the store is closed")
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA query_only=ON")
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
 
     def _get_many(self, model: str, fps: list[str], rset: str) -> dict[str, Reference]:
         table, cond, args = _where_set(rset)
         out: dict[str, Reference] = {}
-        with self._lock:
-            for i in range(0, len(fps), 500):
-                chunk = fps[i : i + 500]
-                q = (
-                    f"SELECT fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND model = ? "
-                    f"AND fingerprint IN ({','.join('?' * len(chunk))})"
-                )
-                for fp, *rest in self._conn.execute(q, [*args, model, *chunk]):
-                    out[fp] = Reference(*rest)
+        conn = self._reader()
+        for i in range(0, len(fps), 500):
+            chunk = fps[i : i + 500]
+            q = (
+                f"SELECT fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND model = ? "
+                f"AND fingerprint IN ({','.join('?' * len(chunk))})"
+            )
+            for fp, *rest in conn.execute(q, [*args, model, *chunk]):
+                out[fp] = Reference(*rest)
         return out
 
     def _put_many(self, model: str, entries: list[tuple[str, Reference]], rset: str) -> None:
@@ -104,29 +124,47 @@ class SQLiteStore(ReferenceStore):
                 self._conn.execute("ROLLBACK")
                 raise
 
+    def _scan(self, rset: str) -> list[tuple[str, str, str, Reference]]:
+        """Every entry of one set, in (model, fingerprint) order, read a page at a time along the
+        primary key (each page a short indexed read)."""
+        table, cond, args = _where_set(rset)
+        conn, out = self._reader(), list[tuple[str, str, str, Reference]]()
+        after: tuple[str, str] = ("", "")
+        while True:
+            rows = conn.execute(
+                f"SELECT model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND (model, fingerprint) > (?, ?) "
+                f"ORDER BY model, fingerprint LIMIT {_PAGE}",
+                (*args, *after),
+            ).fetchall()
+            out.extend((rset, m, fp, Reference(*rest)) for m, fp, *rest in rows)
+            if len(rows) < _PAGE:
+                return out
+            after = (rows[-1][0], rows[-1][1])
+
+    def _set_names(self) -> list[str]:
+        """The sets that hold entries, sorted (skipping from one set to the next along the index)."""
+        conn, names = self._reader(), []
+        if conn.execute("SELECT 1 FROM refs LIMIT 1").fetchone():
+            names.append(DEFAULT_SET)
+        row = conn.execute("SELECT MIN(reference_set) FROM set_refs").fetchone()
+        while row and row[0] is not None:
+            names.append(row[0])
+            row = conn.execute("SELECT MIN(reference_set) FROM set_refs WHERE reference_set > ?", (row[0],)).fetchone()
+        return sorted(set(names))
+
     def _all_rows(self, rset: str | None) -> list[tuple[str, str, str, Reference]]:
-        args: tuple[str, ...]
-        if rset is None:
-            q, args = f"SELECT * FROM ({_ALL}) ORDER BY reference_set, model, fingerprint", (DEFAULT_SET,)
-        else:
-            table, cond, args = _where_set(rset)
-            q, args = (
-                f"SELECT ?, model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} ORDER BY model, fingerprint",
-                (rset, *args),
-            )
-        with self._lock:
-            rows = self._conn.execute(q, args).fetchall()
-        return [(s, m, fp, Reference(*rest)) for s, m, fp, *rest in rows]
+        if rset is not None:
+            return self._scan(rset)
+        return [row for name in self._set_names() for row in self._scan(name)]
 
     def _sets(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        with self._lock:
-            for s, m, n in self._conn.execute(
-                f"SELECT reference_set, model, COUNT(*) FROM ({_ALL}) GROUP BY reference_set, model "
-                "ORDER BY reference_set, model",
-                (DEFAULT_SET,),
+        conn, out = self._reader(), dict[str, dict[str, int]]()
+        for name in self._set_names():
+            table, cond, args = _where_set(name)
+            for m, n in conn.execute(
+                f"SELECT model, COUNT(*) FROM {table} WHERE {cond} GROUP BY model ORDER BY model", args
             ):
-                out.setdefault(s, {})[m] = n
+                out.setdefault(name, {})[m] = n
         return out
 
     def _delete_set(self, rset: str) -> int:
@@ -137,8 +175,6 @@ class SQLiteStore(ReferenceStore):
     async def get_many(
         self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
     ) -> dict[str, Reference]:
-        if len(fingerprints) <= 64:  # a handful of indexed lookups: cheaper inline than a thread hop
-            return self._get_many(model, fingerprints, reference_set)
         return await asyncio.to_thread(self._get_many, model, fingerprints, reference_set)
 
     async def put_many(
@@ -156,5 +192,10 @@ class SQLiteStore(ReferenceStore):
         return await asyncio.to_thread(self._delete_set, reference_set)
 
     async def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
         with self._lock:
             self._conn.close()

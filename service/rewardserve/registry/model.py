@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import prompt_formats
 from ..backends.base import Backend, Encoded, intraop_threads
 from ..backends.prefix import TokenCount
 from ..batcher import Batcher, PrefixCost
@@ -120,7 +121,9 @@ class ModelBackbone(Backbone):
 
     async def raw_rewards(self, items: Sequence[ScoreInput], models: Sequence[str]) -> RawScores:
         backend, batcher = self.backend, self.batcher
-        if len(items) <= _INLINE_ENCODE_MAX:
+        if len(items) <= _INLINE_ENCODE_MAX and prompt_formats.is_small(
+            [it.prompt for it in items], [it.response for it in items]
+        ):
             encs = _encode_all(backend, items)
         else:
             encs = await asyncio.to_thread(_encode_all, backend, items)
