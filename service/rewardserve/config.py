@@ -296,6 +296,9 @@ class JudgeBackboneConfig(BaseModel):
 # -- kind: verifier (verifiers/config.py: pure pydantic) and the union of every kind ------------------
 
 
+_BACKBONE_TAGS = ("model", "verifier", "judge")
+
+
 def _backbone_tag(v: Any) -> str:
     kind = v.get("kind") if isinstance(v, Mapping) else getattr(v, "kind", None)
     return kind if kind in ("verifier", "judge") else "model"
@@ -620,6 +623,8 @@ def _format_errors(
     by_source: dict[str, list[str]] = {}
     for e in err.errors():
         loc = tuple(str(x) for x in e["loc"])
+        if len(loc) > 2 and loc[0] == "backbones" and loc[2] in _BACKBONE_TAGS:  # the union's tag: not a key
+            loc = loc[:2] + loc[3:]
         by_source.setdefault(_source_of(loc, flags, env, cfg_path), []).append(
             f"{'.'.join(loc) or '(top level)'}: {e['msg']}"
         )

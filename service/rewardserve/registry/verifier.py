@@ -22,7 +22,8 @@ import numpy as np
 
 from ..combine import Transform
 from ..errors import MissingLabel
-from ..verifiers import CheckItem, VerifierBackboneConfig, VerifierEngine
+from ..verifiers.config import VerifierBackboneConfig
+from ..verifiers.engine import CheckItem, VerifierEngine
 from .backbone import Backbone, BackboneContext, RawScores, ScoreInput, ServedModel
 
 _PROBE = CheckItem("\\boxed{2}", "2")  # one cheap item for warmup and recheck
