@@ -89,6 +89,28 @@ def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
     )
 
 
+def _demo_reasoning(a: argparse.Namespace) -> None:
+    """The reasoning section: a second service on the example config with checks beside the reward
+    models, right-but-rude / wrong-but-polite / right-and-polite answers under raw_sum and lsc_sum."""
+    import time
+
+    from rewardserve.service_process import ServiceProcess
+
+    from .demo_reasoning import arithmetic_items, compare, example_config_path, format_table
+
+    t0 = time.perf_counter()
+    config = example_config_path()
+    print(f"\nreasoning: checks and reward models in one AND ({config}) ...", file=sys.stderr)
+    with ServiceProcess(config=str(config)) as svc:
+        summary = compare(svc.url, arithmetic_items(a.reasoning_prompts))
+    print(format_table(summary))
+    print(
+        f"(means over {summary['prompts']} generated prompts; raw_sum adds raw rewards, lsc_sum adds "
+        f"log P(good) of every model; section took {time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+    )
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     """Start the service on the embedded default (or --config), calibrate references for the example
     prompts, score example pairs against them and print the JSON, then run a short RLHF session
@@ -148,6 +170,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                 )
             )
             print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
+    if a.reasoning:
+        _demo_reasoning(a)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
@@ -248,6 +272,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--out-dir",
         default="runs/demo",
         help="where the calibration log and the RLHF run's report go (default: runs/demo)",
+    )
+    d.add_argument(
+        "--no-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="skip the reasoning section (a math check and a format check beside the reward models, "
+        "on the example config examples/reasoning.yaml)",
+    )
+    d.add_argument(
+        "--reasoning-prompts", type=int, default=6, help="generated arithmetic prompts of the reasoning section"
     )
     d.set_defaults(func=_cmd_demo)
 
