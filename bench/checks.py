@@ -8,21 +8,27 @@ Each round runs, in this one process and in turn (so a shared machine's noise hi
 - **engine**: ``VerifierEngine`` with ``--timeout`` per item, fed ``--concurrency`` requests of
   ``--batch`` items at a time (as the service will);
 - **engine+patho**: the same with ``--patho`` (default 1 %) of the items replaced by answers that
-  never finish (``\\boxed{9^{9^{9^{9}}}}`` and kin): each is killed at ``timeout + grace``.
+  never finish (``\\boxed{9^{9^{9^{9}}}}`` and kin): each is killed at ``timeout + grace``;
+- **service** / **service+patho**: the same items through a live ``rewardserve serve`` (a separate
+  process, started once before the rounds) with one ``kind: verifier`` backbone of the same workers and
+  timeout, sent by the SDK's ``AsyncRewardClient``, ``--concurrency`` requests of ``--batch`` items in
+  flight: HTTP, validation, the pipeline and the registry's verifier backbone included (``--no-service``
+  skips it).
 
-Reported: items/s of each (median over ``--rounds``, with min–max), engine / bare (target ≥ 0.8)
-and engine+patho / engine (target ≥ 0.7). Through the service the same checks pass the HTTP layer
-and the pipeline too; that number comes once the verifier backbone is plugged into the registry.
+Reported: items/s of each (median over ``--rounds``, with min–max), engine / bare and service / bare
+(target ≥ 0.8), engine+patho / engine and service+patho / service (target ≥ 0.7).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +128,54 @@ def run_engine(
     return len(pairs) / dt, counts
 
 
+def service_config(path: Path, workers: int, timeout_s: float) -> Path:
+    """A config with one verifier backbone (the math check as model ``correct``)."""
+    import yaml
+
+    cfg = {
+        "batching": {"max_wait_ms": 0},
+        "references": {"store": f"sqlite:///{path.parent / 'refs.db'}"},
+        "limits": {"max_items_per_request": 4096},
+        "backbones": {
+            "checks": {
+                "kind": "verifier",
+                "workers": workers,
+                "timeout_s": timeout_s,
+                "models": {"correct": {"verifier": "math"}},
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def run_service(url: str, pairs: list[tuple[str, str]], batch: int, concurrency: int) -> tuple[float, dict[str, int]]:
+    """Items/s through the live service at ``url`` (the SDK, ``concurrency`` requests of ``batch``
+    items in flight); and counts of warnings by kind."""
+    from rewardclient import AsyncRewardClient
+
+    items = [{"prompt": "Compute.", "response": r, "label": ref} for r, ref in pairs]
+    requests = [items[k : k + batch] for k in range(0, len(items), batch)]
+    counts = {"timeout": 0, "failed": 0}
+
+    async def main() -> float:
+        async with AsyncRewardClient(url, read_timeout=600) as rc:
+            await rc.score(items[:8], models=["correct"])  # warm the connection
+            queue = list(reversed(requests))
+
+            async def client() -> None:
+                while queue:
+                    for res in await rc.score(queue.pop(), models=["correct"]):
+                        for w in res.warnings:
+                            counts["timeout" if "timed out" in w else "failed"] += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            return time.perf_counter() - t0
+
+    return len(pairs) / asyncio.run(main()), counts
+
+
 def _summary(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
@@ -139,24 +193,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/checks.json")
+    ap.add_argument("--no-service", dest="service", action="store_false", help="skip the service cells")
     args = ap.parse_args(argv)
 
     clean = arithmetic_items(args.items, args.seed)
     mixed = arithmetic_items(args.items, args.seed + 1, patho=args.patho)
     n_patho = sum(1 for r, _ in mixed if any(p in r for p in PATHOLOGICAL))
     rows: dict[str, list[float]] = {"bare": [], "engine": [], "engine+patho": []}
+    if args.service:
+        rows |= {"service": [], "service+patho": []}
     warnings: list[dict[str, int]] = []
-    for k in range(args.rounds):
-        rows["bare"].append(run_bare(clean, args.workers, args.chunksize))
-        rows["engine"].append(
-            run_engine(clean, args.workers, args.timeout, args.batch, args.concurrency, args.chunk)[0]
-        )
-        rate, counts = run_engine(mixed, args.workers, args.timeout, args.batch, args.concurrency, args.chunk)
-        rows["engine+patho"].append(rate)
-        warnings.append(counts)
-        print(f"round {k + 1}: " + ", ".join(f"{n} {v[-1]:.0f}/s" for n, v in rows.items()) + f" {counts}", flush=True)
+    with contextlib.ExitStack() as stack:
+        url = None
+        if args.service:
+            from rewardserve.service_process import ServiceProcess
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            cfg = service_config(tmp / "checks.yaml", args.workers, args.timeout)
+            url = stack.enter_context(ServiceProcess(config=str(cfg))).url
+        for k in range(args.rounds):
+            rows["bare"].append(run_bare(clean, args.workers, args.chunksize))
+            rows["engine"].append(
+                run_engine(clean, args.workers, args.timeout, args.batch, args.concurrency, args.chunk)[0]
+            )
+            rate, counts = run_engine(mixed, args.workers, args.timeout, args.batch, args.concurrency, args.chunk)
+            rows["engine+patho"].append(rate)
+            warnings.append(counts)
+            if url is not None:
+                rows["service"].append(run_service(url, clean, args.batch, args.concurrency)[0])
+                rate, counts = run_service(url, mixed, args.batch, args.concurrency)
+                rows["service+patho"].append(rate)
+                warnings.append({f"service_{k}": v for k, v in counts.items()})
+            line = ", ".join(f"{n} {v[-1]:.0f}/s" for n, v in rows.items())
+            print(f"round {k + 1}: {line} {warnings[-2:] if url else counts}", flush=True)
     ratio_clean = [e / b for e, b in zip(rows["engine"], rows["bare"])]
     ratio_patho = [p / e for p, e in zip(rows["engine+patho"], rows["engine"])]
+    ratios = [("engine/bare", ratio_clean, 0.8), ("patho/clean", ratio_patho, 0.7)]
     result: dict[str, Any] = {
         "settings": vars(args) | {"pathological_items": n_patho},
         "items_per_s": {n: _summary(v) for n, v in rows.items()},
@@ -165,16 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         "warnings_per_round": warnings,
         "raw": rows,
     }
+    if args.service:
+        svc_clean = [s / b for s, b in zip(rows["service"], rows["bare"])]
+        svc_patho = [p / s for p, s in zip(rows["service+patho"], rows["service"])]
+        result["service_over_bare"] = _summary(svc_clean) | {"target": 0.8}
+        result["service_patho_over_clean"] = _summary(svc_patho) | {"target": 0.7}
+        ratios += [("service/bare", svc_clean, 0.8), ("svc patho/clean", svc_patho, 0.7)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"{'contender':<14} {'items/s (median, min-max)':>28}")
     for n, v in rows.items():
         s = _summary(v)
         print(f"{n:<14} {s['median']:>12.0f} ({s['min']:.0f}-{s['max']:.0f})")
-    for name, rs, target in [("engine/bare", ratio_clean, 0.8), ("patho/clean", ratio_patho, 0.7)]:
+    for name, rs, target in ratios:
         s = _summary(rs)
         verdict = "pass" if s["median"] >= target else "FAIL"
-        print(f"{name:<14} {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})  target >= {target}  {verdict}")
+        print(f"{name:<16} {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})  target >= {target}  {verdict}")
     print(f"-> {args.out}")
     return 0
 

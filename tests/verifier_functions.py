@@ -77,3 +77,7 @@ def math_verify_defaults(solution_str, ground_truth, **kw):
     from math_verify import parse, verify
 
     return 1.0 if verify(parse(f"${ground_truth}$"), parse(solution_str)) else 0.0
+
+
+def raises_with_label(solution_str, ground_truth, **kw):
+    raise ValueError(f"expected {ground_truth}, got {solution_str[:10]}")

@@ -23,6 +23,7 @@ its own I/O style, so the two have the same methods by construction.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -92,6 +93,7 @@ ERROR_CLASSES: dict[str, type[RewardServeError]] = {
     p.INVALID_PROMPT_FORMAT.name: BadRequestError,
     p.MISSING_REFERENCE.name: BadRequestError,
     p.STALE_REFERENCE.name: BadRequestError,
+    p.MISSING_LABEL.name: BadRequestError,
     p.METHOD_NOT_ALLOWED.name: BadRequestError,
     p.UNSUPPORTED_MEDIA_TYPE.name: BadRequestError,
     p.UNAUTHORIZED.name: AuthenticationError,
@@ -146,9 +148,9 @@ def error_from_response(r: httpx.Response) -> RewardServeError:
 @dataclass(frozen=True)
 class ScoreResult:
     id: str | None
-    raw: dict[str, float]
+    raw: dict[str, float]  # NaN: the model was left out of this item (the wire's null: a check without its label)
     reference: dict[str, float]
-    transformed: dict[str, float]
+    transformed: dict[str, float]  # NaN where raw is
     aggregate: float
     truncated: dict[str, bool]
     p_all_good: float | None = None
@@ -160,15 +162,20 @@ class ScoreResult:
     def from_json(cls, d: Mapping[str, Any]) -> ScoreResult:
         return cls(
             id=d.get("id"),
-            raw=d["raw"],
+            raw=_floats(d["raw"]),
             reference=d["reference"],
-            transformed=d["transformed"],
+            transformed=_floats(d["transformed"]),
             aggregate=d["aggregate"],
             truncated=d["truncated"],
             p_all_good=d.get("p_all_good"),
             warnings=tuple(d.get("warnings") or ()),
             reference_source=dict(d.get("reference_source") or {}),
         )
+
+
+def _floats(values: Mapping[str, float | None]) -> dict[str, float]:
+    """Per-model values with the wire's null (a model left out of the item) as NaN."""
+    return {m: math.nan if v is None else v for m, v in values.items()}
 
 
 def make_item(item: Mapping[str, Any] | tuple[PromptLike, str]) -> dict[str, Any]:

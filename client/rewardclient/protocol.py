@@ -65,6 +65,7 @@ INVALID_REQUEST = ErrorType("invalid_request", 422, False)
 INVALID_PROMPT_FORMAT = ErrorType("invalid_prompt_format", 422, False)
 MISSING_REFERENCE = ErrorType("missing_reference", 422, False)
 STALE_REFERENCE = ErrorType("stale_reference", 422, False)
+MISSING_LABEL = ErrorType("missing_label", 422, False)  # an item lacks the label a check needs
 UNAUTHORIZED = ErrorType("unauthorized", 401, False)
 FORBIDDEN = ErrorType("forbidden", 403, False)
 MODEL_NOT_FOUND = ErrorType("model_not_found", 404, False)
@@ -96,6 +97,7 @@ ERROR_TYPES: dict[str, ErrorType] = {
         INVALID_PROMPT_FORMAT,
         MISSING_REFERENCE,
         STALE_REFERENCE,
+        MISSING_LABEL,
         UNAUTHORIZED,
         FORBIDDEN,
         MODEL_NOT_FOUND,

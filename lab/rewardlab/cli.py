@@ -89,10 +89,32 @@ def _demo_calibrate(a: argparse.Namespace, url: str) -> None:
     )
 
 
+def _demo_reasoning(a: argparse.Namespace) -> None:
+    """The reasoning section: a second service on the example config with checks beside the reward
+    models, right-but-rude / wrong-but-polite / right-and-polite answers under raw_sum and lsc_sum."""
+    import time
+
+    from rewardserve.service_process import ServiceProcess
+
+    from .demo_reasoning import arithmetic_items, compare, example_config_path, format_table
+
+    t0 = time.perf_counter()
+    config = example_config_path()
+    print(f"\nreasoning: checks and reward models in one AND ({config}) ...", file=sys.stderr)
+    with ServiceProcess(config=str(config)) as svc:
+        summary = compare(svc.url, arithmetic_items(a.reasoning_prompts))
+    print(format_table(summary))
+    print(
+        f"(means over {summary['prompts']} generated prompts; raw_sum adds raw rewards, lsc_sum adds "
+        f"log P(good) of every model; section took {time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+    )
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     """Start the service on the embedded default (or --config), calibrate references for the example
     prompts, score example pairs against them and print the JSON, then run a short RLHF session
-    against it and print where its report is."""
+    against it and print where its report is; then the reasoning section (``demo_reasoning.py``)."""
     import time
 
     from rewardserve.service_process import ServiceProcess
@@ -148,6 +170,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                 )
             )
             print(f"\nreport: {Path(summary['out_dir']).resolve() / 'report.md'}", file=sys.stderr)
+    if a.reasoning:
+        _demo_reasoning(a)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
@@ -227,7 +251,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "Start the service on the embedded default config, calibrate references for the example prompts "
         "(base-policy samples of SmolLM2-135M-Instruct, reference set 'demo'), score example pairs against "
         "them and print the JSON, then train: run a short RLHF session (GRPO steps of SmolLM2-135M-Instruct "
-        "against the service) and print where its report is. About 3 minutes on 2 CPU cores.",
+        "against the service) and print where its report is; last, the reasoning section: a second service on "
+        "examples/reasoning.yaml (a math check and a format check beside the reward models) scores generated "
+        "arithmetic answers under raw_sum and lsc_sum (about 11 s more). About 3 minutes on 2 CPU cores.",
     )
     d.add_argument("--config", help=CONFIG_HELP)
     d.add_argument("--port", type=int, default=0, help="port of the demo's service (default: a free one)")
@@ -248,6 +274,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--out-dir",
         default="runs/demo",
         help="where the calibration log and the RLHF run's report go (default: runs/demo)",
+    )
+    d.add_argument(
+        "--no-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="skip the reasoning section (a math check and a format check beside the reward models, "
+        "on the example config examples/reasoning.yaml)",
+    )
+    d.add_argument(
+        "--reasoning-prompts", type=int, default=6, help="generated arithmetic prompts of the reasoning section"
     )
     d.set_defaults(func=_cmd_demo)
 

@@ -171,7 +171,7 @@ async def eval_rm(
 def update_card(settings: Settings, model: str, result: dict, key: str = "test") -> Path:
     """Write ``result`` into the JSON card of an ``encoder_head`` model under ``evaluation[key]``."""
     for cfg in settings.backbones.values():
-        head = cfg.models[model].head if model in cfg.models else None
+        head = getattr(cfg.models[model], "head", None) if model in cfg.models else None  # checks have none
         if head:
             card_path = Path(settings.resolve_path(head)).with_suffix(".json")
             card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {"name": model}

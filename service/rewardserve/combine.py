@@ -10,6 +10,10 @@ Every served model says how its raw reward becomes a log-probability of "good" (
 ``combine`` applies them and aggregates each item. ``p_all_good`` = exp(Σ u_m) is given only where
 it is a probability: an unweighted ``lsc_sum`` over log-probability transforms, with every
 reference real for the prompt (inline, stored, or not needed).
+
+A raw reward of NaN means "skipped" (a check under ``missing_label: skip`` for an item without a
+label): that model's ``raw`` and ``transformed`` are None, it is left out of the item's aggregate,
+and the item has no ``p_all_good`` (the AND is not over every model asked for).
 """
 
 from __future__ import annotations
@@ -60,9 +64,9 @@ class Transform:
 class Combined:
     """One item's rewards, per model name, and its aggregate."""
 
-    raw: dict[str, float]
+    raw: dict[str, float | None]  # None: skipped (left out of the aggregate)
     reference: dict[str, float]
-    transformed: dict[str, float]
+    transformed: dict[str, float | None]
     aggregate: float
     p_all_good: float | None
 
@@ -93,8 +97,13 @@ def combine(
     with_p = p_all_good_defined(method, weights, transforms)
     out = []
     for i, (r_row, ref_row, u_row) in enumerate(zip(raw.tolist(), reference.tolist(), u.tolist())):
-        r_i, u_i = dict(zip(names, r_row)), dict(zip(names, u_row))
-        value = lsc.aggregate(r_i, u_i, method, weights)
-        p = math.exp(value) if with_p and bool(real_reference[i].all()) else None
-        out.append(Combined(r_i, dict(zip(names, ref_row)), u_i, value, p))
+        kept = [j for j, r in enumerate(r_row) if not math.isnan(r)]  # NaN: skipped
+        r_i = {names[j]: r_row[j] for j in kept}
+        u_i = {names[j]: u_row[j] for j in kept}
+        value = lsc.aggregate(r_i, u_i, method, weights) if kept else 0.0
+        whole = len(kept) == len(names) and bool(real_reference[i].all())
+        p = math.exp(value) if with_p and whole else None
+        raw_out = {m: r_i.get(m) for m in names}
+        u_out = {m: u_i.get(m) for m in names}
+        out.append(Combined(raw_out, dict(zip(names, ref_row)), u_out, value, p))
     return out

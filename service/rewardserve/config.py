@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import string
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -49,6 +52,7 @@ from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
 from .kinds import KINDS
 from .lsc import MAX_ABS_VALUE
 from .prompt_formats import check_format_name
+from .verifiers.config import VerifierBackboneConfig
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 Scope = Literal["score", "admin"]
@@ -245,6 +249,133 @@ class BackboneConfig(_Strict):
         return self
 
 
+# -- kind: judge (backends/judge.py serves it; its config lives here, free of torch) ----------------
+
+DEFAULT_TEMPLATE = "Here is a reply to the conversation above:\n\n{response}\n\n{question} Answer Yes or No."
+DEFAULT_YES_TOKENS = ("Yes", " Yes", "yes", " yes")
+DEFAULT_NO_TOKENS = ("No", " No", "no", " no")
+TEMPLATE_FIELDS = frozenset({"response", "question", "conversation"})
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def check_template(template: str) -> str:
+    """A judge turn template: a ``str.format`` string whose fields are only ``{response}``,
+    ``{question}`` and optionally ``{conversation}`` (no attributes, indices, conversions or format
+    specs; ``{{`` and ``}}`` for literal braces), with both ``{response}`` and ``{question}``."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"template is not a valid format string: {e}") from None
+    used = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(
+                f"template field {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                f" is not allowed: use only {{response}}, {{question}} and {{conversation}}"
+            )
+        used.add(name)
+    missing = {"response", "question"} - used
+    if missing:
+        raise ValueError(f"template needs {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return template
+
+
+class JudgeModelConfig(ModelConfig):
+    """One judge model: a yes/no question put to the backbone's LM (plus the reference settings every
+    model has: ``transform``, ``default_reference``, ``missing_reference``)."""
+
+    question: str = Field(
+        min_length=1, description="the yes/no question, e.g. 'Is the reply polite?'; raw = log P(Yes) − log P(No)"
+    )
+    template: str | None = Field(
+        None,
+        description="content of the judge's user turn: a format string with {response} and {question} (and "
+        "optionally {conversation}: the conversation as plain text there instead of as turns); default: "
+        + repr(DEFAULT_TEMPLATE),
+    )
+    yes_tokens: list[str] = Field(
+        list(DEFAULT_YES_TOKENS),
+        min_length=1,
+        description="spellings of Yes; those that are one token of the tokenizer are summed (at least one must be)",
+    )
+    no_tokens: list[str] = Field(
+        list(DEFAULT_NO_TOKENS),
+        min_length=1,
+        description="spellings of No; those that are one token of the tokenizer are summed (at least one must be)",
+    )
+
+    _template = field_validator("template")(lambda v: v if v is None else check_template(v))
+
+    @model_validator(mode="after")
+    def _judge_only(self) -> JudgeModelConfig:
+        if self.head is not None or not self.length_correction:
+            raise ValueError("judge models take no 'head' or 'length_correction' (encoder_head only)")
+        if set(self.yes_tokens) & set(self.no_tokens):
+            raise ValueError(f"yes_tokens and no_tokens overlap: {sorted(set(self.yes_tokens) & set(self.no_tokens))}")
+        return self
+
+    @property
+    def turn_template(self) -> str:
+        return self.template or DEFAULT_TEMPLATE
+
+
+class JudgeBackboneConfig(BaseModel):
+    """A ``kind: judge`` backbone: one causal LM, one batcher, one or more questions (models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["judge"] = "judge"
+    path: str = Field(description="local folder or hub id of a causal LM with a chat template")
+    revision: str | None = Field(None, description="hub revision (git ref) when path is a hub id")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or mps")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations")
+    max_length: int = Field(
+        1024, gt=8, description="tokens per (conversation, response, question); longer items lose their oldest tokens"
+    )
+    trust_remote_code: bool = Field(False, description="run model code shipped with a hub checkpoint")
+    pad_to_multiple_of: int = Field(8, gt=0, description="batches are padded to a multiple of this many tokens")
+    share_prompt_prefix: bool | None = Field(
+        None,
+        description="items with the same conversation (a GRPO group), or an item's several questions, run "
+        "their common tokens once (exact); None: on where the model supports it (full attention)",
+    )
+    batching: BatchingConfig | None = Field(None, description="overrides the top-level batching section")
+    models: dict[str, JudgeModelConfig] = Field(min_length=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not v.startswith("cuda") and v != "mps":
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
+        return v
+
+
+# -- kind: verifier (verifiers/config.py: pure pydantic) and the union of every kind ------------------
+
+
+_BACKBONE_TAGS = ("model", "verifier", "judge")
+
+
+def _backbone_tag(v: Any) -> str:
+    kind = v.get("kind") if isinstance(v, Mapping) else getattr(v, "kind", None)
+    return kind if kind in ("verifier", "judge") else "model"
+
+
+AnyBackboneConfig = Annotated[
+    Annotated[BackboneConfig, Tag("model")]
+    | Annotated[VerifierBackboneConfig, Tag("verifier")]
+    | Annotated[JudgeBackboneConfig, Tag("judge")],
+    Discriminator(_backbone_tag),
+]
+"""A ``backbones:`` section, by its ``kind``: ``verifier`` (checks in a process pool), ``judge`` (a
+causal LM asked yes/no questions), anything else a network with reward heads (``BackboneConfig``)."""
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest request body (413 above)")
     max_items_per_request: int = Field(1024, gt=0, description="items per score request")
@@ -374,7 +505,10 @@ class Settings(BaseSettings):
         description="let `rewardserve serve` listen on a non-loopback host without API keys (anyone who "
         "reaches the port may score and overwrite references). Env: REWARDSERVE_ALLOW_UNAUTHENTICATED",
     )
-    backbones: dict[str, BackboneConfig] = Field(default_factory=dict)
+    backbones: dict[str, AnyBackboneConfig] = Field(
+        default_factory=dict,
+        description="one section per backbone, by kind: encoder_head, sequence_classifier, judge, verifier",
+    )
     # folder that relative paths (heads, model folders) are resolved against; set by load_settings
     base_dir: str | None = None
 
@@ -609,6 +743,8 @@ def _format_errors(
     by_source: dict[str, list[str]] = {}
     for e in err.errors():
         loc = tuple(str(x) for x in e["loc"])
+        if len(loc) > 2 and loc[0] == "backbones" and loc[2] in _BACKBONE_TAGS:  # the union's tag: not a key
+            loc = loc[:2] + loc[3:]
         by_source.setdefault(_source_of(loc, flags, env, cfg_path), []).append(
             f"{'.'.join(loc) or '(top level)'}: {e['msg']}"
         )

@@ -73,6 +73,11 @@ class MissingReference(RewardServeError):
     """No reference for an item and a model whose policy (or the request) says that is an error."""
 
 
+class MissingLabel(RewardServeError):
+    """An item without the ``label`` (ground truth) that a check needs, for a model with
+    ``missing_label: error``; names the item and the model, never a label."""
+
+
 class StaleReference(RewardServeError):
     """A stored reference made with another model revision, under ``revision_mismatch: reject``."""
 

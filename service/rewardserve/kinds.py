@@ -11,4 +11,6 @@ from __future__ import annotations
 KINDS: dict[str, str] = {
     "encoder_head": "rewardserve.registry.model",  # a sentence encoder + small reward heads
     "sequence_classifier": "rewardserve.registry.model",  # a Hugging Face sequence-classification reward model
+    "judge": "rewardserve.registry.judge",  # a causal LM asked yes/no questions: raw = log P(Yes) − log P(No)
+    "verifier": "rewardserve.registry.verifier",  # rule-based checks in a process pool: raw = score in [0, 1]
 }

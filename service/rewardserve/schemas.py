@@ -98,18 +98,22 @@ class ScoreRequest(_Wire):
 
 class ScoreResult(BaseModel):
     id: str | None
-    raw: dict[str, float]
+    raw: dict[str, float | None] = Field(
+        description="per model, its raw reward (a check: its score in [0, 1]); null when the model was left out "
+        "of this item (a check with missing_label: skip and no label; a warning says so)"
+    )
     reference: dict[str, float]
     reference_source: dict[str, ReferenceSource] = Field(
         description="per model, where its reference came from: inline (the item), stored (the set's entry for the "
         "prompt), set_default (the set's calibrated default), config_default (the model's default_reference)"
     )
-    transformed: dict[str, float]
-    aggregate: float
+    transformed: dict[str, float | None] = Field(description="per model, u = log P(good) (null where raw is null)")
+    aggregate: float = Field(description="over the models not left out of this item")
     p_all_good: float | None = Field(
         None,
-        description="exp(Σ u_m) for unit-weight lsc_sum over LSC models when every reference is inline or "
-        "stored; null otherwise",
+        description="exp(Σ u_m) for unit-weight lsc_sum when every model asked for has a real probability for "
+        "this item (checks and judges; reward models with an inline or stored reference) and none was left "
+        "out; null otherwise",
     )
     truncated: dict[str, bool]
     warnings: list[str] | None = Field(
@@ -263,7 +267,7 @@ class OpenRLHFResponse(BaseModel):
 
     rewards: list[float]
     scores: list[float]
-    extra_logs: dict[str, list[float]]
+    extra_logs: dict[str, list[float | None]]
 
 
 class SlimeRequest(BaseModel):

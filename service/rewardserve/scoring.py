@@ -25,7 +25,7 @@ from .errors import InvalidInput, TextTooLong, TooManyItems
 from .metrics import Metrics
 from .normalise import Normaliser
 from .references import DEFAULT_SET, ReferenceStore
-from .references.resolver import REAL_SOURCES, ResolvedReference, resolve_references
+from .references.resolver import ResolvedReference, resolve_references
 from .registry import BackboneRegistry, ScoreInput
 
 FALLBACK_SOURCES = ("set_default", "config_default")  # counted in rewardserve_reference_fallbacks
@@ -54,10 +54,10 @@ class ScoreRequest:
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
     id: str | None
-    raw: dict[str, float]
+    raw: dict[str, float | None]  # None: a model left out of this item (a check without its label, skipped)
     reference: dict[str, float]
     reference_source: dict[str, ReferenceSource]
-    transformed: dict[str, float]
+    transformed: dict[str, float | None]
     aggregate: float
     p_all_good: float | None
     truncated: dict[str, bool]
@@ -136,7 +136,9 @@ class Scorer:
         self._count_fallbacks(names, refs)
         shape = (len(req.items), len(names))
         ref_values = np.array([[r.value for r in row] for row in refs], dtype=np.float64).reshape(shape)
-        real = np.array([[r.source in REAL_SOURCES for r in row] for row in refs], dtype=bool).reshape(shape)
+        real = np.array(
+            [[m.real_reference(r.source, r.value) for m, r in zip(models, row)] for row in refs], dtype=bool
+        ).reshape(shape)
         transforms = [m.transform for m in models]
         combined = combine(names, transforms, raw.raw, ref_values, real, req.method, req.weights or {})
         items = []

@@ -165,8 +165,9 @@ class ScoreSpy:
     def items(self) -> list[Any]:
         return [it for req in self.requests for it in req]
 
-    async def _score(self, items: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
-        self.requests.append(list(items))
+    async def _score(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        # the pipeline's ScoreRequest (its items), or items as such
+        self.requests.append(list(items.items if hasattr(items, "items") else items))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

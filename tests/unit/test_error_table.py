@@ -25,6 +25,7 @@ DOCUMENTED = {
     e.InvalidSetName: (422, "invalid_request"),
     e.PromptFormatError: (422, "invalid_prompt_format"),
     e.MissingReference: (422, "missing_reference"),
+    e.MissingLabel: (422, "missing_label"),
     e.StaleReference: (422, "stale_reference"),
     e.UnknownModel: (404, "model_not_found"),
     e.ReferenceNotFound: (404, "reference_not_found"),
@@ -157,6 +158,7 @@ CORE = [
 OVERSIZED = {
     "config.py": "every config section in one file; being reworked by the settings-sources change",
     "prompt_formats.py": "the chat-template families and their parser; being reworked by the limits change",
+    "backends/judge.py": "the judge backend: rendering, the yes/no head and its prefix-shared sequences",
 }
 MAX_LINES = 350
 

@@ -47,6 +47,7 @@ ERRORS: dict[type[e.RewardServeError], HttpError] = {
     e.PromptFormatError: HttpError(p.INVALID_PROMPT_FORMAT),
     e.MissingReference: HttpError(p.MISSING_REFERENCE),
     e.StaleReference: HttpError(p.STALE_REFERENCE),
+    e.MissingLabel: HttpError(p.MISSING_LABEL),
     e.UnknownModel: HttpError(p.MODEL_NOT_FOUND),
     e.ReferenceNotFound: HttpError(p.REFERENCE_NOT_FOUND),
     e.ReferenceSetNotFound: HttpError(p.REFERENCE_SET_NOT_FOUND),

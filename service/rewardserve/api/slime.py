@@ -18,10 +18,10 @@ from .trainers import ReferenceSetHeader, per_model, route_reference_set, score_
 router = APIRouter(route_class=OffLoopBodyRoute)  # large bodies validate off the event loop
 
 
-@router.post("/slime/reward", response_model=dict[str, float], responses=ERROR_RESPONSES, tags=["scoring"])
+@router.post("/slime/reward", response_model=dict[str, float | None], responses=ERROR_RESPONSES, tags=["scoring"])
 async def slime_reward(
     body: SlimeRequest, request: Request, scorer: ScorerDep, key: KeyDep, x_reference_set: ReferenceSetHeader = None
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """slime ``remote_rm`` protocol: ``{"prompt": str | messages, "response": str, "label": any}`` →
     ``{"score": aggregate, "<model>/raw": r, "<model>/transformed": u, …}`` (run slime with
     ``--reward-key score``). A string prompt is read like any other (``slime.prompt_format``, default the

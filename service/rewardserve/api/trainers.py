@@ -45,9 +45,10 @@ async def score_as_configured(
     return await cancel_on_disconnect(request, scorer.score(req))
 
 
-def per_model(out: ScoreOutcome) -> dict[str, list[float]]:
-    """Per model, ``<model>/raw`` and ``<model>/transformed``: one value per result, in order."""
-    logs: dict[str, list[float]] = {}
+def per_model(out: ScoreOutcome) -> dict[str, list[float | None]]:
+    """Per model, ``<model>/raw`` and ``<model>/transformed``: one value per result, in order (None:
+    the model was left out of that item)."""
+    logs: dict[str, list[float | None]] = {}
     for m in out.revisions:
         logs[f"{m}/raw"] = [r.raw[m] for r in out.items]
         logs[f"{m}/transformed"] = [r.transformed[m] for r in out.items]

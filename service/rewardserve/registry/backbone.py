@@ -20,12 +20,12 @@ from rewardclient.protocol import Prompt
 
 from ..backends.base import Backend
 from ..combine import Transform
-from ..config import BackboneConfig, Settings
+from ..config import Settings
 from ..health import ForwardHealth
 from ..metrics import Metrics
-from ..references.resolver import ReferenceRule
+from ..references.resolver import REAL_SOURCES, ReferenceRule
 
-BackendFactory = Callable[[str, BackboneConfig, Settings], Backend]
+BackendFactory = Callable[[str, Any, Settings], Backend]  # (name, its config section, settings) → Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,13 @@ class ServedModel:
     default_reference: float = 0.0
     missing_reference: Literal["default", "error"] = "default"
     details: dict[str, Any] = field(default_factory=dict)  # more for /v1/models: source, device, …
+    # raw is the log-odds of a real probability (a judge: log P(Yes) − log P(No)), so against the
+    # config default reference 0 its transform is a real log-probability (p_all_good may use it)
+    log_odds: bool = False
+
+    def real_reference(self, source: str, value: float) -> bool:
+        """Whether this model's u, with a reference from ``source`` of ``value``, is a real log P(good)."""
+        return source in REAL_SOURCES or (self.log_odds and source == "config_default" and value == 0.0)
 
     def reference_rule(self) -> ReferenceRule:
         t = self.transform.kind
@@ -59,6 +66,7 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "backbone": self.backbone}
+        out["needs"] = self.details.get("needs", [])  # what each item must carry: ["label"] for most checks
         out.update(source=self.details.get("source"), revision=self.revision, transform=self.transform.kind)
         out.update(default_reference=self.default_reference, missing_reference=self.missing_reference)
         return {**out, **{k: v for k, v in self.details.items() if k not in out}}
@@ -98,6 +106,11 @@ class Backbone(ABC):
     @abstractmethod
     async def load(self) -> None:
         """Build what serves the models (off the event loop), fill ``models``, start taking work."""
+
+    def check_inputs(self, items: Sequence[ScoreInput], models: Sequence[str]) -> None:
+        """Raise a domain error for items these models cannot score at all (``MissingLabel``: an item
+        without the label a check needs), before any backbone starts on the request; default: none."""
+        return None
 
     @abstractmethod
     async def warmup(self) -> None:

@@ -19,7 +19,7 @@ from ..backends.base import Backend, Encoded, intraop_threads
 from ..backends.prefix import TokenCount
 from ..batcher import Batcher, PrefixCost
 from ..combine import Transform
-from ..config import BackboneConfig
+from ..config import BackboneConfig, JudgeBackboneConfig
 from .backbone import Backbone, BackboneContext, BackendFactory, RawScores, ScoreInput, ServedModel
 
 _INLINE_ENCODE_MAX = 8  # encode this many items on the event loop; more go to a thread
@@ -52,7 +52,13 @@ def _encode_all(backend: Backend, items: Sequence[ScoreInput]) -> list[Encoded]:
 
 
 class ModelBackbone(Backbone):
-    def __init__(self, name: str, cfg: BackboneConfig, ctx: BackboneContext, factory: BackendFactory | None = None):
+    def __init__(
+        self,
+        name: str,
+        cfg: BackboneConfig | JudgeBackboneConfig,
+        ctx: BackboneContext,
+        factory: BackendFactory | None = None,
+    ):
         self.name, self.kind, self.cfg, self.ctx = name, cfg.kind, cfg, ctx
         self.factory = factory or ctx.backend_factory  # builds the Backend from the config section
         self.models: dict[str, ServedModel] = {}
@@ -110,6 +116,7 @@ class ModelBackbone(Backbone):
                 mc.default_reference,
                 mc.missing_reference,
                 {"source": mi.source, **runtime, **mi.extra},
+                log_odds=mi.kind == "judge",
             )
 
     async def warmup(self) -> None:

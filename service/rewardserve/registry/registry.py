@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import build_backend
-from ..config import BackboneConfig, Settings
+from ..config import AnyBackboneConfig, Settings
 from ..errors import LoadFailed, NotReady, TooManyModels, UnknownModel
 from ..health import ForwardHealth
 from ..kinds import KINDS
@@ -28,7 +28,7 @@ from .backbone import Backbone, BackboneContext, BackendFactory, ScoreInput, Ser
 log = logging.getLogger("rewardserve")
 
 
-def build_backbone(name: str, cfg: BackboneConfig, ctx: BackboneContext) -> Backbone:
+def build_backbone(name: str, cfg: AnyBackboneConfig, ctx: BackboneContext) -> Backbone:
     """The backbone of ``cfg.kind``, built by its module's ``build`` (``kinds.KINDS``)."""
     if cfg.kind not in KINDS:
         raise ValueError(f"unknown backbone kind {cfg.kind!r}; known: {', '.join(KINDS)}")
@@ -129,6 +129,8 @@ class BackboneRegistry:
         by_backbone: dict[str, list[int]] = {}
         for j, m in enumerate(models):
             by_backbone.setdefault(self.models[m].backbone, []).append(j)
+        for b, cols in by_backbone.items():  # e.g. a missing label: 422 before any forward runs
+            self.backbones[b].check_inputs(items, [models[j] for j in cols])
         t0 = time.perf_counter()
         tasks = [
             asyncio.ensure_future(self.backbones[b].raw_rewards(items, [models[j] for j in cols]))

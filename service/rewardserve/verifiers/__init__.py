@@ -42,9 +42,26 @@ checks' semantics) and ``config.py`` (the YAML).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .checks import BUILTIN_CHECKS, extract_choice, normalize_text
 from .config import DEFAULT_EPSILON, CheckConfig, VerifierBackboneConfig, load_user_function
-from .engine import CheckItem, CheckResult, VerifierEngine, settle
+
+if TYPE_CHECKING:
+    from .engine import CheckItem, CheckResult, VerifierEngine, settle
+
+_ENGINE = ("CheckItem", "CheckResult", "VerifierEngine", "settle")
+
+
+def __getattr__(name: str) -> Any:
+    """The engine (pebble) is imported on first use, so that the config (which reads ``.config``)
+    loads where only the server's command line is installed."""
+    if name in _ENGINE:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BUILTIN_CHECKS",
