@@ -229,11 +229,16 @@ def test_the_core_imports_neither_the_api_nor_the_wire_models():
 def test_references_never_import_the_pipeline():
     for path in _files("references"):
         assert "rewardserve.scoring" not in _imports(path), path.relative_to(ROOT)
-    # the reference chain itself knows only the store, the errors and the protocol
+    # the reference chain itself knows only the store, the errors, the protocol and the prompts'
+    # fingerprints (prompt_formats.fingerprint: the protocol's digest, a long conversation hashed a
+    # slice at a time; a leaf module that imports only the errors and the protocol)
     assert _imports(PACKAGE / "references" / "resolver.py") <= {
+        "rewardserve",
         "rewardserve.errors",
+        "rewardserve.prompt_formats",
         "rewardserve.references.base",
     }
+    assert _imports(PACKAGE / "prompt_formats.py") <= {"rewardserve.errors"}
 
 
 def test_the_batcher_knows_no_backend():
