@@ -147,23 +147,27 @@ def test_auth_is_that_of_the_api(tiny, tmp_path):
     """slime sends no Authorization header: with API keys configured the route needs one (401), unless
     the operator lists it in open_routes; a key limited to other sets may not use the slime set."""
     body = {"prompt": "p", "response": "r", "label": None}
-    settings = tiny_settings(tiny, tmp_path, api_keys="slime-key,other-key sets=other", slime={"models": ["a"]})
+    settings = tiny_settings(
+        tiny, tmp_path, api_keys="slime-key-0123456789,other-key-0123456789 sets=other", slime={"models": ["a"]}
+    )
     with LiveServer(create_app(settings)) as s:
         r = httpx.post(s.url + "/slime/reward", json=body)
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
-        assert httpx.post(s.url + "/slime/reward", json=body, headers={"Authorization": "Bearer slime-key"}).is_success
-        r = httpx.post(s.url + "/slime/reward", json=body, headers={"Authorization": "Bearer other-key"})
+        assert httpx.post(
+            s.url + "/slime/reward", json=body, headers={"Authorization": "Bearer slime-key-0123456789"}
+        ).is_success
+        r = httpx.post(s.url + "/slime/reward", json=body, headers={"Authorization": "Bearer other-key-0123456789"})
         assert r.status_code == 403 and "'default'" in r.json()["error"]["message"]
         r = httpx.post(
             s.url + "/slime/reward",
             json=body,
-            headers={"Authorization": "Bearer other-key", "X-Reference-Set": "other"},
+            headers={"Authorization": "Bearer other-key-0123456789", "X-Reference-Set": "other"},
         )
         assert r.is_success
     opened = tiny_settings(
         tiny,
         tmp_path,
-        api_keys="slime-key",
+        api_keys="slime-key-0123456789",
         open_routes=["/healthz", "/readyz", "/metrics", "/slime/reward"],
         slime={"models": ["a"]},
     )
