@@ -50,6 +50,7 @@ ReferenceSource = Literal["inline", "stored", "set_default", "config_default", "
 REFERENCE_SOURCES: tuple[ReferenceSource, ...] = get_args(ReferenceSource)
 
 DEFAULT_QUANTILE = 0.85  # a reference is this quantile of the base policy's sample rewards
+MAX_ABS_VALUE = 1e6  # the bound on references, weights and set defaults the server accepts (|x| ≤ 1e6)
 
 
 class ErrorType(NamedTuple):

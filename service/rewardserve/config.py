@@ -47,10 +47,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod
+from rewardclient.protocol import DEFAULT_AGGREGATE, MAX_ABS_VALUE, AggregateMethod
 
 from .kinds import KINDS
-from .lsc import MAX_ABS_VALUE
 from .prompt_formats import check_format_name
 from .verifiers.config import VerifierBackboneConfig
 

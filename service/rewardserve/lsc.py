@@ -11,7 +11,7 @@
 - ``quantile``: the linear-interpolation quantile used for reference rewards.
 
 Every number a client or operator gives (references, weights, set defaults, config defaults) is
-bounded by ``MAX_ABS_VALUE`` (|x| ≤ 1e6): with rewards of any finite float32 model, each term
+bounded by ``rewardclient.protocol.MAX_ABS_VALUE`` (|x| ≤ 1e6): with rewards of any finite float32 model, each term
 w·u and w·r stays far below float64's range, so an aggregate of up to 1e6 models cannot overflow.
 """
 
@@ -23,10 +23,13 @@ from typing import Literal
 
 import numpy as np
 
-from rewardclient.protocol import AGGREGATE_METHODS, DEFAULT_AGGREGATE, AggregateMethod
+from rewardclient.protocol import (
+    AGGREGATE_METHODS,
+    DEFAULT_AGGREGATE,
+    AggregateMethod,
+)
 
 TransformKind = Literal["lsc", "identity"]
-MAX_ABS_VALUE = 1e6  # the bound on references, weights and defaults (wire, config and store)
 
 
 def log_sigmoid(x: float | np.ndarray) -> np.ndarray:

@@ -6,9 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, JsonValue, StringConstraints
 
-from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, AggregateMethod, ReferenceSource
+from rewardclient.protocol import DEFAULT_AGGREGATE, DEFAULT_QUANTILE, MAX_ABS_VALUE, AggregateMethod, ReferenceSource
 
-from .lsc import MAX_ABS_VALUE
 from .prompt_formats import check_format_name
 from .references.base import DEFAULT_SET, SET_DEFAULT_FINGERPRINT, Reference, check_set_name
 
@@ -27,7 +26,7 @@ def check_encodable(text: str) -> str:
 
 # every string a request carries: any length (limits are checked by the route) but valid Unicode
 Text = Annotated[str, AfterValidator(check_encodable)]
-# every number a request gives the reward math: finite and |x| ≤ MAX_ABS_VALUE (lsc.py)
+# every number a request gives the reward math: finite and |x| ≤ MAX_ABS_VALUE (rewardclient.protocol)
 Bounded = Annotated[
     FiniteFloat,
     Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE, description=f"finite, |x| ≤ {MAX_ABS_VALUE:g}"),

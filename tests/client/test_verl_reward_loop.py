@@ -19,7 +19,7 @@ from tests.conftest import LiveServer, tiny_settings
 
 from .trainer_calls import ScoreSpy, VerlItem, verl_load_reward_fn, verl_reward_loop
 
-KEY = "verl-loop-key"
+KEY = "verl-loop-key-0123456789"
 MODELS = ["a", "cls"]
 TOL = 1e-4
 # a GRPO group: two responses to each of four prompts (messages, as verl's dataset keeps them)

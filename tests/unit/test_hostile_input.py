@@ -15,6 +15,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from rewardclient.protocol import MAX_ABS_VALUE
 from rewardserve import lsc
 from rewardserve import prompt_formats as pf
 from rewardserve.config import MIN_API_KEY_CHARS, ConfigError, load_settings, parse_api_key
@@ -145,7 +146,7 @@ def test_numbers_are_bounded_and_aggregates_cannot_overflow():
             ReferencesUpload(model="a", default={"value": bad})
         with pytest.raises(ConfigError):
             load_settings(openrlhf={"weights": {"a": bad}})
-    m = lsc.MAX_ABS_VALUE
+    m = MAX_ABS_VALUE
     raw = {f"m{i}": 3.4e38 * (-1) ** i for i in range(16)}  # the largest float32 rewards
     u = {k: float(lsc.transform(v, -m if v > 0 else m)) for k, v in raw.items()}
     for method in ("lsc_sum", "raw_sum", "min"):
