@@ -116,6 +116,20 @@ class Batcher(Generic[ItemT]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+            self._task.add_done_callback(self._loop_done)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        """A loop that died of an error fails what is queued (instead of leaving it waiting forever)."""
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        log.error("the batcher of backbone %s stopped: %r", self.name, error)
+        failed = ModelFailed(self.name, self.models, error)
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(failed)
+        self._pending.clear()
+        self._queued_tokens = 0
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Finish what is queued (up to ``drain_timeout`` s), then stop the loop and the worker."""
@@ -126,7 +140,7 @@ class Batcher(Generic[ItemT]):
             self._task.cancel()
             try:
                 await self._task
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):  # a loop that failed was reported by _loop_done
                 pass
             self._task = None
         if self._running:
@@ -139,6 +153,8 @@ class Batcher(Generic[ItemT]):
 
     def submit(self, encoded: Sequence[ItemT]) -> list[asyncio.Future[Scored]]:
         """Queue items; return one future per item, resolving to its ``Scored`` (row of raw rewards)."""
+        if self._task is not None and self._task.done():
+            raise ModelFailed(self.name, self.models, RuntimeError(f"the batcher of backbone {self.name!r} stopped"))
         tokens = sum(e.length for e in encoded)
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:

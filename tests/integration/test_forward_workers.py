@@ -14,6 +14,7 @@ import torch
 from rewardserve.backends import build_backend
 from rewardserve.batcher import Batcher
 from rewardserve.config import BatchingConfig, Settings
+from rewardserve.errors import ModelFailed
 from rewardserve.registry.model import BackendForward
 
 
@@ -22,6 +23,7 @@ class Recording:
     (and a short sleep inside, so overlapping forwards are observable on a fast tiny model)."""
 
     shares_prefix = False
+    cost_model = None  # no memory model: a batch costs items × width
 
     def __init__(self, backend, hold: float = 0.05):
         self.inner, self.hold = backend, hold
@@ -168,3 +170,27 @@ def test_a_lone_request_of_several_items_is_split_across_the_free_workers(backen
     assert max(c["items"] for c in rec.calls) <= 4  # never one forward with everything
     assert all(c["threads"] == 1 for c in rec.calls)
     assert max_overlap(rec.calls) == 2
+
+
+def test_a_batcher_whose_loop_fails_fails_its_items_instead_of_leaving_them_waiting(backend):
+    """An error in the batcher's own loop (here: the model's cost function) reaches every queued item
+    as ModelFailed, and later submits are refused at once: nothing waits forever."""
+
+    class BrokenCost(BackendForward):
+        def plain_cost(self, n: int, width: int) -> int:
+            raise ValueError("no cost")
+
+    async def main():
+        b = Batcher("bb", BrokenCost(backend), max_batch_tokens=4096, models=["a"])
+        b.start()
+        try:
+            futures = b.submit(_items(backend, 3))
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
+            with pytest.raises(ModelFailed, match="stopped"):
+                b.submit(_items(backend, 1))
+            return results
+        finally:
+            await b.stop()
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, ModelFailed) and "no cost" in str(r) for r in results)
