@@ -314,7 +314,8 @@ def supports_sharing(model: Any) -> str | None:  # a transformers model: its att
     else the reason it cannot: it needs a ``score`` head over a base model that takes a cache,
     position ids and a 4D mask, and full (not sliding-window) attention in every layer."""
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if base is None or not has_score_head(model):
+    # a score head: linear, or a module of its own over the pooled state (a judge's yes/no head)
+    if base is None or not isinstance(getattr(model, "score", None), torch.nn.Module):
         return "no base model + score head"
     params = inspect.signature(base.forward).parameters
     if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
@@ -339,6 +340,9 @@ def score_fp32(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     head rounds rewards to bf16's spacing (0.0625 for |r| in 8–16), which ties items of a GRPO
     group and makes a reward depend on its batch. One row per item: the cost is nothing."""
     head = model.score
+    if not isinstance(head, torch.nn.Linear):  # a head of its own (a judge's yes/no head) computes in float32
+        computed: torch.Tensor = head(hidden.float())
+        return computed
     bias = head.bias.float() if getattr(head, "bias", None) is not None else None
     out: torch.Tensor = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
     return out
