@@ -32,7 +32,7 @@ ItemT_contra = TypeVar("ItemT_contra", bound=Batchable, contravariant=True)
 
 class PrefixCost(Protocol):
     """Tokens a forming batch computes when items of one prompt share its forward, kept as items
-    join (``backends.prefix.TokenCount``): ``with_item`` → (computed, needed, shared) if one joined."""
+    join (``backends.cost.TokenCount``): ``with_item`` → (computed, needed, shared) if one joined."""
 
     def add(self, key: Hashable | None, prefix_len: int, length: int) -> None: ...
 
@@ -86,7 +86,7 @@ def pick_batch(
     ``cost`` (a fresh ``PrefixCost`` of a model that shares prompt prefixes): when the oldest item
     has company of its own prompt waiting, the batch is grouped instead (``pick_grouped``).
     ``plain_cost(n, width)``: what a plain batch holds, in computed tokens (memory-true for a model
-    with a memory model, ``backends.prefix.CostModel``); default ``n × width``.
+    with a memory model, ``backends.cost.CostModel``); default ``n × width``.
     """
     cap = max_items or len(items)
     if cost is not None and items[0].group is not None and any(p.group == items[0].group for p in items[1:]):

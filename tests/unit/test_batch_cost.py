@@ -1,4 +1,4 @@
-"""What a batch costs in memory (``prefix.CostModel``, ``TokenCount.cost``): shared batches count
+"""What a batch costs in memory (``cost.CostModel``, ``TokenCount.cost``): shared batches count
 the prompt cache, every item's keys/values over prompt + response and their padded responses; the
 batcher's budget holds with it."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rewardserve.backends.base import Encoded
-from rewardserve.backends.prefix import CostModel, TokenCount, batch_cost, prefix_key
+from rewardserve.backends.cost import CostModel, TokenCount, batch_cost, prefix_key
 from rewardserve.batch_selection import _Pending, pick_batch
 
 # Llama-3.1-8B

@@ -229,7 +229,7 @@ class Backend(ABC):
     pad_multiple: int = 1
     # items with the same prompt prefix run it once (``Encoded.prefix_len``; decoder models)
     shares_prefix: bool = False
-    # what a token costs a forward in memory (``prefix.CostModel``); None: padded tokens
+    # what a token costs a forward in memory (``cost.CostModel``); None: padded tokens
     cost_model: Any = None
 
     def batch_width(self, batch: list[Encoded]) -> int:

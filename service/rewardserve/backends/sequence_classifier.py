@@ -23,7 +23,7 @@ import torch
 
 from rewardclient.protocol import Prompt
 
-from . import prefix
+from . import cost, prefix
 from .base import (
     DTYPES,
     Backend,
@@ -105,7 +105,7 @@ class SequenceClassifierBackend(Backend):
         self.max_padding_ratio = max_padding_ratio  # shared batches: padding cap of each suffix chunk
         # decoders with a base model + score head: pooled hidden state and head in float32 (``_plain``)
         self._fp32_head = self.is_decoder and prefix.has_score_head(self.model)
-        self.cost_model = prefix.CostModel.for_model(self.model.config, self.dtype, self.attn_implementation)
+        self.cost_model = cost.CostModel.for_model(self.model.config, self.dtype, self.attn_implementation)
 
     @property
     def model_names(self) -> list[str]:
@@ -142,9 +142,9 @@ class SequenceClassifierBackend(Backend):
         return e
 
     def batch_cost(self, batch: list[Encoded]) -> int:
-        """What ``forward(batch)`` holds at its peak, in tokens (``prefix.CostModel``): the plan it
+        """What ``forward(batch)`` holds at its peak, in tokens (``cost.CostModel``): the plan it
         runs (shared or plain), padded, with its key/value cache and attention's working set."""
-        return prefix.batch_cost(batch, self.cost_model, self.shares_prefix and len(batch) > 1)
+        return cost.batch_cost(batch, self.cost_model, self.shares_prefix and len(batch) > 1)
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
         p = prefix.plan(batch) if self.shares_prefix and len(batch) > 1 else None

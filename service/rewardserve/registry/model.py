@@ -16,7 +16,7 @@ import torch
 
 from .. import prompt_formats
 from ..backends.base import Backend, Encoded, intraop_threads
-from ..backends.prefix import TokenCount
+from ..backends.cost import TokenCount
 from ..batcher import Batcher, PrefixCost
 from ..combine import Transform
 from ..config import BackboneConfig, JudgeBackboneConfig
