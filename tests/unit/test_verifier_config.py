@@ -85,6 +85,8 @@ def test_settle_scores_failures_zero_and_clips_with_a_warning():
     assert r.score == 0.0 and "'correct'" in r.warning and "timed out after 5 s" in r.warning
     r = settle("mine", (math.nan, "error: ValueError: boom", 0.0), 5)
     assert r.score == 0.0 and "'mine'" in r.warning and "ValueError: boom" in r.warning
+    r = settle("correct", (math.nan, "refused: answer too large to evaluate: 9**(9**9) would have …", 0.001), 5)
+    assert r == CheckResult(0.0, "check 'correct' scored 0: answer too large to evaluate: 9**(9**9) would have …")
     for value, clipped in [(1.5, 1.0), (-2.0, 0.0), (math.inf, 1.0), (-math.inf, 0.0), (math.nan, 0.0)]:
         r = settle("mine", (value, None, 0.0), 5)
         assert r.score == clipped and "outside [0, 1]" in r.warning

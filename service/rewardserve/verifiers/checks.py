@@ -9,6 +9,9 @@ inside math-verify and may meet answers that take forever to evaluate.
   expression; several boxed answers are read as one set) equals the reference by math-verify:
   ``\\frac{1}{2}`` = ``0.5`` = ``1/2``, ``{1,2}`` = ``{2,1}``, ``(0, 1]`` as an interval, ``x = 3`` = ``3``.
   Label: the reference answer (a string or a number) or a list of accepted answers (any match scores 1).
+  An answer whose exact value would have more than ``max_digits`` digits (``\\boxed{9^{9^{9^{9}}}}``)
+  is sized on its parsed tree and never evaluated: 1 if it is the reference as written, else 0 with
+  the reason (``CheckRefused``). Exact rationals of more than 15 digits are compared exactly.
 - ``exact_match``: the normalised response equals a normalised label (or any of a list). Normalising:
   Unicode NFKC, case folded, whitespace runs collapsed to one space, and punctuation and quotes
   around the text stripped (``" Paris. "`` = ``paris``); punctuation inside is kept (``3.14`` ≠ ``314``).
