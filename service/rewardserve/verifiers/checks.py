@@ -159,31 +159,32 @@ EXACT_DIGITS = 15
 """Exact numbers with more digits than this (about a float's precision) are compared exactly."""
 
 
-def _exact_rational(parsed: list[Any]) -> tuple[Any, float] | None:
-    """(value, size) when math-verify's parse result is one exact rational number (``2^{64}``,
-    ``\\frac{3}{4}``, ``100!``), computed by sympy within its size bound; None otherwise (symbols,
-    floats, sets, irrational values, percentages, which math-verify reads in its own way)."""
+def _exact_number(parsed: list[Any]) -> tuple[Any, float] | None:
+    """(expression, size) when math-verify's parse result is one exact number (``2^{64}``,
+    ``\\frac{3}{4}``, ``100!``, ``\\sqrt{2}``); None otherwise (symbols, floats, sets, percentages,
+    which math-verify reads in its own way)."""
     import sympy
 
     exprs = [e for e in parsed if not isinstance(e, str)]
     if len(exprs) != 1 or not isinstance(exprs[0], sympy.Basic) or exprs[0].has(sympy.UnevaluatedExpr):
         return None
     size = exact_size(exprs[0])
-    if size is None:
-        return None
-    value = exprs[0].doit()
-    return (value, size) if value.is_Rational else None
+    return None if size is None else (exprs[0], size)
 
 
 def _compare_exactly(gold: list[Any], predicted: list[Any]) -> bool | None:
-    """Whether two exact rational numbers are equal, when both are and one has more than
+    """Whether two exact numbers are equal, when both are rational and one has more than
     ``EXACT_DIGITS`` digits; None otherwise (math-verify compares). Beyond a float's precision
     math-verify's numeric comparison no longer decides and its symbolic one (``simplify``) can run
-    for minutes on a 1,000-digit integer; for exact rationals equality is exact."""
-    g, p = _exact_rational(gold), _exact_rational(predicted)
+    for minutes on a 1,000-digit integer; for exact rationals equality is exact. Called only under
+    the size limit, so computing the values is cheap."""
+    g, p = _exact_number(gold), _exact_number(predicted)
     if g is None or p is None or max(g[1], p[1]) <= EXACT_DIGITS:
         return None
-    return bool(g[0] == p[0])
+    a, b = g[0].doit(), p[0].doit()
+    if not (a.is_Rational and b.is_Rational):
+        return None  # algebraic numbers have no single written form: math-verify compares
+    return bool(a == b)
 
 
 def math_check(response: str, label: Any, **options: Any) -> float:
