@@ -78,6 +78,14 @@ def test_backbone_level_errors():
         VerifierBackboneConfig.model_validate({"kind": "judge", "models": {"m": {"verifier": "json"}}})
 
 
+def test_math_max_digits_is_a_positive_integer_or_null():
+    assert CheckConfig(verifier="math", max_digits=500).options() == {"max_digits": 500}
+    assert CheckConfig(verifier="math", max_digits=None).options() == {"max_digits": None}
+    for bad in [0, -5, 1.5, "many", True]:
+        with pytest.raises(ValidationError, match="max_digits must be a positive integer or null"):
+            CheckConfig(verifier="math", max_digits=bad)
+
+
 def test_settle_scores_failures_zero_and_clips_with_a_warning():
     assert settle("m", (1.0, None, 0.1), 5) == CheckResult(1.0, None)
     assert settle("m", (0.25, None, 0.1), 5).score == 0.25
