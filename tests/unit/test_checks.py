@@ -6,16 +6,15 @@ import pytest
 
 from rewardserve.verifiers.checks import (
     CheckRefused,
-    TooLarge,
     choice_check,
     exact_match,
-    exact_size,
     extract_choice,
     json_check,
     math_check,
     normalize_text,
     regex_check,
 )
+from rewardserve.verifiers.math_size import TooLarge, exact_size
 
 # (response, label, expected score): real answers as models write them
 MATH_CASES = [
