@@ -8,7 +8,9 @@ Each round runs, in this one process and in turn (so a shared machine's noise hi
 - **engine**: ``VerifierEngine`` with ``--timeout`` per item, fed ``--concurrency`` requests of
   ``--batch`` items at a time (as the service will);
 - **engine+patho**: the same with ``--patho`` (default 1 %) of the items replaced by answers that
-  never finish (``\\boxed{9^{9^{9^{9}}}}`` and kin): each is killed at ``timeout + grace``;
+  sympy would evaluate for ever (``\\boxed{9^{9^{9^{9}}}}`` and kin, ``PATHOLOGICAL``): the math
+  check refuses them by size in milliseconds (warning "answer too large to evaluate"); one it did not
+  know would be killed at ``timeout + grace`` (counted as ``timeout``);
 - **service** / **service+patho**: the same items through a live ``rewardserve serve`` (a separate
   process, started once before the rounds) with one ``kind: verifier`` backbone of the same workers and
   timeout, sent by the SDK's ``AsyncRewardClient``, ``--concurrency`` requests of ``--batch`` items in
@@ -33,7 +35,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATHOLOGICAL = [r"\boxed{9^{9^{9^{9}}}}", r"\boxed{10^{10^{10^{10}}}}", r"\boxed{7^{7^{7^{7^{7}}}}}"]
+PATHOLOGICAL = [
+    r"\boxed{9^{9^{9^{9}}}}",
+    r"\boxed{10^{10^{10^{10}}}}",
+    r"\boxed{7^{7^{7^{7^{7}}}}}",
+    r"\boxed{(10^{10})!}",
+    r"\boxed{\frac{1}{2^{10^{10}}}}",
+]
+"""Answers sympy would evaluate for ever (the math check refuses them by size; without that, each
+would be killed at timeout + grace)."""
+
+
+def _kind(warning: str) -> str:
+    return "timeout" if "timed out" in warning else "refused" if "too large to evaluate" in warning else "failed"
 
 
 def arithmetic_items(n: int, seed: int = 0, patho: float = 0.0) -> list[tuple[str, str]]:
@@ -104,7 +118,7 @@ def run_engine(
     )
     engine.start()
     requests = [[CheckItem(r, ref) for r, ref in pairs[k : k + batch]] for k in range(0, len(pairs), batch)]
-    counts = {"timeout": 0, "failed": 0}
+    counts = {"timeout": 0, "refused": 0, "failed": 0}
 
     async def main() -> float:
         await engine.score([CheckItem(r, ref) for r, ref in pairs[: workers * 4]])  # warm
@@ -115,7 +129,7 @@ def run_engine(
                 out = await engine.score(queue.pop())
                 for res in out["correct"]:
                     if res.warning:
-                        counts["timeout" if "timed out" in res.warning else "failed"] += 1
+                        counts[_kind(res.warning)] += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -156,7 +170,7 @@ def run_service(url: str, pairs: list[tuple[str, str]], batch: int, concurrency:
 
     items = [{"prompt": "Compute.", "response": r, "label": ref} for r, ref in pairs]
     requests = [items[k : k + batch] for k in range(0, len(items), batch)]
-    counts = {"timeout": 0, "failed": 0}
+    counts = {"timeout": 0, "refused": 0, "failed": 0}
 
     async def main() -> float:
         async with AsyncRewardClient(url, read_timeout=600) as rc:
@@ -167,7 +181,7 @@ def run_service(url: str, pairs: list[tuple[str, str]], batch: int, concurrency:
                 while queue:
                     for res in await rc.score(queue.pop(), models=["correct"]):
                         for w in res.warnings:
-                            counts["timeout" if "timed out" in w else "failed"] += 1
+                            counts[_kind(w)] += 1
 
             t0 = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))

@@ -75,8 +75,8 @@ class Metrics:
         )
         self.check_failures = Counter(
             "rewardserve_check_failures",
-            "verifier checks that raised (error), killed their worker (crashed) or returned a score outside "
-            "[0, 1] (out_of_range)",
+            "verifier checks that raised (error), killed their worker (crashed), returned a score outside "
+            "[0, 1] (out_of_range) or refused an input they would not evaluate (refused: math, an answer too large)",
             ["model", "reason"],
             registry=r,
         )
@@ -86,7 +86,7 @@ class Metrics:
         for m in models:
             self.check_seconds.labels(m)
             self.check_timeouts.labels(m)
-            for reason in ("error", "crashed", "out_of_range"):
+            for reason in ("error", "crashed", "out_of_range", "refused"):
                 self.check_failures.labels(m, reason)
 
     def backbone_loaded(self, backbone: str, models: list[str]) -> None:

@@ -29,6 +29,7 @@ def engine(metrics):
             "workers": 2,
             "models": {
                 "correct": {"verifier": "math"},
+                "unguarded": {"verifier": "math", "max_digits": None},
                 "exact": {"verifier": "exact_match"},
                 "formatted": {"verifier": "regex", "pattern": r"(?s)^<think>.*</think>\s*\S"},
                 "valid_json": {"verifier": "json"},
@@ -163,11 +164,29 @@ def test_a_worker_that_dies_is_replaced_and_the_item_names_it(engine, metrics):
     assert scores(out["exits"]) == [1.0] * 8
 
 
-def test_math_that_never_finishes_is_a_timeout(engine):
-    items = [CheckItem("\\boxed{2}", "2"), CheckItem("\\boxed{9^{9^{9^{9}}}}", "1"), CheckItem("\\boxed{3}", "3")]
+def test_math_too_large_to_evaluate_scores_0_with_the_reason(engine, metrics):
+    before = metrics.check_failures.labels("correct", "refused")._value.get()
+    timeouts = metrics.check_timeouts.labels("correct")._value.get()
+    towers = ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{10^{10^{10^{10}}}}", "\\boxed{7^{7^{7^{7^{7}}}}}"]
+    items = [CheckItem("\\boxed{2}", "2")] + [CheckItem(t, "5") for t in towers] + [CheckItem("\\boxed{3}", "3")]
     out = run(engine.score(items, ["correct"]))
-    assert scores(out["correct"]) == [1.0, 0.0, 1.0]
-    assert "check 'correct' timed out" in out["correct"][1].warning
+    assert scores(out["correct"]) == [1.0, 0.0, 0.0, 0.0, 1.0]
+    for r, culprit in zip(out["correct"][1:4], ["9**(9**9)", "10**(10**10)", "7**(7**7)"]):
+        assert r.warning.startswith(f"check 'correct' scored 0: answer too large to evaluate: {culprit} would have ")
+    assert metrics.check_failures.labels("correct", "refused")._value.get() == before + 3
+    assert metrics.check_timeouts.labels("correct")._value.get() == timeouts  # refused, not timed out
+    # a reference too large: the warning does not quote it
+    out = run(engine.score([CheckItem("\\boxed{5}", "10^{10^{10}}")], ["correct"]))
+    assert out["correct"][0].score == 0.0
+    assert "reference too large to evaluate" in out["correct"][0].warning and "10^" not in out["correct"][0].warning
+
+
+def test_math_that_never_finishes_is_a_timeout(engine):
+    # without the size guard (max_digits: null) sympy computes 9^(9^9) for ever: the timer and the kill end it
+    items = [CheckItem("\\boxed{2}", "2"), CheckItem("\\boxed{9^{9^{9^{9}}}}", "1"), CheckItem("\\boxed{3}", "3")]
+    out = run(engine.score(items, ["unguarded"]))
+    assert scores(out["unguarded"]) == [1.0, 0.0, 1.0]
+    assert "check 'unguarded' timed out" in out["unguarded"][1].warning
 
 
 def test_the_event_loop_keeps_running_while_a_check_hangs(engine):

@@ -78,6 +78,14 @@ def test_backbone_level_errors():
         VerifierBackboneConfig.model_validate({"kind": "judge", "models": {"m": {"verifier": "json"}}})
 
 
+def test_math_max_digits_is_a_positive_integer_or_null():
+    assert CheckConfig(verifier="math", max_digits=500).options() == {"max_digits": 500}
+    assert CheckConfig(verifier="math", max_digits=None).options() == {"max_digits": None}
+    for bad in [0, -5, 1.5, "many", True]:
+        with pytest.raises(ValidationError, match="max_digits must be a positive integer or null"):
+            CheckConfig(verifier="math", max_digits=bad)
+
+
 def test_settle_scores_failures_zero_and_clips_with_a_warning():
     assert settle("m", (1.0, None, 0.1), 5) == CheckResult(1.0, None)
     assert settle("m", (0.25, None, 0.1), 5).score == 0.25
@@ -85,6 +93,8 @@ def test_settle_scores_failures_zero_and_clips_with_a_warning():
     assert r.score == 0.0 and "'correct'" in r.warning and "timed out after 5 s" in r.warning
     r = settle("mine", (math.nan, "error: ValueError: boom", 0.0), 5)
     assert r.score == 0.0 and "'mine'" in r.warning and "ValueError: boom" in r.warning
+    r = settle("correct", (math.nan, "refused: answer too large to evaluate: 9**(9**9) would have …", 0.001), 5)
+    assert r == CheckResult(0.0, "check 'correct' scored 0: answer too large to evaluate: 9**(9**9) would have …")
     for value, clipped in [(1.5, 1.0), (-2.0, 0.0), (math.inf, 1.0), (-math.inf, 0.0), (math.nan, 0.0)]:
         r = settle("mine", (value, None, 0.0), 5)
         assert r.score == clipped and "outside [0, 1]" in r.warning

@@ -9,6 +9,9 @@ inside math-verify and may meet answers that take forever to evaluate.
   expression; several boxed answers are read as one set) equals the reference by math-verify:
   ``\\frac{1}{2}`` = ``0.5`` = ``1/2``, ``{1,2}`` = ``{2,1}``, ``(0, 1]`` as an interval, ``x = 3`` = ``3``.
   Label: the reference answer (a string or a number) or a list of accepted answers (any match scores 1).
+  An answer whose exact value would have more than ``max_digits`` digits (``\\boxed{9^{9^{9^{9}}}}``)
+  is sized on its parsed tree and never evaluated: 1 if it is the reference as written, else 0 with
+  the reason (``CheckRefused``). Exact rationals of more than 15 digits are compared exactly.
 - ``exact_match``: the normalised response equals a normalised label (or any of a list). Normalising:
   Unicode NFKC, case folded, whitespace runs collapsed to one space, and punctuation and quotes
   around the text stripped (``" Paris. "`` = ``paris``); punctuation inside is kept (``3.14`` ≠ ``314``).
@@ -25,10 +28,13 @@ inside math-verify and may meet answers that take forever to evaluate.
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
+
+from .math_size import TooLarge, compare_exactly, count_digits, same_tree, too_large
 
 CheckFunction = Callable[..., float]
 
@@ -40,27 +46,64 @@ def _answers(label: Any) -> list[Any]:
 
 # --- math ---------------------------------------------------------------------------------------
 
+DEFAULT_MAX_DIGITS = 100_000
+"""``math``'s default ``max_digits``: an answer (or reference) that sympy would evaluate to an exact
+number of more decimal digits is not evaluated (see ``exact_size``)."""
+
+
+class CheckRefused(Exception):
+    """A check refuses an input it will not evaluate (``math``: an answer too large to evaluate).
+    The item scores 0 and the message, which must not quote the label, is its warning."""
+
 
 def math_check(response: str, label: Any, **options: Any) -> float:
     """1.0 when the response's final answer is mathematically equal to the reference (or any of a
-    list). Options: ``float_rounding`` (decimal places compared, default 6). math-verify's own
-    timeouts are off (the engine times the whole check); what it cannot parse or compare is a wrong
-    answer (0), as in math-verify, not an error."""
+    list). Options: ``float_rounding`` (decimal places compared, default 6); ``max_digits`` (default
+    ``DEFAULT_MAX_DIGITS``; None: no limit): an answer whose exact value would have more digits
+    (``\\boxed{9^{9^{9^{9}}}}``, ``(10^{10})!``) is not evaluated: it scores 1 only when it is the
+    reference as written, else 0, and the check raises ``CheckRefused`` saying why (the worker makes
+    that the item's warning); a reference that large likewise (its warning does not quote it).
+    math-verify's own timeouts are off (the engine times the whole check); what it cannot parse or
+    compare is a wrong answer (0), as in math-verify, not an error."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     rounding = int(options.get("float_rounding", 6))
+    max_digits = options.get("max_digits", DEFAULT_MAX_DIGITS)
+    limit = math.inf if max_digits is None else float(max_digits)
     extraction = [LatexExtractionConfig(), ExprExtractionConfig()]
     predicted = parse(response, extraction_config=extraction, parsing_timeout=None)
     if not predicted:
         return 0.0
+    big_answer = too_large(predicted, limit)
+    big_reference: TooLarge | None = None
     for answer in _answers(label):
         text = str(answer)
         # a bare reference ("1/2", "\frac{1}{2}", "{1,2}") reads best as LaTeX in math mode
         gold = parse(f"${text}$", extraction_config=extraction, parsing_timeout=None)
         if not gold:
             gold = parse(text, extraction_config=extraction, parsing_timeout=None)
-        if gold and verify(gold, predicted, float_rounding=rounding, timeout_seconds=None):
+        if not gold:
+            continue
+        if same_tree(gold, predicted):  # math-verify's first comparison too; evaluates nothing
             return 1.0
+        big = too_large(gold, limit)
+        if big_answer is not None or big is not None:
+            big_reference = big_reference or big
+            continue
+        exact = compare_exactly(gold, predicted)
+        if exact is not None:
+            if exact:
+                return 1.0
+            continue
+        if verify(gold, predicted, float_rounding=rounding, timeout_seconds=None):
+            return 1.0
+    if big_answer is not None:
+        raise CheckRefused(f"answer too large to evaluate: {big_answer} (max_digits {count_digits(limit)})")
+    if big_reference is not None:
+        raise CheckRefused(
+            f"reference too large to evaluate: it would have about {count_digits(big_reference.size + 1)} digits "
+            f"(max_digits {count_digits(limit)})"
+        )
     return 0.0
 
 

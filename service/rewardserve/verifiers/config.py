@@ -16,7 +16,8 @@ backbones:
 
 At load, a regex that does not compile, an unknown verifier and a user function that cannot be
 imported (or is not callable) are errors that name the model. Options other than the fields below
-are kept and passed to the check as keyword arguments (``float_rounding`` for ``math``,
+are kept and passed to the check as keyword arguments (``float_rounding`` and ``max_digits``, a
+positive integer or null, for ``math``,
 ``letters`` for ``choice``, anything for a user function).
 """
 
@@ -101,6 +102,10 @@ class CheckConfig(BaseModel):
                 raise ValueError(f"pattern {self.pattern!r} does not compile: {e}") from None
         elif self.pattern is not None:
             raise ValueError(f"'pattern' is for the regex verifier, not {self.verifier!r}")
+        if self.verifier == "math" and self.model_extra and "max_digits" in self.model_extra:
+            limit = self.model_extra["max_digits"]
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise ValueError(f"max_digits must be a positive integer or null (no limit), not {limit!r}")
         return self
 
     @property

@@ -70,6 +70,8 @@ def settle(model: str, outcome: ItemOutcome, timeout_s: float) -> CheckResult:
     if error is not None:
         if error == "timeout":
             return CheckResult(0.0, f"check {model!r} timed out after {timeout_s:g} s: score 0")
+        if error.startswith("refused: "):
+            return CheckResult(0.0, f"check {model!r} scored 0: {error.removeprefix('refused: ')}")
         return CheckResult(0.0, f"check {model!r} failed ({error}): score 0")
     if math.isfinite(score) and 0.0 <= score <= 1.0:
         return CheckResult(score)

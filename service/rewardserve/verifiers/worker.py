@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .checks import BUILTIN_CHECKS, CheckFunction, warm_math
+from .checks import BUILTIN_CHECKS, CheckFunction, CheckRefused, warm_math
 
 # per model: (verifier, options)
 Specs = Mapping[str, tuple[str, Mapping[str, Any]]]
@@ -94,6 +94,8 @@ def run_one(model: str, response: str, label: Any, timeout_s: float) -> ItemOutc
         error = None
     except ItemTimeout:
         score, error = math.nan, "timeout"
+    except CheckRefused as e:  # the check would not evaluate this input (math: an answer too large)
+        score, error = math.nan, f"refused: {redact(str(e), label)}"[:500]
     except Exception as e:
         score, error = math.nan, f"error: {type(e).__name__}: {redact(str(e), label)}"[:500]
     finally:
