@@ -366,7 +366,8 @@ def format_table(res: dict) -> str:
     names = m["contenders"]
     lines = [
         (
-            f"rewardserve bench peer — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
+            f"rewardserve bench peer — {m['model'] if m['model'] != '-' else 'judge cells only'} "
+            f"({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
             f"load avg at start {m['loadavg_start']}, at end {m.get('loadavg_end')}"
         ),
         f"vLLM {m.get('vllm_version') or '-'}; rewardserve torch threads {m['threads']}",
@@ -416,7 +417,8 @@ def format_table(res: dict) -> str:
             )
         )
     lines.append("")
-    for t in res["targets"]:
+    rm_ran = any(not c["label"].startswith("judge") for c in m["cells"])
+    for t in res["targets"] if rm_ran else []:  # the reward model's cells' targets (none for the judge)
         ok = "skip" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         lines.append(
             f"  {t['check']:28s} {fmt(t['value'], 2):>6s} (worst round {fmt(t['worst_round'], 2)}) "

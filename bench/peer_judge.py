@@ -133,5 +133,6 @@ def check_judge_rewards(
     res = compare_rewards(rewards, tolerance)
     res["per_group_size"] = per_g
     res["tokens"] = tokens
+    res["tokens_equal"] = len(set(tokens.values())) <= 1
     res["first_rewards"] = {n: r[:4] for n, r in rewards.items()}
     return res
