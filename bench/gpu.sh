@@ -11,14 +11,17 @@
 #      prompts 1000–2000 tokens, responses 50–400) and distinct prompts, prompt sharing on and off:
 #      items/s, tokens/s, p50/p99, peak GPU memory;
 #   4. then the peer benchmark on the same model where bench/peer.py exists (vLLM's python from
-#      VLLM_PYTHON, else this python if it imports vllm; skipped and said so otherwise);
+#      VLLM_PYTHON, else this python if it imports vllm; skipped and said so otherwise), with its
+#      judge cells (SmolLM2-135M-Instruct as a yes/no judge vs vLLM's generate runner; a few minutes:
+#      BENCH_PEER_SKIP=judge leaves them out);
 #   one table on stdout, one JSON ($OUT, default bench/results/gpu.json).
 #
 #   bash bench/gpu.sh                 # on the GPU machine
 #   bash bench/gpu.sh --dry-run       # anywhere: builds a tiny model through the same code path, runs
 #                                     # it on the CPU in short cells, and prints the GPU commands
 # Overrides: PYTHON, WHEELS (.whl), TORCH_VERSION (2.13.0), TORCH_INDEX_URL (…/whl/cu128), OUT,
-# BENCH_SECONDS (20), BENCH_GROUPS (8,16,64), BENCH_CONCURRENCY (4), WORK (a temp folder), VLLM_PYTHON.
+# BENCH_SECONDS (20), BENCH_GROUPS (8,16,64), BENCH_CONCURRENCY (4), WORK (a temp folder), VLLM_PYTHON,
+# BENCH_PEER_SKIP (passed to `bench peer --skip`, e.g. judge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +77,7 @@ PEER_OUT=${OUT%.json}-peer.json
 VLLM=${VLLM_PYTHON:-}
 if [ -z "$VLLM" ] && "$PY" -c 'import vllm' 2>/dev/null; then VLLM=$PY; fi
 PEER_ARGS=(-m bench peer --model "$WORK/llama-8b-rm" --device cuda --dtype bfloat16 --vllm-python "${VLLM:-VLLM_PYTHON}" --out "$PEER_OUT")
+[ -z "${BENCH_PEER_SKIP:-}" ] || PEER_ARGS+=(--skip "$BENCH_PEER_SKIP")
 if [ "$DRY" = 1 ]; then
   echo "  would run: $PY -m bench.gpu ${GPU_ARGS[*]}"
   if [ -f bench/peer.py ]; then

@@ -19,6 +19,12 @@ contender alike; the spread over rounds is reported. Every (cell, round) draws i
 before (its own seed), so vLLM's prefix cache never sees a sequence twice — as in RL training, where
 each step's responses are new (prompts within a group do share, which is the point).
 
+Then the **judge cells** (bench/peer_judge.py; ``--skip judge`` leaves them out, ``--skip rm`` runs
+only them): the service with a ``kind: judge`` backbone (``share``) against vLLM's generate runner
+asked for the next token's raw log-probs of the service's yes/no ids on the service's rendered token
+ids (``vllm``), in the same cell shapes (``judge grpo G=8``, ``judge distinct``), on servers of their
+own started once the reward model's are stopped.
+
 Before the load, a check pass sends the same groups to all three and compares the raw rewards item by
 item (max |Δ|) and the token counts. Peak resident memory of each contender's whole process tree
 (vLLM runs its engine in a child process) is sampled through the run. Writes
@@ -50,9 +56,11 @@ from .workload import WORKLOADS, generate, spec
 DEFAULT_OUT = REPO / "bench" / "results" / "peer.json"
 DEFAULT_QUICK_OUT = REPO / "bench" / "results" / "peer-quick.json"
 CONTENDERS = ("share", "noshare", "vllm")
+CELL_KINDS = ("rm", "judge")  # --skip rm / judge: the reward model's cells, the judge's
 MODEL = "rm"  # the reward model's name in the service's config
 # items/s of the service with its defaults (share) over vLLM's, per cell (issue targets, on the CPU)
 TARGETS = {"grpo8": 1.3, "grpo1": 1.0, "distinct": 1.0}
+JUDGE_GROUPS = (8,)  # the judge's grpo cells (beside its distinct-prompt cell)
 # max |Δ| of raw rewards between contenders that counts as "the same reward"
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
@@ -69,6 +77,8 @@ class Cell:
 
     @property
     def title(self) -> str:
+        if self.label.startswith("judge"):
+            return f"judge grpo G={self.size}" if "grpo" in self.label else "judge distinct"
         return f"grpo G={self.size}" if self.label.startswith("grpo") else "distinct prompts"
 
 
@@ -78,6 +88,15 @@ def plan_cells(groups: tuple[int, ...], concurrency: int, distinct_concurrency: 
         # every request one item whose prompt no other item has (grpo1's items: the grpo length mix)
         cells.append(Cell("distinct", "grpo1", 1, distinct_concurrency))
     return cells
+
+
+def plan_judge_cells(groups: tuple[int, ...], concurrency: int, distinct_concurrency: int) -> list[Cell]:
+    """The judge's cells: the same shapes as the reward model's (a GRPO group per request, and
+    distinct prompts one item per request), labelled ``judge-…``."""
+    return [
+        Cell(f"judge-{c.label}", c.workload, c.size, c.concurrency)
+        for c in plan_cells(groups, concurrency, distinct_concurrency)
+    ]
 
 
 def cell_seed(seed: int, round_: int, k: int) -> int:
@@ -97,17 +116,9 @@ def rotation(names: list[str], i: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- judge
 
 
-def judge_slot() -> dict:
-    """The judge workload (a yes/no LLM judge: vLLM's counterpart is ``/pooling`` or generation with
-    logprobs): skipped, with the reason, until the service has a judge backbone to measure."""
-    import importlib.util
-
-    if importlib.util.find_spec("rewardserve.backends.judge") is None:
-        return {
-            "skipped": "no judge backbone in the service yet (rewardserve.backends.judge); the judge cell "
-            "runs once judges exist"
-        }
-    return {"skipped": "the service has a judge backbone; its peer cell (vLLM /pooling counterpart) is not built yet"}
+def judge_slot(reason: str = "left out (--skip judge)") -> dict:
+    """The judge section of the result when its cells do not run (bench/peer_judge.py: the cells)."""
+    return {"skipped": reason}
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -150,7 +161,9 @@ def compare_rewards(rewards: dict[str, list[float]], tolerance: float) -> dict:
     return {"items": n, "tolerance": tolerance, "pairs": pairs}
 
 
-def score_rewardserve(url: str, groups: list[list[dict]], timeout: float = 600.0) -> tuple[list[float], int]:
+def score_rewardserve(
+    url: str, groups: list[list[dict]], timeout: float = 600.0, model: str = MODEL
+) -> tuple[list[float], int]:
     """Raw rewards of every item (one request per group) and the tokens the service reports."""
     import httpx
 
@@ -161,7 +174,7 @@ def score_rewardserve(url: str, groups: list[list[dict]], timeout: float = 600.0
             r = c.post("/v1/score", json={"items": g})
             r.raise_for_status()
             body = r.json()
-            out += [float(x["raw"][MODEL]) for x in body["results"]]
+            out += [float(x["raw"][model]) for x in body["results"]]
             tokens += int(body["usage"]["tokens"])
     return out, tokens
 
@@ -353,7 +366,8 @@ def format_table(res: dict) -> str:
     names = m["contenders"]
     lines = [
         (
-            f"rewardserve bench peer — {m['model']} ({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
+            f"rewardserve bench peer — {m['model'] if m['model'] != '-' else 'judge cells only'} "
+            f"({m['device']}, {m['dtype']}) — {m['cpu_count']} CPUs, "
             f"load avg at start {m['loadavg_start']}, at end {m.get('loadavg_end')}"
         ),
         f"vLLM {m.get('vllm_version') or '-'}; rewardserve torch threads {m['threads']}",
@@ -403,13 +417,43 @@ def format_table(res: dict) -> str:
             )
         )
     lines.append("")
-    for t in res["targets"]:
+    rm_ran = any(not c["label"].startswith("judge") for c in m["cells"])
+    for t in res["targets"] if rm_ran else []:  # the reward model's cells' targets (none for the judge)
         ok = "skip" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         lines.append(
             f"  {t['check']:28s} {fmt(t['value'], 2):>6s} (worst round {fmt(t['worst_round'], 2)}) "
             f"{t['target']:>7s}  {ok}"
         )
-    lines.append(f"  judge: {res['judge'].get('skipped', 'measured')}")
+    j = res.get("judge") or {}
+    if "skipped" in j:
+        lines.append(f"  judge: {j['skipped']}")
+    else:
+        lines.append(
+            f"judge cells: {j.get('model')} as a judge ({j.get('question')!r}; yes {j.get('yes_tokens')}, "
+            f"no {j.get('no_tokens')}); rewardserve kind: judge (share) vs vLLM's generate runner "
+            "(/v1/completions, 1 token, logprob_token_ids = the yes/no ids)"
+        )
+        if j.get("error"):
+            lines.append(f"  the judge cells FAILED: {j['error'][:500]}")
+        chk = j.get("rewards")
+        if chk:
+            pairs = ", ".join(f"{k} {fmt(v['max_abs_diff'], 7)}" for k, v in chk["pairs"].items())
+            ok = all(v["within_tolerance"] for v in chk["pairs"].values())
+            lines.append(
+                f"  judge rewards, {chk['items']} items compared one by one: max |Δ| {pairs} "
+                f"({'all' if ok else 'NOT all'} within {chk['tolerance']:g})"
+            )
+        jr = j.get("rss_mb", {})
+        if jr:
+            lines.append(
+                "  judge peak RSS, MB: "
+                + ", ".join(
+                    f"{n} {fmt(v, 0)} (idle {fmt(jr['idle_after_start'].get(n), 0)})" for n, v in jr["peak"].items()
+                )
+            )
+        if j.get("startup_seconds"):
+            st = ", ".join(f"{n} {fmt(v[0] if v else None, 0)} s" for n, v in j["startup_seconds"].items())
+            lines.append(f"  judge start-up: {st}; judge cells' wall time {fmt(j.get('wall_seconds'), 0)} s")
     lines.append(f"\nwall time {m['wall_seconds']:.0f} s; JSON: {m['out']}")
     return "\n".join(lines)
 
@@ -417,15 +461,20 @@ def format_table(res: dict) -> str:
 # -------------------------------------------------------------------------------------------- run
 
 
-def run_cell(server: Any, cell: Cell, seed: int, ids_file: Path | None, o: Options, env: dict) -> dict:
+def run_cell(
+    server: Any, cell: Cell, seed: int, ids_file: Path | None, o: Options, env: dict, judge_ids: tuple | None = None
+) -> dict:
+    """One closed-loop cell against one contender (``judge_ids``: the judge's (yes ids, no ids), for
+    vLLM's generate runner)."""
     from .peer_vllm import SERVED_NAME
 
+    api = "rewardserve" if server.kind != "vllm" else ("vllm-judge" if judge_ids else "vllm")
     cmd = [
         sys.executable,
         "-m",
         "bench.peer_load",
         "--api",
-        "vllm" if server.kind == "vllm" else "rewardserve",
+        api,
         "--url",
         server.url,
         "--workload",
@@ -447,6 +496,8 @@ def run_cell(server: Any, cell: Cell, seed: int, ids_file: Path | None, o: Optio
     ]
     if server.kind == "vllm":
         cmd += ["--ids", str(ids_file), "--model-name", SERVED_NAME]
+        if judge_ids:
+            cmd += ["--yes-ids", ",".join(map(str, judge_ids[0])), "--no-ids", ",".join(map(str, judge_ids[1]))]
     p = subprocess.run(
         cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=o.max_cell_seconds + 120, cwd=REPO
     )
@@ -456,6 +507,72 @@ def run_cell(server: Any, cell: Cell, seed: int, ids_file: Path | None, o: Optio
     if res["requests"] == 0 and res["other_errors"]:
         raise RuntimeError(f"{server.name} {cell.label}: every request failed; server log:\n{server.log_tail()}")
     return res
+
+
+def run_rounds(
+    servers: dict[str, Any],
+    cells: list[Cell],
+    all_cells: list[Cell],
+    ids_files: dict[tuple[int, str], Path],
+    o: Options,
+    env: dict,
+    rounds: int,
+    seed: int,
+    pool: int,
+    out_cells: dict[str, dict[str, list[dict]]],
+    on_round: Any = None,
+    judge_ids: tuple | None = None,
+) -> None:
+    """Every cell of ``cells`` against every contender of ``servers``, ``rounds`` times, in rotating
+    order; each result appended to ``out_cells[label][contender]`` (``on_round()`` after each round)."""
+    from .peer_vllm import tree_cpu_seconds
+
+    i = 0
+    for r in range(rounds):
+        for c in cells:
+            out_cells.setdefault(c.label, {n: [] for n in servers})
+            for name in rotation(list(servers), i):
+                s = servers[name]
+                cpu0, w0 = tree_cpu_seconds(s.pid), time.monotonic()
+                x = run_cell(s, c, cell_seed(seed, r, all_cells.index(c)), ids_files[(r, c.label)], o, env, judge_ids)
+                idle_ok = s.wait_idle(o.drain_timeout)
+                cpu1, w1 = tree_cpu_seconds(s.pid), time.monotonic()
+                x.update(
+                    round=r,
+                    server=name,
+                    drained=idle_ok,
+                    pool=pool,
+                    server_cpu_cores=(cpu1 - cpu0) / (w1 - w0) if cpu0 is not None and cpu1 is not None else None,
+                )
+                if not idle_ok:
+                    log(f"{name}: still busy {o.drain_timeout:.0f} s after {c.label}; restarting it")
+                    s.restart()
+                out_cells[c.label][name].append(x)
+                lat = x["latency_ms"]
+                log(
+                    f"round {r} {name:8s} {c.label:14s} c={c.concurrency:<2d} {x['items_per_s']:7.2f} items/s "
+                    f"p50 {fmt(lat['p50'], 0)} ms p99 {fmt(lat['p99'], 0)} ms  "
+                    f"cores {fmt(x['server_cpu_cores'], 2)}  load {os.getloadavg()[0]:.1f}"
+                )
+            i += 1
+        if on_round is not None:
+            on_round(r)
+
+
+def start_all(servers: dict[str, Any], what: str) -> None:
+    log(f"peer: starting {', '.join(servers)} ({what}; vLLM takes minutes on a CPU)")
+    with ThreadPoolExecutor(len(servers)) as ex:
+        for fut in [ex.submit(s.start) for s in servers.values()]:
+            fut.result()
+
+
+def vllm_settings(v: Any, request: dict) -> dict:
+    return {
+        "command": ["python", "-m", "vllm.entrypoints.openai.api_server", *v.args],
+        "env": v.extra_env,
+        "engine_config": v.engine_config(),
+        "request": request,
+    }
 
 
 def run_peer(
@@ -478,10 +595,26 @@ def run_peer(
     out: str | Path | None = None,
     print_table: bool = True,
     command: str | None = None,
+    reward_model_cells: bool = True,
+    judge: bool = True,
+    judge_model: str | Path | None = None,
+    judge_groups: tuple[int, ...] = JUDGE_GROUPS,
 ) -> dict:
-    """Run the comparison; write the JSON to ``out`` (default bench/results/peer.json) and return it."""
+    """Run the comparison; write the JSON to ``out`` (default bench/results/peer.json) and return it.
+    First the reward-model cells (``reward_model_cells``), then, on their own servers, the judge cells
+    (``judge``: the service's judge backbone vs vLLM's generate runner, bench/peer_judge.py)."""
     from .grpo import smollm2_reward_model, write_configs
-    from .peer_vllm import VllmServer, probe_vllm, tree_cpu_seconds
+    from .peer_judge import (
+        JUDGE_MODEL,
+        QUESTION,
+        check_judge_rewards,
+        encode_judge_items,
+        judge_encoder,
+        judge_model_path,
+        label_ids,
+        write_judge_config,
+    )
+    from .peer_vllm import VllmServer, probe_vllm
     from .servers import Server, contender_env
 
     t0 = time.monotonic()
@@ -491,7 +624,7 @@ def run_peer(
         if version is None:
             raise VllmMissing(how)
         log(f"vLLM {version} at {vllm_python}")
-    model = Path(model) if model else smollm2_reward_model()
+    model = Path(model) if model else (smollm2_reward_model() if reward_model_cells else Path("-"))
     out_path = Path(out) if out else DEFAULT_OUT
     o = Options.make(
         seconds=seconds,
@@ -502,16 +635,18 @@ def run_peer(
         drain_timeout=60.0,
         max_cell_seconds=warmup + seconds + 90.0,
     )
-    cells = plan_cells(groups, concurrency, distinct_concurrency)
+    cells = plan_cells(groups, concurrency, distinct_concurrency) if reward_model_cells else []
+    judge_contenders = [n for n in ("share", "vllm") if n in contenders]
+    jcells = plan_judge_cells(judge_groups, concurrency, distinct_concurrency) if judge and judge_contenders else []
+    all_cells = cells + jcells
     tmp = Path(tempfile.mkdtemp(prefix="rewardserve-bench-peer-"))
-    configs = write_configs(model, tmp, device, dtype, max_length)
     meta: dict = {
         "model": str(model),
         "device": device,
         "dtype": dtype,
         "max_length": max_length,
         "groups": list(groups),
-        "cells": [{**c.__dict__, "title": c.title} for c in cells],
+        "cells": [{**c.__dict__, "title": c.title} for c in all_cells],
         "rounds": rounds,
         "seconds": seconds,
         "warmup": warmup,
@@ -522,104 +657,179 @@ def run_peer(
         "cpu_count": os.cpu_count(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "contenders": list(contenders),
-        "workload_specs": {c.workload: WORKLOADS[c.workload].to_dict() for c in cells},
+        "workload_specs": {c.workload: WORKLOADS[c.workload].to_dict() for c in all_cells},
         "vllm_version": version,
         "vllm_python": vllm_python,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "out": str(out_path),
         "command": command,
+        "tokens": {},
     }
-    res: dict = {"meta": meta, "judge": judge_slot()}
+    res: dict = {"meta": meta, "judge": judge_slot() if not jcells else {}, "cells": {}}
+    out_cells: dict[str, dict[str, list[dict]]] = res["cells"]
 
-    # the token ids the service builds for every item of every (round, cell), and the check's
-    log("encoding the workloads with the service's encoder (the ids vLLM is sent)")
-    be = encoder(model, max_length)
-    ids_files: dict[tuple[int, str], Path] = {}
-    meta["tokens"] = {}
-    for r in range(rounds):
-        for k, c in enumerate(cells):
-            items = generate(spec(c.workload), pool, cell_seed(seed, r, k))
-            ids, st = encode_items(be, items)
-            f = ids_files[(r, c.label)] = tmp / f"ids-{c.label}-r{r}.json"
-            f.write_text(json.dumps(ids))
-            if r == 0:
-                meta["tokens"][c.label] = st
+    def write_partial(what: str) -> None:
+        """The rounds so far, in case the run is cut short (the final JSON replaces it)."""
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = {**res, "partial": what}
+        out_path.write_text(json.dumps(json_safe(partial), indent=2) + "\n", encoding="utf-8")
 
-    servers: dict[str, Any] = {}
-    try:
-        for name in contenders:
-            if name == "vllm":
-                assert vllm_python is not None
-                servers[name] = VllmServer(vllm_python, model, tmp, dtype, max_length, device)
-            else:
-                servers[name] = Server(name, "service", str(configs[name]), contender_env(o, tmp, name), tmp)
-        with RssSampler(servers) as rss:
-            log(f"peer: starting {', '.join(servers)} on {model} (vLLM takes minutes on a CPU)")
-            with ThreadPoolExecutor(len(servers)) as ex:
-                for fut in [ex.submit(s.start) for s in servers.values()]:
-                    fut.result()
-            meta["startup_seconds"] = {n: s.startup_seconds for n, s in servers.items()}
-            if "vllm" in servers:
-                v = servers["vllm"]
-                meta["vllm_settings"] = {
-                    "command": ["python", "-m", "vllm.entrypoints.openai.api_server", *v.args],
-                    "env": v.extra_env,
-                    "engine_config": v.engine_config(),
-                    "request": {"endpoint": "/classify", "use_activation": False, "add_special_tokens": False},
-                }
-            time.sleep(2.0)
-            idle = rss.sample()
+    def encode_cells(be: Any, which: list[Cell], encode: Any) -> dict[tuple[int, str], Path]:
+        files = {}
+        for r in range(rounds):
+            for c in which:
+                items = generate(spec(c.workload), pool, cell_seed(seed, r, all_cells.index(c)))
+                ids, st = encode(be, items)
+                f = files[(r, c.label)] = tmp / f"ids-{c.label}-r{r}.json"
+                f.write_text(json.dumps(ids))
+                if r == 0:
+                    meta["tokens"][c.label] = st
+        return files
 
-            log("rewards: the same groups to every contender, compared item by item")
-            rss.phase = "check"
-            res["rewards"] = check_rewards(servers, be, groups, check_items, seed, TOLERANCE.get(dtype, 1e-4))
-            del be
-            gc.collect()
-            for pair, x in res["rewards"]["pairs"].items():
-                log(f"rewards {pair}: max |Δ| {x['max_abs_diff']:.2e}")
+    env = contender_env(o, tmp, "load")
+    # ------------------------------------------------------------------ the reward model's cells
+    if cells:
+        # the token ids the service builds for every item of every (round, cell), and the check's
+        log("encoding the workloads with the service's encoder (the ids vLLM is sent)")
+        be = encoder(model, max_length)
+        ids_files = encode_cells(be, cells, encode_items)
+        configs = write_configs(model, tmp, device, dtype, max_length)
+        servers: dict[str, Any] = {}
+        try:
+            for name in contenders:
+                if name == "vllm":
+                    assert vllm_python is not None
+                    servers[name] = VllmServer(vllm_python, model, tmp, dtype, max_length, device)
+                else:
+                    servers[name] = Server(name, "service", str(configs[name]), contender_env(o, tmp, name), tmp)
+            with RssSampler(servers) as rss:
+                start_all(servers, f"reward model {model}")
+                meta["startup_seconds"] = {n: s.startup_seconds for n, s in servers.items()}
+                if "vllm" in servers:
+                    meta["vllm_settings"] = vllm_settings(
+                        servers["vllm"],
+                        {"endpoint": "/classify", "use_activation": False, "add_special_tokens": False},
+                    )
+                time.sleep(2.0)
+                idle = rss.sample()
 
-            rss.phase = "load"
-            env = contender_env(o, tmp, "load")
-            out_cells: dict[str, dict[str, list[dict]]] = {c.label: {n: [] for n in servers} for c in cells}
-            i = 0
-            for r in range(rounds):
-                for c in cells:
-                    for name in rotation(list(servers), i):
-                        s = servers[name]
-                        cpu0, w0 = tree_cpu_seconds(s.pid), time.monotonic()
-                        x = run_cell(s, c, cell_seed(seed, r, cells.index(c)), ids_files[(r, c.label)], o, env)
-                        idle_ok = s.wait_idle(o.drain_timeout)
-                        cpu1, w1 = tree_cpu_seconds(s.pid), time.monotonic()
-                        x.update(
-                            round=r,
-                            server=name,
-                            drained=idle_ok,
-                            pool=pool,
-                            server_cpu_cores=(cpu1 - cpu0) / (w1 - w0)
-                            if cpu0 is not None and cpu1 is not None
-                            else None,
-                        )
-                        if not idle_ok:
-                            log(f"{name}: still busy {o.drain_timeout:.0f} s after {c.label}; restarting it")
-                            s.restart()
-                        out_cells[c.label][name].append(x)
-                        lat = x["latency_ms"]
-                        log(
-                            f"round {r} {name:8s} {c.label:9s} c={c.concurrency:<2d} {x['items_per_s']:7.2f} items/s "
-                            f"p50 {fmt(lat['p50'], 0)} ms p99 {fmt(lat['p99'], 0)} ms  "
-                            f"cores {fmt(x['server_cpu_cores'], 2)}  load {os.getloadavg()[0]:.1f}"
-                        )
-                    i += 1
-                # the rounds so far, in case the run is cut short (the final JSON replaces it)
-                partial = {**res, "cells": out_cells, "partial": f"{r + 1} of {rounds} rounds"}
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                out_path.write_text(json.dumps(json_safe(partial), indent=2) + "\n", encoding="utf-8")
-            res["cells"] = out_cells
-            res["rss_mb"] = {"peak": rss.peak, "idle_after_start": idle, "peak_by_phase": rss.phase_peak}
-        meta["restarts"] = {n: s.restarts for n, s in servers.items()}
-    finally:
-        for s in servers.values():
-            s.stop()
+                log("rewards: the same groups to every contender, compared item by item")
+                rss.phase = "check"
+                res["rewards"] = check_rewards(servers, be, groups, check_items, seed, TOLERANCE.get(dtype, 1e-4))
+                del be
+                gc.collect()
+                for pair, x in res["rewards"]["pairs"].items():
+                    log(f"rewards {pair}: max |Δ| {x['max_abs_diff']:.2e}")
+
+                rss.phase = "load"
+                run_rounds(
+                    servers,
+                    cells,
+                    all_cells,
+                    ids_files,
+                    o,
+                    env,
+                    rounds,
+                    seed,
+                    pool,
+                    out_cells,
+                    on_round=lambda r: write_partial(f"{r + 1} of {rounds} rounds of the reward model's cells"),
+                )
+                res["rss_mb"] = {"peak": rss.peak, "idle_after_start": idle, "peak_by_phase": rss.phase_peak}
+            meta["restarts"] = {n: s.restarts for n, s in servers.items()}
+        finally:
+            for s in servers.values():
+                s.stop()
+
+    # -------------------------------------------------------------------------- the judge's cells
+    def judge_phase() -> None:
+        jt0 = time.monotonic()
+        jmodel = judge_model_path(judge_model)
+        jdir = tmp / "judge"
+        jdir.mkdir()
+        log(f"judge: encoding the workloads with the service's judge encoder ({jmodel})")
+        jbe = judge_encoder(jmodel, max_length)
+        yes, no = label_ids(jbe)
+        jres: dict = res["judge"]
+        jres.update(
+            model=str(jmodel),
+            model_name=JUDGE_MODEL,
+            question=QUESTION,
+            yes_ids=yes,
+            no_ids=no,
+            yes_tokens=list(jbe.questions[0].yes),
+            no_tokens=list(jbe.questions[0].no),
+            contenders=judge_contenders,
+            cells=[c.label for c in jcells],
+        )
+        jfiles = encode_cells(jbe, jcells, encode_judge_items)
+        jconfig = write_judge_config(jmodel, jdir, device, dtype, max_length)
+        jservers: dict[str, Any] = {}
+        try:
+            for name in judge_contenders:
+                if name == "vllm":
+                    assert vllm_python is not None
+                    jservers[name] = VllmServer(vllm_python, jmodel, jdir, dtype, max_length, device, runner="generate")
+                else:
+                    jservers[name] = Server(name, "service", str(jconfig), contender_env(o, jdir, name), jdir)
+            with RssSampler(jservers) as jrss:
+                start_all(jservers, f"judge {jmodel}")
+                jres["startup_seconds"] = {n: s.startup_seconds for n, s in jservers.items()}
+                if "vllm" in jservers:
+                    from .peer_load import judge_body
+                    from .peer_vllm import SERVED_NAME
+
+                    jres["vllm_settings"] = vllm_settings(
+                        jservers["vllm"],
+                        {
+                            "endpoint": "/v1/completions",
+                            **judge_body(SERVED_NAME, [[0]], yes, no),
+                            "prompt": "<token ids>",
+                        },
+                    )
+                time.sleep(2.0)
+                jidle = jrss.sample()
+                log("judge rewards: the same groups to every contender, compared item by item")
+                jrss.phase = "check"
+                sizes = sorted({c.size for c in jcells})
+                jres["rewards"] = check_judge_rewards(
+                    jservers, jbe, sizes, check_items, seed, TOLERANCE.get(dtype, 1e-4)
+                )
+                del jbe
+                gc.collect()
+                for pair, x in jres["rewards"]["pairs"].items():
+                    log(f"judge rewards {pair}: max |Δ| {x['max_abs_diff']:.2e}")
+                jrss.phase = "load"
+                run_rounds(
+                    jservers,
+                    jcells,
+                    all_cells,
+                    jfiles,
+                    o,
+                    env,
+                    rounds,
+                    seed,
+                    pool,
+                    out_cells,
+                    on_round=lambda r: write_partial(f"{r + 1} of {rounds} rounds of the judge's cells"),
+                    judge_ids=(yes, no),
+                )
+                jres["rss_mb"] = {"peak": jrss.peak, "idle_after_start": jidle, "peak_by_phase": jrss.phase_peak}
+            jres["restarts"] = {n: s.restarts for n, s in jservers.items()}
+        finally:
+            for s in jservers.values():
+                s.stop()
+        jres["wall_seconds"] = time.monotonic() - jt0
+
+    if jcells:
+        try:
+            judge_phase()
+        except Exception as e:
+            if not cells:
+                raise
+            # the reward model's cells stand on their own: keep them, and say why the judge's are missing
+            log(f"judge cells failed: {e!r}")
+            res["judge"]["error"] = repr(e)[:4000]
     res["summary"], res["ratios"] = summarize(res["cells"])
     res["targets"] = check_targets(res["ratios"], device)
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -663,15 +873,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="the service's torch threads (default: CPU count)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--check-items", type=int, default=16, help="items per G in the reward check (default 16)")
-    p.add_argument("--skip", default="", help="contenders to leave out: share, noshare, vllm")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="what to leave out: contenders (share, noshare, vllm) and/or cells: rm (the reward model's), "
+        "judge (the judge's)",
+    )
+    p.add_argument(
+        "--judge-model",
+        default=None,
+        help="the judge cells' causal LM with a chat template (default: the converted SmolLM2-135M-Instruct policy)",
+    )
+    p.add_argument("--judge-groups", type=_ints, default=JUDGE_GROUPS, help="G values of the judge's grpo cells (8)")
     p.add_argument("--quick", action="store_true", help="1 round of 4 s cells, pool 128")
     p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})")
     a = p.parse_args(argv)
     skip = {x.strip() for x in a.skip.split(",") if x.strip()}
-    if skip - set(CONTENDERS):
-        p.error(f"--skip: unknown {sorted(skip - set(CONTENDERS))}")
-    if not set(a.groups) <= {1, 4, 8, 16}:
-        p.error("--groups must be a subset of 1,4,8,16")
+    if skip - {*CONTENDERS, *CELL_KINDS}:
+        p.error(f"--skip: unknown {sorted(skip - {*CONTENDERS, *CELL_KINDS})}")
+    if not set(a.groups) | set(a.judge_groups) <= {1, 4, 8, 16}:
+        p.error("--groups and --judge-groups must be subsets of 1,4,8,16")
 
     def pick(x, full, quick):
         return x if x is not None else (quick if a.quick else full)
@@ -697,6 +918,10 @@ def main(argv: list[str] | None = None) -> int:
             max_length=a.max_length,
             check_items=a.check_items,
             contenders=tuple(c for c in CONTENDERS if c not in skip),
+            reward_model_cells="rm" not in skip,
+            judge="judge" not in skip,
+            judge_model=a.judge_model,
+            judge_groups=a.judge_groups,
             out=a.out or (DEFAULT_QUICK_OUT if a.quick else None),
             command=" ".join(["python -m bench peer", *(argv if argv is not None else sys.argv[2:])]),
         )

