@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rewardclient.protocol import plain_prompt
@@ -203,11 +204,12 @@ async def list_reference_sets(state: StateDep, key: KeyDep) -> ReferenceSetList:
 )
 async def export_reference_set(
     name: ReferenceSetName, references: ReferencesDep, registry: RegistryDep, key: KeyDep
-) -> ReferenceSetContents:
-    """Every entry of a set (its export; POST it to another set's ``/references`` to import)."""
+) -> Response:
+    """Every entry of a set (its export; POST it to another set's ``/references`` to import), streamed
+    as it is read from the store, a page at a time."""
     authorize(key, name)
     registry.check_ready()
-    return await refs.export_set(references.store, name)
+    return StreamingResponse(await refs.export_set(references.store, name), media_type="application/json")
 
 
 @router.post(
