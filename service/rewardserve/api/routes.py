@@ -5,6 +5,7 @@ table in ``errors.py``. OpenRLHF's ``/get_reward`` lives in ``openrlhf.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -70,8 +71,9 @@ async def score(
     authorize(key, body.reference_set)
     scorer.registry.check_ready()
     agg = body.aggregate or AggregateSpec()
+    many = sum(len(it.prompt) if isinstance(it.prompt, list) else 1 for it in body.items) > INLINE_MAX_ITEMS
     req = CoreRequest(
-        core_items(body.items),
+        await asyncio.to_thread(core_items, body.items) if many else core_items(body.items),
         body.models,
         agg.method,
         agg.weights,
@@ -83,6 +85,9 @@ async def score(
     result = score_response(outcome)
     response.headers["Server-Timing"] = server_timing(outcome.timing, time.perf_counter() - t0)
     return result
+
+
+INLINE_MAX_ITEMS = 1_000  # items and chat messages converted on the event loop; more: in a worker thread
 
 
 def core_items(items: Sequence[ScoreItem]) -> list[Item]:

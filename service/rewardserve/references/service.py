@@ -26,6 +26,7 @@ from ..errors import (
     TooManyReferences,
     TooManySamples,
 )
+from ..limits import check_messages
 from ..normalise import Normaliser
 from ..registry import BackboneRegistry, ScoreInput
 from ..schemas import (
@@ -74,6 +75,7 @@ class ReferenceService:
         templated string prompt under its messages', like ``/v1/score`` reads it)."""
         lim = self.settings.limits
         _check_count(len(body.entries), lim.max_references_per_upload)
+        check_messages("entries", body.entries, lim)
         _check_text(body, lim.max_text_chars)
         (model,) = self.registry.select([body.model])
         if not body.entries and body.default is None:
