@@ -178,21 +178,20 @@ def test_the_worst_bodies_the_limits_allow_leave_healthz_fast(svc, idle, score_c
     ]
     for _, raw in bodies[:2]:
         assert MAX_BODY // 2 < len(raw) <= MAX_BODY, len(raw)  # the chats are bounded by their messages first
-    probes = []
-    for (path, raw), what in zip(bodies, ("string prompts", "OpenRLHF", "chats")):
-        with HealthProbe(svc.url) as probe:
+    # one prober through all three: the p99 of the whole attack (a p99 of one short body's few probes
+    # would be its single worst probe, which a scheduler hiccup of a shared machine decides)
+    with HealthProbe(svc.url) as probe:
+        for (path, raw), what in zip(bodies, ("string prompts", "OpenRLHF", "chats")):
             t0 = time.perf_counter()
             r = score_client.post(path, content=raw, headers={"content-type": "application/json"})
-            took = time.perf_counter() - t0
-        assert r.status_code == 200, (path, r.status_code, r.text[:300])
-        print(
-            f"\n{path} ({what}): {len(raw) / 2**20:.1f} MiB answered in {took:.1f} s; /healthz p99 "
-            f"{1000 * probe.p99():.1f} ms, max {1000 * max(probe.latencies):.1f} ms over {len(probe.latencies)} probes "
-            f"(idle p99 {1000 * idle.p99():.1f} ms)"
-        )
-        probes.append(probe)
-    for probe in probes:
-        probe.check(idle)
+            assert r.status_code == 200, (path, r.status_code, r.text[:300])
+            print(f"\n{path} ({what}): {len(raw) / 2**20:.1f} MiB answered in {time.perf_counter() - t0:.1f} s")
+    worst = sorted(probe.latencies)[-5:]
+    print(
+        f"\n/healthz idle p99 {1000 * idle.p99():.1f} ms; during the worst bodies p99 {1000 * probe.p99():.1f} ms "
+        f"over {len(probe.latencies)} probes (worst five: {', '.join(f'{1000 * x:.0f}' for x in worst)} ms)"
+    )
+    probe.check(idle)
 
 
 def test_a_chat_of_more_messages_than_the_limit_is_refused_before_validation(svc, score_client, admin_client):
@@ -201,7 +200,7 @@ def test_a_chat_of_more_messages_than_the_limit_is_refused_before_validation(svc
     measured, 600k empty messages in one item (16 MiB), answers at once; so do chats of more than
     max_messages_per_request messages together."""
     over = [{"role": "", "content": ""}] * (MAX_MESSAGES + 1)
-    huge = [{"role": "", "content": ""}] * ((MAX_BODY - 200) // 28)
+    huge = [{"role": "", "content": ""}] * ((MAX_BODY - 200) // (len(json.dumps(over[0])) + 2))
     for chat, pad in ((over, 0), (over, 100_000), (huge, 0)):
         body = {"items": [{"prompt": "ok", "response": "x" * pad}, {"prompt": chat, "response": "ok"}]}
         raw = json.dumps(body).encode()
@@ -219,7 +218,8 @@ def test_a_chat_of_more_messages_than_the_limit_is_refused_before_validation(svc
         assert _stored(admin_client) == before
     # chats within the per-prompt limit, more than max_messages_per_request together (16 MiB of them)
     chat = [{"role": "", "content": ""}] * MAX_MESSAGES
-    for n in (MAX_REQUEST_MESSAGES // MAX_MESSAGES + 1, 580):
+    most = (MAX_BODY - 100) // (len(json.dumps({"prompt": chat, "response": "ok"})) + 2)  # as max_body_bytes holds
+    for n in (MAX_REQUEST_MESSAGES // MAX_MESSAGES + 1, most):
         raw = json.dumps({"items": [{"prompt": chat, "response": "ok"}] * n}).encode()
         r = score_client.post("/v1/score", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422 and "max_messages_per_request" in r.json()["error"]["message"], r.text[:300]
