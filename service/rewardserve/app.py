@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,6 +35,9 @@ from .state import AppState
 log = logging.getLogger("rewardserve")
 
 
+GIL_SWITCH_SECONDS = 0.001
+
+
 def create_app(
     settings: Settings | None = None,
     backend_factory: BackendFactory = build_backend,
@@ -42,6 +46,9 @@ def create_app(
     settings = settings or load_settings()
     check_exposure(settings)  # no app listens beyond loopback without keys, however it is started
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # a worker thread running Python (prompt parsing, a large body read in pieces) hands the GIL to the
+    # event loop after at most this long (default 5 ms; each of a request's steps may wait that long)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     if settings.torch_threads:
         import torch
 

@@ -21,6 +21,11 @@ class InvalidInput(RewardServeError, ValueError):
     so that pydantic validators may raise it)."""
 
 
+class TooManyMessages(InvalidInput):
+    """A chat prompt of more messages than ``limits.max_messages_per_prompt`` (422, like any invalid
+    input; refused before the chat is validated)."""
+
+
 class PromptFormatError(InvalidInput):
     """A prompt format that cannot be used: an unknown name, or a tokenizer that cannot be loaded or
     has no usable chat template."""

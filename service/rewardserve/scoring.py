@@ -22,6 +22,7 @@ from rewardclient.protocol import DEFAULT_AGGREGATE, AggregateMethod, Prompt, Re
 from .combine import combine
 from .config import Settings
 from .errors import InvalidInput, TextTooLong, TooManyItems
+from .limits import check_messages
 from .metrics import Metrics
 from .normalise import Normaliser
 from .references import DEFAULT_SET, ReferenceStore
@@ -74,6 +75,9 @@ class ScoreOutcome:
     timing: dict[str, float]  # seconds: encode, queue, forward (registry.RawRewards)
 
 
+CHECK_INLINE_MAX = 1_000  # items and chat messages checked on the event loop; more: in a worker thread
+
+
 class Scorer:
     def __init__(self, settings: Settings, registry: BackboneRegistry, store: ReferenceStore, metrics: Metrics):
         self.settings, self.registry, self.store, self.metrics = settings, registry, store, metrics
@@ -90,6 +94,7 @@ class Scorer:
             raise TooManyItems(
                 f"{len(req.items)} items; the limit (max_items_per_request) is {lim.max_items_per_request}"
             )
+        check_messages("items", req.items, lim)
         for i, it in enumerate(req.items):
             p = it.prompt
             n = len(it.response) + (
@@ -103,7 +108,10 @@ class Scorer:
 
     async def score(self, req: ScoreRequest) -> ScoreOutcome:
         names = self.registry.select(req.models)
-        self.check(req, names)
+        if sum(len(it.prompt) if isinstance(it.prompt, list) else 1 for it in req.items) > CHECK_INLINE_MAX:
+            await asyncio.to_thread(self.check, req, names)  # counts every message: off the event loop
+        else:
+            self.check(req, names)
         models = [self.registry.models[m] for m in names]
         norm = await self.normalise(
             [it.prompt for it in req.items], [it.response for it in req.items], req.prompt_format

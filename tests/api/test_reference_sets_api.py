@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -207,3 +208,37 @@ def test_get_reward_reads_the_configured_set_and_the_header(c):
     for headers, ref in (({}, 2.5), ({"X-Reference-Set": "other"}, -2.5)):
         out = c.post("/get_reward", json=body, headers=headers).json()
         assert out["rewards"][0] == pytest.approx(float(lsc.transform(raw, ref)), abs=1e-5)
+
+
+def test_a_large_set_is_exported_as_a_stream_and_imports_back(c):
+    """An export of more entries than a page of the store is streamed (chunked, no Content-Length:
+    the service never builds the whole answer) and is the same document: it imports into another set."""
+    from rewardserve.references.base import PAGE_ROWS
+
+    n = PAGE_ROWS + 11
+    put(c, "a", [(f"sets: stream {i}", i / 3) for i in range(n)], rset="big", default=0.5)
+    with c.stream("GET", "/v1/reference-sets/big/references") as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert "content-length" not in r.headers and r.headers["transfer-encoding"] == "chunked"
+        export = json.loads(r.read())
+    assert export["reference_set"] == "big" and len(export["references"]) == n + 1
+    rows = export["references"]
+    assert [(x["model"], x["prompt_fingerprint"]) for x in rows] == sorted(
+        (x["model"], x["prompt_fingerprint"]) for x in rows
+    )
+    assert sorted(x["value"] for x in rows) == sorted([0.5, *(i / 3 for i in range(n))])
+    assert set(rows[0]) == {
+        "model",
+        "prompt_fingerprint",
+        "value",
+        "revision",
+        "quantile",
+        "n_samples",
+        "policy",
+        "updated_at",
+    }
+    imp = c.post("/v1/reference-sets/big-copy/references", json=export)
+    assert imp.status_code == 200 and imp.json()["imported"] == n + 1
+    assert c.get("/v1/reference-sets/big-copy/references").json()["references"] == rows
+    for name in ("big", "big-copy"):
+        assert c.delete(f"/v1/reference-sets/{name}").status_code == 200

@@ -167,3 +167,36 @@ def test_the_previous_version_still_reads_and_writes_set_default_of_a_new_file(t
             await s.close()
 
     assert run(read()) == ({"default": {"m": 2}, "other": {"m": 1}}, 2.0)
+
+
+def test_a_set_is_read_and_exported_page_by_page(store_url):
+    """``iter_rows`` gives a set's entries in pages of at most ``PAGE_ROWS``, in ``all_rows`` order;
+    the export streams them as one ``ReferenceSetContents`` document (what the HTTP route sends)."""
+    from rewardserve.references import service
+    from rewardserve.references.base import PAGE_ROWS
+    from rewardserve.schemas import ReferenceSetContents
+
+    async def go():
+        s = open_store(store_url)
+        try:
+            n = PAGE_ROWS + 7
+            await s.put_many("m", [(f"{i:064x}", Reference(i / 7, "r", 0.85, i, "base", 5.0)) for i in range(n)], "pg")
+            await s.put_many("n", [(f"{i:064x}", Reference(float(-i), updated_at=6.0)) for i in range(n)], "pg")
+            await s.put_many("m", [("f", Reference(1.0))], "other")
+            pages = [p async for p in s.iter_rows("pg")]
+            assert all(0 < len(p) <= PAGE_ROWS for p in pages) and len(pages) >= 3
+            assert [r for p in pages for r in p] == await s.all_rows("pg")
+            assert [p async for p in s.iter_rows("absent")] == []
+            chunks = [c async for c in await service.export_set(s, "pg")]
+            assert len(chunks) == len(pages) + 2  # the head, one per page, the tail
+            doc = ReferenceSetContents.model_validate_json(b"".join(chunks))
+            assert doc.reference_set == "pg" and len(doc.references) == 2 * n
+            assert [(r.model, r.prompt_fingerprint, r.value, r.n_samples) for r in doc.references] == [
+                (m, fp, ref.value, ref.n_samples) for _, m, fp, ref in await s.all_rows("pg")
+            ]
+            with pytest.raises(service.ReferenceSetNotFound):
+                await service.export_set(s, "absent")
+        finally:
+            await s.close()
+
+    run(go())

@@ -23,6 +23,7 @@ PACKAGE = ROOT / "service" / "rewardserve"
 DOCUMENTED = {
     e.InvalidInput: (422, "invalid_request"),
     e.InvalidSetName: (422, "invalid_request"),
+    e.TooManyMessages: (422, "invalid_request"),
     e.PromptFormatError: (422, "invalid_prompt_format"),
     e.MissingReference: (422, "missing_reference"),
     e.MissingLabel: (422, "missing_label"),
@@ -84,7 +85,7 @@ def test_every_domain_error_maps_to_its_documented_status_and_type(cls):
 
 def test_every_row_is_a_domain_error_and_nothing_else_is_in_the_table():
     assert set(ERRORS) <= set(DOCUMENTED)
-    assert {c for c in DOCUMENTED if c not in ERRORS} == {e.InvalidSetName}  # takes InvalidInput's row
+    assert {c for c in DOCUMENTED if c not in ERRORS} == {e.InvalidSetName, e.TooManyMessages}  # InvalidInput's row
 
 
 def test_headers_and_messages():

@@ -272,11 +272,11 @@ def test_store_lookups_never_wait_on_the_event_loop_for_the_store_lock(tmp_path)
 
 def test_scans_page_through_large_sets(tmp_path):
     from rewardserve.references import sqlite as sq
-    from rewardserve.references.base import Reference
+    from rewardserve.references.base import PAGE_ROWS, Reference
 
     async def run() -> None:
         store = sq.SQLiteStore(tmp_path / "refs.db")
-        n = 2 * sq._PAGE + 7
+        n = 2 * PAGE_ROWS + 7
         for rset in ("default", "b", "a"):
             await store.put_many("m", [(f"{i:064x}", Reference(float(i))) for i in range(n)], rset)
         await store.put_many("k", [("default", Reference(1.0))], "b")

@@ -5,12 +5,14 @@ table in ``errors.py``. OpenRLHF's ``/get_reward`` lives in ``openrlhf.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rewardclient.protocol import plain_prompt
@@ -69,8 +71,9 @@ async def score(
     authorize(key, body.reference_set)
     scorer.registry.check_ready()
     agg = body.aggregate or AggregateSpec()
+    many = sum(len(it.prompt) if isinstance(it.prompt, list) else 1 for it in body.items) > INLINE_MAX_ITEMS
     req = CoreRequest(
-        core_items(body.items),
+        await asyncio.to_thread(core_items, body.items) if many else core_items(body.items),
         body.models,
         agg.method,
         agg.weights,
@@ -82,6 +85,9 @@ async def score(
     result = score_response(outcome)
     response.headers["Server-Timing"] = server_timing(outcome.timing, time.perf_counter() - t0)
     return result
+
+
+INLINE_MAX_ITEMS = 1_000  # items and chat messages converted on the event loop; more: in a worker thread
 
 
 def core_items(items: Sequence[ScoreItem]) -> list[Item]:
@@ -203,11 +209,12 @@ async def list_reference_sets(state: StateDep, key: KeyDep) -> ReferenceSetList:
 )
 async def export_reference_set(
     name: ReferenceSetName, references: ReferencesDep, registry: RegistryDep, key: KeyDep
-) -> ReferenceSetContents:
-    """Every entry of a set (its export; POST it to another set's ``/references`` to import)."""
+) -> Response:
+    """Every entry of a set (its export; POST it to another set's ``/references`` to import), streamed
+    as it is read from the store, a page at a time."""
     authorize(key, name)
     registry.check_ready()
-    return await refs.export_set(references.store, name)
+    return StreamingResponse(await refs.export_set(references.store, name), media_type="application/json")
 
 
 @router.post(

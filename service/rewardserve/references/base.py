@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ DEFAULT_SET = "default"
 # a sha256 hex digest, so it never collides with a prompt's
 SET_DEFAULT_FINGERPRINT = "default"
 SET_NAME_MAX = 64
+PAGE_ROWS = 2_000  # rows per page of a scan (iter_rows): what one read, and one piece of an export, holds
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -65,6 +67,14 @@ class ReferenceStore(ABC):
     @abstractmethod
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
         """Every stored (set, model, fingerprint, reference) — of one set, or of all — sorted (for export)."""
+
+    async def iter_rows(self, reference_set: str) -> AsyncGenerator[list[tuple[str, str, str, Reference]], None]:
+        """The entries of one set as ``all_rows`` gives them, a page (at most ``PAGE_ROWS`` rows) at a
+        time: what a streamed export reads. Not a snapshot: entries written during the scan may or
+        may not be in it. This version reads the whole set first; stores override it to read by pages."""
+        rows = await self.all_rows(reference_set)
+        for i in range(0, len(rows), PAGE_ROWS):
+            yield rows[i : i + PAGE_ROWS]
 
     @abstractmethod
     async def sets(self) -> dict[str, dict[str, int]]:

@@ -14,8 +14,10 @@ the client reconnects by itself when Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncGenerator
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
@@ -23,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from ..errors import StoreFull, StoreUnavailable
-from .base import DEFAULT_SET, Reference, ReferenceStore
+from .base import DEFAULT_SET, PAGE_ROWS, Reference, ReferenceStore
 from .redis_client import close, connect, redact
 
 KEY_PREFIX = "rewardserve:refs:"  # set "default": rewardserve:refs:<model>
@@ -104,6 +106,21 @@ class RedisStore(ReferenceStore):
             raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
         return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
 
+    async def iter_rows(self, reference_set: str) -> AsyncGenerator[list[tuple[str, str, str, Reference]], None]:
+        """One model's hash at a time (HSCAN, a thousand fields a round trip), its entries decoded and
+        sorted in a worker thread, then given a page at a time: memory holds one model's entries of the
+        set, never the whole set, and the event loop never decodes or sorts them."""
+        try:
+            keys = sorted(await self._keys(reference_set), key=self._parse_key)
+            for key in keys:
+                rset, model = self._parse_key(key)
+                fields = [(fp, v) async for fp, v in self._r.hscan_iter(key, count=1_000)]
+                rows = await asyncio.to_thread(_decoded, rset, model, fields)
+                for i in range(0, len(rows), PAGE_ROWS):
+                    yield rows[i : i + PAGE_ROWS]
+        except _DOWN as e:
+            raise StoreUnavailable(f"redis at {self._safe_url()} unreachable ({type(e).__name__})") from None
+
     async def sets(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         try:
@@ -134,3 +151,8 @@ class RedisStore(ReferenceStore):
 
     async def close(self) -> None:
         await close(self._r)
+
+
+def _decoded(rset: str, model: str, fields: list[tuple[str, str]]) -> list[tuple[str, str, str, Reference]]:
+    """One hash's (fingerprint, JSON entry) fields as sorted rows."""
+    return [(rset, model, fp, Reference(**json.loads(v))) for fp, v in sorted(fields)]

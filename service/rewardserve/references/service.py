@@ -8,8 +8,11 @@ Samples are scored through the ``BackboneRegistry``, never through the scoring p
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+
+from pydantic_core import to_json
 
 from rewardclient.protocol import DEFAULT_QUANTILE, Prompt, plain_prompt
 
@@ -23,10 +26,10 @@ from ..errors import (
     TooManyReferences,
     TooManySamples,
 )
+from ..limits import check_messages
 from ..normalise import Normaliser
 from ..registry import BackboneRegistry, ScoreInput
 from ..schemas import (
-    ReferenceRow,
     ReferenceSetContents,
     ReferenceSetDeleted,
     ReferenceSetImported,
@@ -72,6 +75,7 @@ class ReferenceService:
         templated string prompt under its messages', like ``/v1/score`` reads it)."""
         lim = self.settings.limits
         _check_count(len(body.entries), lim.max_references_per_upload)
+        check_messages("entries", body.entries, lim)
         _check_text(body, lim.max_text_chars)
         (model,) = self.registry.select([body.model])
         if not body.entries and body.default is None:
@@ -185,15 +189,38 @@ async def list_sets(store: ReferenceStore, visible: Iterable[str] | None = None)
     )
 
 
-async def export_set(store: ReferenceStore, name: str) -> ReferenceSetContents:
-    """Every entry of set ``name`` (``ReferenceSetNotFound`` when it holds none)."""
-    rows = await store.all_rows(name)
-    if not rows:
+async def export_set(store: ReferenceStore, name: str) -> AsyncIterator[bytes]:
+    """The export of set ``name``, a ``ReferenceSetContents`` JSON document, as pieces to stream: the
+    store is read a page at a time (``iter_rows``) and each page encoded in a worker thread, so neither
+    memory nor the event loop ever holds the whole set (``ReferenceSetNotFound`` when it holds none,
+    raised before anything is sent). A store failure later ends the stream before the closing
+    bracket: the client sees a cut-off document, never a short one that parses."""
+    pages = store.iter_rows(name)
+    first = await anext(pages, None)
+    if not first:
+        await pages.aclose()
         raise ReferenceSetNotFound(f"reference set {name!r} holds no references")
-    return ReferenceSetContents(
-        reference_set=name,
-        references=[ReferenceRow(model=m, prompt_fingerprint=fp, **ref.to_dict()) for _, m, fp, ref in rows],
-    )
+    return _export_document(name, first, pages)
+
+
+async def _export_document(
+    name: str,
+    first: list[tuple[str, str, str, Reference]],
+    rest: AsyncGenerator[list[tuple[str, str, str, Reference]], None],
+) -> AsyncIterator[bytes]:
+    try:
+        yield b'{"reference_set":' + to_json(name) + b',"references":['
+        yield await asyncio.to_thread(_export_rows, first)
+        async for page in rest:
+            yield b"," + await asyncio.to_thread(_export_rows, page)
+        yield b"]}"
+    finally:
+        await rest.aclose()
+
+
+def _export_rows(rows: list[tuple[str, str, str, Reference]]) -> bytes:
+    """Rows as the comma-separated ``ReferenceRow`` objects of an export (without brackets)."""
+    return to_json([{"model": m, "prompt_fingerprint": fp, **ref.to_dict()} for _, m, fp, ref in rows])[1:-1]
 
 
 async def delete_set(store: ReferenceStore, name: str) -> ReferenceSetDeleted:

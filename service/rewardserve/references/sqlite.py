@@ -12,9 +12,10 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from .base import DEFAULT_SET, Reference, ReferenceStore
+from .base import DEFAULT_SET, PAGE_ROWS, Reference, ReferenceStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (
@@ -49,9 +50,6 @@ def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
     if rset == DEFAULT_SET:
         return "refs", "1", ()
     return "set_refs", "reference_set = ?", (rset,)
-
-
-_PAGE = 2_000  # rows per query of a scan: a listing or export never holds one read open for a whole table
 
 
 class SQLiteStore(ReferenceStore):
@@ -124,22 +122,26 @@ class SQLiteStore(ReferenceStore):
                 self._conn.execute("ROLLBACK")
                 raise
 
-    def _scan(self, rset: str) -> list[tuple[str, str, str, Reference]]:
-        """Every entry of one set, in (model, fingerprint) order, read a page at a time along the
-        primary key (each page a short indexed read)."""
+    def _page(self, rset: str, after: tuple[str, str]) -> list[tuple[str, str, str, Reference]]:
+        """Up to ``PAGE_ROWS`` entries of one set after (model, fingerprint) ``after``, in that order
+        (a short indexed read along the primary key)."""
         table, cond, args = _where_set(rset)
-        conn, out = self._reader(), list[tuple[str, str, str, Reference]]()
-        after: tuple[str, str] = ("", "")
+        rows = self._reader().execute(
+            f"SELECT model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND (model, fingerprint) > (?, ?) "
+            f"ORDER BY model, fingerprint LIMIT {PAGE_ROWS}",
+            (*args, *after),
+        )
+        return [(rset, m, fp, Reference(*rest)) for m, fp, *rest in rows]
+
+    def _scan(self, rset: str) -> list[tuple[str, str, str, Reference]]:
+        """Every entry of one set, in (model, fingerprint) order, read a page at a time."""
+        out, after = list[tuple[str, str, str, Reference]](), ("", "")
         while True:
-            rows = conn.execute(
-                f"SELECT model, fingerprint, {_COLUMNS} FROM {table} WHERE {cond} AND (model, fingerprint) > (?, ?) "
-                f"ORDER BY model, fingerprint LIMIT {_PAGE}",
-                (*args, *after),
-            ).fetchall()
-            out.extend((rset, m, fp, Reference(*rest)) for m, fp, *rest in rows)
-            if len(rows) < _PAGE:
+            page = self._page(rset, after)
+            out.extend(page)
+            if len(page) < PAGE_ROWS:
                 return out
-            after = (rows[-1][0], rows[-1][1])
+            after = (page[-1][1], page[-1][2])
 
     def _set_names(self) -> list[str]:
         """The sets that hold entries, sorted (skipping from one set to the next along the index)."""
@@ -184,6 +186,18 @@ class SQLiteStore(ReferenceStore):
 
     async def all_rows(self, reference_set: str | None = None) -> list[tuple[str, str, str, Reference]]:
         return await asyncio.to_thread(self._all_rows, reference_set)
+
+    async def iter_rows(self, reference_set: str) -> AsyncGenerator[list[tuple[str, str, str, Reference]], None]:
+        """Each page read in a worker thread of its own: no read stays open, and nothing waits on a
+        lock, for longer than one page."""
+        after = ("", "")
+        while True:
+            page = await asyncio.to_thread(self._page, reference_set, after)
+            if page:
+                yield page
+            if len(page) < PAGE_ROWS:
+                return
+            after = (page[-1][1], page[-1][2])
 
     async def sets(self) -> dict[str, dict[str, int]]:
         return await asyncio.to_thread(self._sets)
