@@ -8,6 +8,7 @@ at once and ``/readyz`` turns 200 only when every backbone is loaded and warmed 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -60,6 +61,9 @@ def create_app(
     async def load_models() -> None:
         try:
             await registry.load()
+            # the loaded models' objects never die: out of the collector's generations, a full collection
+            # (set off by a large body's allocations) no longer walks them while holding the GIL
+            gc.freeze()
         except Exception:
             log.exception("loading models failed")
             if exit_on_load_failure:

@@ -18,6 +18,12 @@ class LimitsConfig(_Strict):
     max_text_chars: int = Field(200_000, gt=0, description="prompt + response characters per item")
     max_models_per_request: int = Field(16, gt=0, description="models named in one score request")
     max_references_per_upload: int = Field(10_000, gt=0, description="references per upload request")
+    max_messages_per_prompt: int = Field(
+        1024, gt=0, description="messages in one chat prompt (a list of role/content messages); 422 above"
+    )
+    max_messages_per_request: int = Field(
+        65_536, gt=0, description="chat messages in one request, all prompts together; 422 above"
+    )
 
 
 class ReferencesConfig(_Strict):
