@@ -158,26 +158,6 @@ def test_a_grpo_group_shares_its_prompt_and_matches(lms, name, template):
     assert np.allclose(plain.forward([plain.encode(messages, r) for r in group]), rows, atol=TOL, rtol=0)
 
 
-def test_distinct_conversations_share_their_common_preamble(lms):
-    """Items of different conversations (pairs) that start alike (here a common system message) run
-    that preamble once per batch; each still matches the full-vocabulary computation."""
-    path = lms["smollm2"]
-    b = judge(path)
-    system = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 3}
-    asks = ["How do I boil an egg?", "What is two plus three?", "Name a colour.", "Why is the sky blue?"]
-    items = [([system, {"role": "user", "content": a}], r) for a, r in zip(asks, ["Boil it.", "5", "Red.", "Light."])]
-    encs = [b.encode(m, r) for m, r in items]
-    assert len({tuple(e.input_ids[: e.prefix_len]) for e in encs}) == len(items)  # no two share a conversation
-    seqs, _ = b._sequences(encs, [0])
-    assert len({tuple(s.input_ids[: s.prefix_len]) for s in seqs}) == 1 and seqs[0].prefix_len > 20
-    assert "careful assistant" in b.tokenizer.decode(seqs[0].input_ids[: seqs[0].prefix_len])
-    assert prefix.plan(seqs) is not None
-    rows = b.forward(encs)
-    for (m, r), row in zip(items, rows):
-        want_p, want_raw = reference(path, m, r)
-        assert abs(p_yes(row[0]) - want_p) < TOL and abs(row[0] - want_raw) < TOL
-
-
 def test_several_questions_share_the_lm_and_each_matches(lms):
     path = lms["smollm2"]
     custom = "Reply: {response}\nQ: {question}"

@@ -43,7 +43,7 @@ from ..config import (
 from . import prefix
 from .base import DTYPES, Backend, Encoded, ModelInfo, collate, padded_width, resolve_device, weights_digest
 from .judge_head import HeadedLM, YesNoHead, single_token_ids
-from .judge_input import JudgeEncoded, JudgeInput, JudgeQuestion, common_prefix_len
+from .judge_input import JudgeEncoded, JudgeInput, JudgeQuestion
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -117,6 +117,8 @@ class JudgeBackend(Backend):
                 self._head_keys.append(key)
                 self._heads.append(HeadedLM(self.base, YesNoHead(lm, *key).to(self.device), lm.config))
             self._head_of.append(self._head_keys.index(key))
+        attn = getattr(lm.config, "_attn_implementation", None) or "eager"
+        self.cost_model = prefix.CostModel.for_model(lm.config, self.dtype, attn)  # the batcher's memory budget
         del lm  # only the base model and the gathered rows stay (an untied LM head is freed)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
@@ -205,9 +207,8 @@ class JudgeBackend(Backend):
         return out
 
     def _sequences(self, batch: list[Encoded], cols: list[int]) -> tuple[list[Encoded], list[tuple[int, int]]]:
-        """One sequence per (item, question of ``cols``), keyed for sharing by whichever grouping
-        computes fewest tokens: the conversation (a GRPO group), the item (its questions), or the
-        whole batch (the tokens every sequence starts with: the chat template's system preamble)."""
+        """One sequence per (item, question of ``cols``), keyed for sharing by whichever of the two
+        groupings computes fewer tokens: the conversation (a GRPO group) or the item (its questions)."""
         by_prompt: list[Encoded] = []
         where: list[tuple[int, int]] = []
         item_keys: list[int] = []
@@ -222,15 +223,11 @@ class JudgeBackend(Backend):
         if not self.shares_prefix or len(by_prompt) < 2:
             return by_prompt, where
         by_item = [Encoded(input_ids=s.input_ids, prefix_len=k) for s, k in zip(by_prompt, item_keys)]
-        first = by_prompt[0].input_ids
-        common = min(common_prefix_len(first, s.input_ids) for s in by_prompt[1:])
-        by_batch = [Encoded(input_ids=s.input_ids, prefix_len=min(common, s.length - 1)) for s in by_prompt]
-        best, best_cost = by_prompt, float("inf")
-        for seqs in (by_prompt, by_item, by_batch):
+        costs = []
+        for seqs in (by_prompt, by_item):
             computed, _, shared = prefix.computed_tokens([(prefix.prefix_key(s), s.prefix_len, s.length) for s in seqs])
-            if shared and computed < best_cost:
-                best, best_cost = seqs, computed
-        return best, where
+            costs.append(computed if shared else float("inf"))
+        return (by_item if costs[1] < costs[0] else by_prompt), where
 
     def _run(self, head: HeadedLM, seqs: list[Encoded]) -> np.ndarray:
         p = prefix.plan(seqs) if self.shares_prefix and len(seqs) > 1 else None
