@@ -45,9 +45,11 @@ def load_items(path: Path, n: int, group: int) -> list[tuple[Any, str]]:
 
 async def _through_batcher(backend: Any, requests: list[list[Any]], opts: argparse.Namespace) -> float:
     from rewardserve.batcher import Batcher
+    from rewardserve.registry.model import BackendForward
 
     b = Batcher(
-        backend,
+        "bench",
+        BackendForward(backend),
         max_batch_tokens=opts.batch_tokens,
         max_wait_ms=opts.max_wait_ms,
         max_padding_ratio=opts.padding_ratio,

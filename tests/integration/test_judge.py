@@ -117,17 +117,28 @@ def test_a_batch_of_different_lengths_scores_each_item_as_alone(lms, share):
         assert abs(p_yes(row[0]) - want_p) < TOL and abs(row[0] - want_raw) < TOL
 
 
+# the default (the question before the response, shared by a GRPO group) and a template with the
+# question after the response (shared by an item's several questions instead)
+QUESTION_LAST = "Here is a reply to the conversation above:\n\n{response}\n\n{question} Answer Yes or No."
+TEMPLATES = {"default": DEFAULT_TEMPLATE, "question_last": QUESTION_LAST}
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
 @pytest.mark.parametrize("name", list(JUDGE_SPECS))
-def test_a_grpo_group_shares_its_prompt_and_matches(lms, name):
+def test_a_grpo_group_shares_its_prompt_and_matches(lms, name, template):
     path = lms[name]
-    b = judge(path)
+    tpl = TEMPLATES[template]
+    b = judge(path, {"j": {"question": QUESTION, "template": tpl}})
     assert b.shares_prefix and b.model_info()["j"].extra["share_prompt_prefix"] is True
     messages = [{"role": "user", "content": "How do I boil an egg? " * 6 + "Thanks!"}]
     group = ["Yes.", "Boil it.", "Place the egg in boiling water.", LONG_RESPONSE[:120], "No."]
     encs = [b.encode(messages, r) for r in group]
     assert len({tuple(e.input_ids[: e.prefix_len]) for e in encs}) == 1 and encs[0].prefix_len > 20
-    # everything before the response is shared: the conversation and the judge turn's opening words
-    assert "reply to the conversation above" in b.tokenizer.decode(encs[0].input_ids[: encs[0].prefix_len])
+    # everything before the response is shared: the conversation and the judge turn's text up to the
+    # response (with the default template, the question)
+    shared_text = b.tokenizer.decode(encs[0].input_ids[: encs[0].prefix_len])
+    assert (QUESTION in shared_text) == (template == "default")
+    assert "Thanks!" in shared_text
     seqs, _ = b._sequences(encs, [0])
     assert prefix.plan(seqs) is not None  # the batch runs shared
     suffix_runs = []
@@ -141,9 +152,9 @@ def test_a_grpo_group_shares_its_prompt_and_matches(lms, name):
         hook.remove()
     assert any(suffix_runs)
     for r, row in zip(group, rows):
-        want_p, want_raw = reference(path, messages, r)
+        want_p, want_raw = reference(path, messages, r, template=tpl)
         assert abs(p_yes(row[0]) - want_p) < TOL and abs(row[0] - want_raw) < TOL
-    plain = judge(path, share_prompt_prefix=False)
+    plain = judge(path, {"j": {"question": QUESTION, "template": tpl}}, share_prompt_prefix=False)
     assert np.allclose(plain.forward([plain.encode(messages, r) for r in group]), rows, atol=TOL, rtol=0)
 
 
@@ -187,10 +198,11 @@ def test_several_questions_share_the_lm_and_each_matches(lms):
 
 
 def test_questions_after_a_long_response_share_the_response(lms):
-    """Two questions on one long response: the item's common tokens (conversation + response) run
-    once, and both columns equal the unshared forward."""
+    """Two questions after one long response (a template with the question last): the item's common
+    tokens (conversation + response) run once, and both columns equal the unshared forward."""
     path = lms["smollm2"]
-    models = {"a": {"question": QUESTION}, "b": {"question": "Is the reply polite?"}}
+    models = {"a": {"question": QUESTION, "template": QUESTION_LAST}}
+    models["b"] = {"question": "Is the reply polite?", "template": QUESTION_LAST}
     b, plain = judge(path, models), judge(path, models, share_prompt_prefix=False)
     items = [([{"role": "user", "content": "hi"}], LONG_RESPONSE), ([{"role": "user", "content": "yo"}], "No.")]
     encs = [b.encode(m, r) for m, r in items]
@@ -200,15 +212,37 @@ def test_questions_after_a_long_response_share_the_response(lms):
     assert np.allclose(b.forward(encs), plain.forward([plain.encode(m, r) for m, r in items]), atol=TOL, rtol=0)
 
 
-def test_a_long_item_keeps_its_question_and_generation_prompt(lms):
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_a_long_item_keeps_its_question_and_generation_prompt(lms, template):
+    """Truncation drops the conversation's oldest tokens first, then the response's first tokens;
+    the judge turn's fixed text, the question and the generation prompt stay."""
     path = lms["smollm2"]
-    b = judge(path, max_length=160)
-    messages = [{"role": "user", "content": "How do I boil an egg?"}]
-    e = b.encode(messages, LONG_RESPONSE)
-    full = judge(path, max_length=512).encode(messages, LONG_RESPONSE)
-    assert e.truncated and not full.truncated and e.length == 160 < full.length
-    assert e.input_ids == full.input_ids[-160:]  # whole tokens from the left, the end kept
-    assert np.isfinite(b.forward([e, b.encode(messages, "Yes.")])).all()
+    models = {"j": {"question": QUESTION, "template": TEMPLATES[template]}}
+    messages = [{"role": "user", "content": "How do I boil an egg? Tell me everything, step by step."}]
+    response = "Right, first things first. " + LONG_RESPONSE
+    full_judge = judge(path, models, max_length=512)
+    full = full_judge.encode(messages, response)
+    # room for the template, the question and a few of the response's tokens
+    small = len(full_judge.input.ids(full_judge.render(full_judge.questions[0], "x", ""))) + 16
+    assert small < full.length - 40
+    for limit in (full.length - 8, small):  # 8 tokens: only the conversation loses some
+        b = judge(path, models, max_length=limit)
+        e = b.encode(messages, response)
+        assert e.truncated and not full.truncated and e.length == limit < full.length
+        text = b.tokenizer.decode(e.input_ids)
+        assert QUESTION in text and "Answer Yes or No." in text
+        assert e.input_ids[-12:] == full.input_ids[-12:]  # the end (and the generation prompt) kept
+        if limit > small:  # only the oldest tokens went
+            assert e.input_ids == full.input_ids[-limit:]
+        else:  # the whole conversation went, then the response's start
+            assert "boil an egg" not in text and "Right, first" not in text
+            assert e.input_ids[-40:] == full.input_ids[-40:]
+        assert np.isfinite(b.forward([e, b.encode(messages, "Yes.")])).all()
+    b = judge(path, models, max_length=small)
+    group = [b.encode(messages, r) for r in (response, LONG_RESPONSE)]
+    assert group[0].prefix_len == group[1].prefix_len > 0  # truncated alike: still a shared prefix
+    want = judge(path, models, max_length=small, share_prompt_prefix=False).forward(group)
+    assert np.allclose(b.forward(group), want, atol=TOL, rtol=0)
 
 
 def test_token_and_template_errors(lms):

@@ -12,7 +12,8 @@ from .backbone import BatchingConfig, ModelConfig
 
 # -- kind: judge (backends/judge.py serves it; its config lives here, free of torch) ----------------
 
-DEFAULT_TEMPLATE = "Here is a reply to the conversation above:\n\n{response}\n\n{question} Answer Yes or No."
+# the question first: it joins the prefix a GRPO group shares, so each response adds only its own tokens
+DEFAULT_TEMPLATE = "{question} Answer Yes or No.\n\nReply:\n{response}"
 DEFAULT_YES_TOKENS = ("Yes", " Yes", "yes", " yes")
 DEFAULT_NO_TOKENS = ("No", " No", "no", " no")
 TEMPLATE_FIELDS = frozenset({"response", "question", "conversation"})
