@@ -207,7 +207,7 @@ class EncoderHeadBackend(Backend):
                 raise ValueError(
                     f"head {hpath} expects {head.in_features} features; encoder {self.source} gives {3 * hidden}"
                 )
-            self._heads.append(head.to(self.device, self.dtype))
+            self._heads.append(head.to(self.device))  # float32 whatever the encoder's dtype
             coef = float(meta.get("length_coef", 0.0))
             off = mname in length_correction_off and coef != 0.0
             self._length_coef.append(0.0 if off else coef)
@@ -245,9 +245,9 @@ class EncoderHeadBackend(Backend):
             return pair_features(hidden.float(), segments)
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
-        feats = self.features(batch)
+        feats = self.features(batch)  # float32: the heads compute in float32 (bf16 would round rewards)
         with torch.inference_mode():
-            cols = [h(feats.to(self.dtype)).float() for h in self._heads]
+            cols = [h(feats) for h in self._heads]
         out = torch.stack(cols, dim=1).cpu().double().numpy()
         if any(self._length_coef):
             chars = np.array([e.response_chars for e in batch], dtype=np.float64)

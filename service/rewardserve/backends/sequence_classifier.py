@@ -36,6 +36,7 @@ from .base import (
     weights_digest,
 )
 from .formatting import encode_chat, encode_pair, encode_single
+from .fp32_head import head_in_float32
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -105,6 +106,9 @@ class SequenceClassifierBackend(Backend):
         self.max_padding_ratio = max_padding_ratio  # shared batches: padding cap of each suffix chunk
         # decoders with a base model + score head: pooled hidden state and head in float32 (``_plain``)
         self._fp32_head = self.is_decoder and prefix.has_score_head(self.model)
+        # the others (encoders: a pooler and a classifier of their own): the modules after the
+        # encoder converted to float32, their inputs upcast (``fp32_head.py``)
+        self.float32_head = [] if self._fp32_head else head_in_float32(self.model)
         self.cost_model = cost.CostModel.for_model(self.model.config, self.dtype, self.attn_implementation)
 
     @property

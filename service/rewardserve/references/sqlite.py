@@ -52,11 +52,15 @@ def _where_set(rset: str) -> tuple[str, str, tuple[str, ...]]:
     return "set_refs", "reference_set = ?", (rset,)
 
 
+_INLINE_LOOKUP = 64  # a lookup of at most this many fingerprints runs on the calling thread
+
+
 class SQLiteStore(ReferenceStore):
-    """Every call runs in a worker thread, never on the event loop. Writes go through one connection
-    under a lock; reads use a connection of their own per thread and take no lock (WAL: readers and
-    the writer never wait for each other), so a lookup never waits for a listing, an export or a
-    write, and scans go page by page."""
+    """Every call runs in a worker thread, except a request's lookup of a few fingerprints
+    (``_INLINE_LOOKUP``), which reads on the event loop's own read connection. Writes go through one
+    connection under a lock; reads use a connection of their own per thread and take no lock (WAL:
+    readers and the writer never wait for each other), so a lookup never waits for a listing, an
+    export or a write, and scans go page by page."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -72,23 +76,26 @@ class SQLiteStore(ReferenceStore):
         self._readers_lock = threading.Lock()
         self._closed = False
 
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read connection (opened on first use)."""
+    def _reader(self, busy_timeout: float = 5.0) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use; the event loop's opens with
+        ``busy_timeout`` 0: it never waits on a busy database)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             with self._readers_lock:
                 if self._closed:
                     raise sqlite3.ProgrammingError("the store is closed")
-                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                conn = sqlite3.connect(
+                    str(self.path), timeout=busy_timeout, check_same_thread=False, isolation_level=None
+                )
                 conn.execute("PRAGMA query_only=ON")
                 self._readers.append(conn)
             self._local.conn = conn
         return conn
 
-    def _get_many(self, model: str, fps: list[str], rset: str) -> dict[str, Reference]:
+    def _get_many(self, model: str, fps: list[str], rset: str, busy_timeout: float = 5.0) -> dict[str, Reference]:
         table, cond, args = _where_set(rset)
         out: dict[str, Reference] = {}
-        conn = self._reader()
+        conn = self._reader(busy_timeout)
         for i in range(0, len(fps), 500):
             chunk = fps[i : i + 500]
             q = (
@@ -177,6 +184,17 @@ class SQLiteStore(ReferenceStore):
     async def get_many(
         self, model: str, fingerprints: list[str], reference_set: str = DEFAULT_SET
     ) -> dict[str, Reference]:
+        if len(fingerprints) <= _INLINE_LOOKUP:
+            # a handful of indexed reads on this thread's own read connection, which takes no lock
+            # and never waits for a writer (WAL): cheaper than a thread hop, which under load costs
+            # a GIL handover against the forward threads each way
+            # (in the rare case the database is busy, e.g. recovering its WAL, the lookup goes to a
+            # worker thread instead of waiting here)
+            try:
+                return self._get_many(model, fingerprints, reference_set, busy_timeout=0.0)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
         return await asyncio.to_thread(self._get_many, model, fingerprints, reference_set)
 
     async def put_many(
