@@ -248,7 +248,8 @@ class JudgeBackend(Backend):
         width = padded_width([s.length for s in seqs], self.pad_multiple, self.max_length)
         t = collate(seqs, self.pad_id, self.device, width)
         with torch.inference_mode():
-            hidden = self.base(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+            hidden = self.base(input_ids=t["input_ids"], attention_mask=t["attention_mask"], use_cache=False)
+            hidden = hidden.last_hidden_state
             last = torch.tensor([s.length - 1 for s in seqs], device=hidden.device)
             raw = head.score(hidden[torch.arange(len(seqs), device=hidden.device), last])
         values: np.ndarray = raw.reshape(len(seqs)).cpu().double().numpy()
