@@ -161,6 +161,19 @@ def compare_rewards(rewards: dict[str, list[float]], tolerance: float) -> dict:
     return {"items": n, "tolerance": tolerance, "pairs": pairs}
 
 
+def reward_check(
+    rewards: dict[str, list[float]], tokens: dict[str, int], per_g: dict[str, dict], tolerance: float
+) -> dict:
+    """The reward check's record: every contender's rewards compared item by item over all group
+    sizes (``per_g``: the same per size), the tokens each reported, and a few rewards to eyeball."""
+    res = compare_rewards(rewards, tolerance)
+    res["per_group_size"] = per_g
+    res["tokens"] = tokens
+    res["tokens_equal"] = len(set(tokens.values())) <= 1
+    res["first_rewards"] = {n: r[:4] for n, r in rewards.items()}
+    return res
+
+
 def score_rewardserve(
     url: str, groups: list[list[dict]], timeout: float = 600.0, model: str = MODEL
 ) -> tuple[list[float], int]:
@@ -222,12 +235,7 @@ def check_rewards(
             rewards[name] += r
             tokens[name] += t
         per_g[str(g)] = compare_rewards(got, tolerance)
-    res = compare_rewards(rewards, tolerance)
-    res["per_group_size"] = per_g
-    res["tokens"] = tokens
-    res["tokens_equal"] = len(set(tokens.values())) <= 1
-    res["first_rewards"] = {n: r[:4] for n, r in rewards.items()}
-    return res
+    return reward_check(rewards, tokens, per_g, tolerance)
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -107,7 +107,7 @@ def check_judge_rewards(
     servers: dict[str, Any], be: Any, sizes: list[int], n_items: int, seed: int, tolerance: float
 ) -> dict:
     """The same groups (items never used by the load) to every judge contender, compared item by item."""
-    from .peer import CHECK_SEED_OFFSET, compare_rewards, score_rewardserve
+    from .peer import CHECK_SEED_OFFSET, compare_rewards, reward_check, score_rewardserve
     from .workload import generate
 
     yes, no = label_ids(be)
@@ -130,9 +130,4 @@ def check_judge_rewards(
             rewards[name] += r
             tokens[name] += t
         per_g[str(g)] = compare_rewards(got, tolerance)
-    res = compare_rewards(rewards, tolerance)
-    res["per_group_size"] = per_g
-    res["tokens"] = tokens
-    res["tokens_equal"] = len(set(tokens.values())) <= 1
-    res["first_rewards"] = {n: r[:4] for n, r in rewards.items()}
-    return res
+    return reward_check(rewards, tokens, per_g, tolerance)

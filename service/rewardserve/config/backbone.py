@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from rewardclient.protocol import MAX_ABS_VALUE
 
 from ..kinds import KINDS
-from .base import _Strict
+from .base import _Strict, check_device
 
 
 class ModelConfig(_Strict):
@@ -157,9 +157,7 @@ class BackboneConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda") and v != "mps":
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
-        return v
+        return check_device(v)
 
     _from_device: dict[str, Any] = PrivateAttr(default_factory=dict)
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backbone import BatchingConfig, ModelConfig
+from .base import check_device
 
 # -- kind: judge (backends/judge.py serves it; its config lives here, free of torch) ----------------
 
@@ -112,6 +113,4 @@ class JudgeBackboneConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda") and v != "mps":
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
-        return v
+        return check_device(v)
