@@ -9,6 +9,8 @@ models load marked as quantized, which training refuses), and later loads read t
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,15 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     model.load_state_dict(quantized.state_dict())
     if model.generation_config is not None and quantized.generation_config is not None:
         model.generation_config = quantized.generation_config
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process (a replica, a test worker) converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
     return out
 
 

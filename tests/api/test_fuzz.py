@@ -56,6 +56,7 @@ def _operation_of(method: str, path: str, operations) -> tuple[str, str]:
     return method, path
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(server, tmp_path):
     schema = httpx.get(f"{server.url}/openapi.json").json()
     operations = _operations(schema)

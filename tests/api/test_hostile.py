@@ -157,6 +157,7 @@ def _bomb(chars: int) -> str:
     return unit * (chars // len(unit))
 
 
+@pytest.mark.slow
 def test_the_worst_bodies_the_limits_allow_leave_healthz_fast(svc, idle, score_client):
     """The issue's reproduction at the default limits: every item at max_text_chars of empty chat
     turns, as many items as max_body_bytes holds, on /v1/score and /get_reward; and chats of
@@ -194,6 +195,7 @@ def test_the_worst_bodies_the_limits_allow_leave_healthz_fast(svc, idle, score_c
     probe.check(idle)
 
 
+@pytest.mark.slow
 def test_a_chat_of_more_messages_than_the_limit_is_refused_before_validation(svc, score_client, admin_client):
     """A chat over max_messages_per_prompt is a 422 naming the limit and the item, in a small body (the
     route checks it) and in a large one (checked before the chat is validated); the chat the issue

@@ -18,7 +18,7 @@ from bench.load import overlap, server_timing, usage_tokens
 from bench.options import Options
 from bench.phases import runnable
 from bench.ratios import compute_ratios
-from bench.stats import percentile, summarize_ms
+from bench.stats import median_interval, percentile, summarize_ms
 from bench.workload import VOCABULARY, WORKLOADS, generate, spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +95,22 @@ def test_percentile_matches_numpy():
         xs = [rng.expovariate(1.0) for _ in range(n)]
         for q in (0, 1, 10, 50, 90, 99, 99.9, 100):
             assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)), rel=1e-12, abs=1e-12)
+
+
+def test_median_interval_order_statistics():
+    # the published table of distribution-free 95 % intervals for the median: n -> (k, n - k + 1)
+    for n, (lo, hi) in {6: (1, 6), 9: (2, 8), 12: (3, 10), 20: (6, 15), 30: (10, 21)}.items():
+        assert median_interval([float(i) for i in range(n, 0, -1)]) == (lo, hi)
+    assert median_interval([1.0] * 5) is None  # 1 - 2/32 < 0.95: no interval from five values
+    assert median_interval([3.0, 1.0, 2.0], confidence=0.7) == (1.0, 3.0)
+
+
+def test_median_interval_covers_the_median():
+    rng = np.random.default_rng(0)
+    misses = sum(
+        not (lo <= 0.0 <= hi) for lo, hi in (median_interval(rng.standard_normal(12).tolist()) for _ in range(4000))
+    )
+    assert misses / 4000 < 0.05  # exact coverage at n = 12: 1 - 2·P(Bin(12, 1/2) <= 2) = 0.961
 
 
 def test_summary_is_ordered_and_in_ms():

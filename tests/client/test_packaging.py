@@ -134,6 +134,7 @@ print(json.dumps({"importable": absent, "aggregate": [r.aggregate for r in resul
 """
 
 
+@pytest.mark.slow
 def test_client_wheel_installs_alone_without_torch_and_scores(wheels, server, tmp_path):
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}

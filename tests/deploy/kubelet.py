@@ -33,6 +33,7 @@ import base64
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -479,13 +480,19 @@ def _which(cmd: str, path: str) -> str | None:
     return None
 
 
+# tools' caches, written by whichever process runs the tool first (Python's bytecode: any test
+# worker's import, and in a read-only image a failed write that Python ignores)
+TOOL_CACHES = frozenset({"__pycache__", ".hypothesis", ".ruff_cache", ".mypy_cache", ".pytest_cache"})
+
+
 def snapshot(roots: Iterable[Path], skip: Iterable[Path] = ()) -> dict[str, tuple[int, int]]:
-    """(mtime_ns, size) of every file and folder under ``roots``, but not under ``skip``."""
+    """(mtime_ns, size) of every file, and every folder, under ``roots``, but not under ``skip`` or
+    in a tool's cache (``TOOL_CACHES``)."""
     skipped = {str(s) for s in skip}
     out: dict[str, tuple[int, int]] = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped and d not in TOOL_CACHES]
             for n in [*filenames, *dirnames, ""]:
                 p = os.path.join(dirpath, n) if n else dirpath
                 if p in skipped:
@@ -494,7 +501,9 @@ def snapshot(roots: Iterable[Path], skip: Iterable[Path] = ()) -> dict[str, tupl
                     st = os.lstat(p)
                 except FileNotFoundError:
                     continue
-                out[p] = (st.st_mtime_ns, st.st_size)
+                # a folder by its presence: what it holds is listed itself (its mtime would also move
+                # when a tool's cache appears in it)
+                out[p] = (0, -1) if stat.S_ISDIR(st.st_mode) else (st.st_mtime_ns, st.st_size)
     return out
 
 

@@ -161,6 +161,7 @@ def policy(tmp_path_factory) -> Path:
     return tiny_models.make_causal_lm(tmp_path_factory.mktemp("policy") / "policy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_the_overlay_runs_as_the_kubelet_runs_it(name, tools, tmp_path, policy):
     import redis

@@ -79,6 +79,7 @@ def test_an_empty_password_stops_the_pod(redis_bin, tmp_path):
         assert r.returncode != 0 and "REDIS_PASSWORD is empty" in r.stderr, (script, r.stderr)
 
 
+@pytest.mark.slow
 def test_scripts_give_a_protected_non_evicting_redis_that_fails_over_and_rejoins(redis_bin, tmp_path):
     from rewardserve.service_process import free_port
 

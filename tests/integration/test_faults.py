@@ -141,6 +141,7 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+@pytest.mark.slow
 def test_load_every_answer_is_correct_or_an_intended_503(config_file):
     """Closed-loop load from many concurrent clients against a real `rewardserve serve` process.
     Bounded here (REWARDSERVE_LOAD_CLIENTS=50, REWARDSERVE_LOAD_SECONDS=5 by default); the full test
@@ -205,6 +206,7 @@ def test_load_every_answer_is_correct_or_an_intended_503(config_file):
         assert rss_after <= rss_before * 1.10 + 20 * 1024  # no growth beyond allocator noise
 
 
+@pytest.mark.slow
 def test_an_idle_keep_alive_connection_outlives_a_proxys_idle_timeout(config_file):
     """A connection left idle for longer than uvicorn's own 5 s default still answers its next request:
     a proxy or client that reuses it (their idle timeouts are usually 60 s) must not race the server's

@@ -130,6 +130,7 @@ def _length_signal_file(path, n: int, seed: int):
     return path
 
 
+@pytest.mark.slow
 def test_length_penalty_lowers_the_helpful_rewards_length_correlation(tiny, tmp_path):
     helpful = _length_signal_file(tmp_path / "help.jsonl.gz", 160, 0)
     harmless = _pairs_file(tmp_path / "harm.jsonl.gz", 40, 1)

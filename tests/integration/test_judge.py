@@ -304,6 +304,7 @@ def test_backbone_config_builds_the_backend(lms, tmp_path):
         JudgeBackboneConfig.model_validate({"kind": "judge", "path": "x", "models": {"m": {}}})  # no question
 
 
+@pytest.mark.slow
 def test_smollm2_judge_mechanics():
     """The converted SmolLM2-135M-Instruct as a judge: finite raw rewards, one item alone equals the
     same item in a batch and the in-process computation. Mechanics only: as a judge this model is

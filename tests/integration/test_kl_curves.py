@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from rewardlab import tiny_models
@@ -18,6 +19,7 @@ def _config_file(settings, path):
     return str(path)
 
 
+@pytest.mark.slow
 def test_kl_curves_end_to_end(tiny, tmp_path):
     policy = str(tiny_models.make_causal_lm(tmp_path / "lm", seed=11))
     settings = tiny_settings(tiny, tmp_path)

@@ -39,6 +39,7 @@ def _ref(url, prompt):
     return r.json()["results"][0]["reference"]["a"]
 
 
+@pytest.mark.slow
 def test_two_replicas_share_references_through_redis(config_file, fresh_redis_url):
     env = {"REWARDSERVE_REFERENCES__STORE": fresh_redis_url}
     with ServiceProcess(config_file, env=env) as one, ServiceProcess(config_file, env=env) as two:
@@ -48,6 +49,7 @@ def test_two_replicas_share_references_through_redis(config_file, fresh_redis_ur
         assert _ref(one.url, [{"role": "user", "content": "written by replica two"}]) == -0.75
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_killed_service_keeps_every_reference(config_file, tmp_path, store, request):
     url = f"sqlite:///{tmp_path / 'refs.db'}" if store == "sqlite" else request.getfixturevalue("fresh_redis_url")

@@ -96,6 +96,7 @@ def test_train_head_is_deterministic_and_uses_the_feature_cache(trained, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_eval_rm_through_the_scoring_path(trained, tiny, tmp_path):
     out, cache, _, _ = trained
     cfg = {
