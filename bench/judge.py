@@ -9,11 +9,19 @@ is (conversation, response) from AlpacaEval pairs (``../shared/data``); the judg
 by its turn template and question (that cost is part of what is measured).
 
 Workloads: ``pairs`` (every item its own prompt) and ``grpoG`` (G responses per prompt, one
-request per group, prompt-prefix sharing on for both). Each round runs every contender on every
-workload through a real ``Batcher`` (same ``max_batch_tokens``, padding cap, one forward worker),
-submitting all requests at once and timing until the last result; contenders alternate within a
-round (the machine is shared, so load hits both alike). Reported: items/s of the fastest round of
-each and judge / sequence-classifier per workload, plus every round's seconds.
+request per group, prompt-prefix sharing on for both). A cell runs one contender on one workload
+through a real ``Batcher`` (same ``max_batch_tokens``, padding cap, one forward worker), submitting
+all requests at once and timing until the last result. A round runs both contenders' cells of each
+workload back to back, in alternating order (ABBA across rounds). This 2-core machine's speed drifts
+by up to ±20 % over tens of seconds, so the figure is the **paired** ratio of each round (the sequence
+classifier's seconds ÷ the judge's, two adjacent cells of a few seconds), reported as the median over
+the rounds with a distribution-free 95 % interval (``stats.median_interval``); best/best is kept
+beside it. The work each contender computes is counted without running the model: tokens after
+prompt-prefix sharing, per request (``needed`` of ``cost.TokenCount``), and the padded tokens of the
+batches the batcher formed. Last, the **replay**: the batches of each contender's last cell run
+again ``--replays`` times, the two contenders' forwards alternating batch by batch, so that drift
+and bursts of the machine hit both within a fraction of a second; its ratio (sequence classifier's
+forward seconds ÷ the judge's) is the steadiest figure, the cells' the one that includes the batcher.
 """
 
 from __future__ import annotations
@@ -27,8 +35,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .stats import median_interval, percentile
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "alpaca-helpful.test.jsonl.gz"
 TARGET = 0.9
+
+
+def computed_tokens(backend: Any, request: list[Any]) -> int:
+    """Tokens a forward of one request's items computes before padding (each shared prefix once)."""
+    from rewardserve.backends.base import Encoded
+    from rewardserve.backends.cost import computed_tokens as count
+    from rewardserve.backends.cost import prefix_key
+    from rewardserve.backends.judge import JudgeEncoded
+
+    # a judge with one question: each item is one sequence, its shared part the tokens before the response
+    request = [
+        Encoded(input_ids=e.input_ids + e.tails[0], prefix_len=e.prefix_lens[0]) if isinstance(e, JudgeEncoded) else e
+        for e in request
+    ]
+    keyed = [(prefix_key(e) if backend.shares_prefix else None, e.prefix_len, e.length) for e in request]
+    return count(keyed)[1]
 
 
 def load_items(path: Path, n: int, group: int) -> list[tuple[Any, str]]:
@@ -43,13 +69,23 @@ def load_items(path: Path, n: int, group: int) -> list[tuple[Any, str]]:
     return items
 
 
-async def _through_batcher(backend: Any, requests: list[list[Any]], opts: argparse.Namespace) -> float:
+async def _through_batcher(
+    backend: Any, requests: list[list[Any]], opts: argparse.Namespace, batches: list[list[Any]] | None = None
+) -> float:
+    """Seconds from submitting every request at once to the last result; the batches the batcher
+    formed are appended to ``batches``."""
     from rewardserve.batcher import Batcher
     from rewardserve.registry.model import BackendForward
 
+    class Recording(BackendForward):
+        def forward(self, batch: Any, threads: int | None) -> Any:
+            if batches is not None:
+                batches.append(list(batch))
+            return super().forward(batch, threads)
+
     b = Batcher(
         "bench",
-        BackendForward(backend),
+        Recording(backend),
         max_batch_tokens=opts.batch_tokens,
         max_wait_ms=opts.max_wait_ms,
         max_padding_ratio=opts.padding_ratio,
@@ -65,17 +101,36 @@ async def _through_batcher(backend: Any, requests: list[list[Any]], opts: argpar
         await b.stop()
 
 
+def replay(backends: dict[str, Any], batches: dict[str, list[list[Any]]], times: int) -> dict[str, list[float]]:
+    """Seconds each backend's forwards of ``batches`` take, per pass, over ``times`` passes; the
+    contenders' forwards alternate batch by batch (and which goes first, pass by pass), so that the
+    machine's drift hits both alike within a fraction of a second."""
+    seconds: dict[str, list[float]] = {k: [] for k in backends}
+    for t in range(times):
+        order = list(backends) if t % 2 == 0 else list(reversed(backends))
+        for k in backends:
+            seconds[k].append(0.0)
+        for i in range(max(len(b) for b in batches.values())):
+            for k in order:
+                if i < len(batches[k]):
+                    t0 = time.perf_counter()
+                    backends[k].forward(batches[k][i])
+                    seconds[k][-1] += time.perf_counter() - t0
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.judge", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--n", type=int, default=48, help="items per workload")
+    ap.add_argument("--n", type=int, default=16, help="items per workload (one cell: a few seconds)")
     ap.add_argument("--groups", default="1,8", help="responses per prompt of each workload (1: pairs)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=12, help="paired rounds (6 or more for a 95 %% interval)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-tokens", type=int, default=1024, help="the batcher's max_batch_tokens (CPU default)")
     ap.add_argument("--padding-ratio", type=float, default=0.2, help="the batcher's cap (CPU default)")
     ap.add_argument("--max-wait-ms", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--replays", type=int, default=8, help="passes over the recorded batches, interleaved (0: none)")
     ap.add_argument("--out", default=None, help="also write the result JSON here")
     a = ap.parse_args(argv)
 
@@ -110,25 +165,51 @@ def main(argv: list[str] | None = None) -> int:
         for k, b in backends.items():
             encs = [b.encode(p, r) for p, r in items]
             workloads[name][k] = [encs[i : i + g] for i in range(0, len(encs), g)]
-            tokens[name][k] = sum(e.length for e in encs)
+            tokens[name][k] = sum(computed_tokens(b, req) for req in workloads[name][k])
     for b in backends.values():
         b.warmup()
     seconds: dict[str, dict[str, list[float]]] = {w: {k: [] for k in backends} for w in workloads}
+    formed: dict[str, dict[str, list[list[Any]]]] = {w: {} for w in workloads}  # each cell's last batches
     for r in range(a.rounds):
         order = list(backends) if r % 2 == 0 else list(reversed(backends))
         for w, by_backend in workloads.items():
             for k in order:
-                seconds[w][k].append(asyncio.run(_through_batcher(backends[k], by_backend[k], a)))
+                formed[w][k] = []
+                seconds[w][k].append(asyncio.run(_through_batcher(backends[k], by_backend[k], a, formed[w][k])))
                 print(f"round {r + 1} {w} {k}: {seconds[w][k][-1]:.2f} s", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"n": a.n, "rounds": a.rounds, "target": TARGET, "workloads": {}}
     for w in workloads:
-        ips = {k: a.n / min(s) for k, s in seconds[w].items()}
+        s = seconds[w]
+        paired = [rm / j for rm, j in zip(s["sequence_classifier"], s["judge"])]
+        ips = {k: a.n / min(t) for k, t in s.items()}
         result["workloads"][w] = {
-            "items_per_s": ips,
-            "judge_over_sequence_classifier": ips["judge"] / ips["sequence_classifier"],
-            "tokens": tokens[w],
-            "seconds": seconds[w],
+            "judge_over_sequence_classifier": {
+                "median_of_rounds": percentile(paired, 50),
+                "interval95": median_interval(paired),
+                "rounds": paired,
+                "best_over_best": ips["judge"] / ips["sequence_classifier"],
+            },
+            "items_per_s_best": ips,
+            "computed_tokens": tokens[w],
+            "batches": {k: [len(b) for b in formed[w][k]] for k in backends},
+            "padded_tokens": {k: sum(len(b) * backends[k].batch_width(b) for b in formed[w][k]) for k in backends},
+            "tokens_sequence_classifier_over_judge": tokens[w]["sequence_classifier"] / tokens[w]["judge"],
+            "seconds": s,
         }
+    if a.replays:
+        for w in workloads:
+            fs = replay(backends, formed[w], a.replays)
+            passes = [rm / j for rm, j in zip(fs["sequence_classifier"], fs["judge"])]
+            result["workloads"][w]["replay"] = {
+                "forward_seconds": fs,
+                "judge_over_sequence_classifier": {
+                    "median_of_passes": percentile(passes, 50),
+                    "interval95": median_interval(passes),
+                    "passes": passes,
+                    "total": sum(fs["sequence_classifier"]) / sum(fs["judge"]),
+                },
+            }
+            print(f"replay {w}: per pass {[round(x, 3) for x in passes]}", file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")

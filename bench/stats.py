@@ -46,3 +46,21 @@ def emit_json(result: dict, out: str | None) -> None:
             f.write(text)
     else:
         sys.stdout.write(text + "\n")
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median: the order statistics (x_(k), x_(n−k+1)) with the
+    largest k whose coverage 1 − 2·P(Binomial(n, ½) < k) is at least ``confidence``; ``None`` when
+    n is too small for that coverage (n ≤ 5 at 95 %)."""
+    xs = sorted(values)
+    n = len(xs)
+    below = 0.0  # P(Binomial(n, 1/2) < k), as k grows
+    k = 0
+    while True:
+        tail = below + math.comb(n, k) / 2**n
+        if 1 - 2 * tail < confidence:
+            break
+        below, k = tail, k + 1
+    if k == 0:
+        return None
+    return xs[k - 1], xs[n - k]
