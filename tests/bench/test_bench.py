@@ -303,3 +303,26 @@ def test_quick_run(tmp_path):
         "RSS after 2000 / after 200 requests",
     }
     assert all(t["pass"] in (True, False) for t in res["targets"])
+
+
+def test_judge_replay_alternates_forwards_batch_by_batch():
+    from bench.judge import replay
+
+    calls: list[tuple[str, int]] = []
+
+    class Fake:
+        def __init__(self, name: str):
+            self.name = name
+
+        def forward(self, batch):
+            calls.append((self.name, batch[0]))
+
+    backends = {"sequence_classifier": Fake("rm"), "judge": Fake("judge")}
+    seconds = replay(backends, {"sequence_classifier": [[0], [1]], "judge": [[0], [1], [2]]}, times=2)
+    assert {k: len(v) for k, v in seconds.items()} == {"sequence_classifier": 2, "judge": 2}  # one total per pass
+    assert all(s >= 0 for v in seconds.values() for s in v)
+    # pass 1: rm first, batch by batch; pass 2: the judge first; a contender with more batches goes on alone
+    assert calls == [
+        ("rm", 0), ("judge", 0), ("rm", 1), ("judge", 1), ("judge", 2),
+        ("judge", 0), ("rm", 0), ("judge", 1), ("rm", 1), ("judge", 2),
+    ]  # fmt: skip
