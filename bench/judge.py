@@ -14,7 +14,7 @@ through a real ``Batcher`` (same ``max_batch_tokens``, padding cap, one forward 
 all requests at once and timing until the last result. A round runs both contenders' cells of each
 workload back to back, in alternating order (ABBA across rounds). This 2-core machine's speed drifts
 by up to ±20 % over tens of seconds, so the figure is the **paired** ratio of each round (the sequence
-classifier's seconds ÷ the judge's, two adjacent cells of a few seconds), reported as the median over
+classifier's seconds ÷ the judge's, two adjacent cells), reported as the median over
 the rounds with a distribution-free 95 % interval (``stats.median_interval``); best/best is kept
 beside it. The work each contender computes is counted without running the model: tokens after
 prompt-prefix sharing, per request (``needed`` of ``cost.TokenCount``), and the padded tokens of the
@@ -43,17 +43,17 @@ TARGET = 0.9
 
 def computed_tokens(backend: Any, request: list[Any]) -> int:
     """Tokens a forward of one request's items computes before padding (each shared prefix once)."""
-    from rewardserve.backends.base import Encoded
     from rewardserve.backends.cost import computed_tokens as count
     from rewardserve.backends.cost import prefix_key
-    from rewardserve.backends.judge import JudgeEncoded
+    from rewardserve.backends.judge import JudgeBackend
 
-    # a judge with one question: each item is one sequence, its shared part the tokens before the response
-    request = [
-        Encoded(input_ids=e.input_ids + e.tails[0], prefix_len=e.prefix_lens[0]) if isinstance(e, JudgeEncoded) else e
-        for e in request
-    ]
-    keyed = [(prefix_key(e) if backend.shares_prefix else None, e.prefix_len, e.length) for e in request]
+    # a judge's sequences (one per item and question) keyed as its forward keys them
+    seqs = (
+        backend.sequences(request, list(range(len(backend.model_names))))[0]
+        if isinstance(backend, JudgeBackend)
+        else request
+    )
+    keyed = [(prefix_key(e) if backend.shares_prefix else None, e.prefix_len, e.length) for e in seqs]
     return count(keyed)[1]
 
 
@@ -122,15 +122,15 @@ def replay(backends: dict[str, Any], batches: dict[str, list[list[Any]]], times:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.judge", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--n", type=int, default=16, help="items per workload (one cell: a few seconds)")
+    ap.add_argument("--n", type=int, default=48, help="items per workload (fewer: the last, partial batch weighs more)")
     ap.add_argument("--groups", default="1,8", help="responses per prompt of each workload (1: pairs)")
-    ap.add_argument("--rounds", type=int, default=12, help="paired rounds (6 or more for a 95 %% interval)")
+    ap.add_argument("--rounds", type=int, default=6, help="paired rounds (6 or more for a 95 %% interval)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-tokens", type=int, default=1024, help="the batcher's max_batch_tokens (CPU default)")
     ap.add_argument("--padding-ratio", type=float, default=0.2, help="the batcher's cap (CPU default)")
     ap.add_argument("--max-wait-ms", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--replays", type=int, default=8, help="passes over the recorded batches, interleaved (0: none)")
+    ap.add_argument("--replays", type=int, default=6, help="passes over the recorded batches, interleaved (0: none)")
     ap.add_argument("--out", default=None, help="also write the result JSON here")
     a = ap.parse_args(argv)
 

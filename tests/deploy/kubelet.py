@@ -486,8 +486,8 @@ TOOL_CACHES = frozenset({"__pycache__", ".hypothesis", ".ruff_cache", ".mypy_cac
 
 
 def snapshot(roots: Iterable[Path], skip: Iterable[Path] = ()) -> dict[str, tuple[int, int]]:
-    """(mtime_ns, size) of every file, and every folder, under ``roots``, but not under ``skip`` or
-    in a tool's cache (``TOOL_CACHES``)."""
+    """(mtime_ns, size) of every file and (0, -1) of every folder under ``roots``, but not under
+    ``skip`` or in a tool's cache (``TOOL_CACHES``)."""
     skipped = {str(s) for s in skip}
     out: dict[str, tuple[int, int]] = {}
     for root in roots:

@@ -139,7 +139,7 @@ def test_a_grpo_group_shares_its_prompt_and_matches(lms, name, template):
     shared_text = b.tokenizer.decode(encs[0].input_ids[: encs[0].prefix_len])
     assert (QUESTION in shared_text) == (template == "default")
     assert "Thanks!" in shared_text
-    seqs, _ = b._sequences(encs, [0])
+    seqs, _ = b.sequences(encs, [0])
     assert prefix.plan(seqs) is not None  # the batch runs shared
     suffix_runs = []
     hook = b.base.register_forward_pre_hook(
@@ -206,7 +206,7 @@ def test_questions_after_a_long_response_share_the_response(lms):
     b, plain = judge(path, models), judge(path, models, share_prompt_prefix=False)
     items = [([{"role": "user", "content": "hi"}], LONG_RESPONSE), ([{"role": "user", "content": "yo"}], "No.")]
     encs = [b.encode(m, r) for m, r in items]
-    seqs, where = b._sequences(encs, [0, 1])
+    seqs, where = b.sequences(encs, [0, 1])
     assert where == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert seqs[0].prefix_len == len(encs[0].input_ids) > 100  # grouped by item, not by prompt
     assert np.allclose(b.forward(encs), plain.forward([plain.encode(m, r) for m, r in items]), atol=TOL, rtol=0)

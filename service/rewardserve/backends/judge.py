@@ -202,13 +202,14 @@ class JudgeBackend(Backend):
         out = np.empty((len(batch), len(self.questions)))
         for h, head in enumerate(self._heads):
             cols = [q for q, hq in enumerate(self._head_of) if hq == h]
-            seqs, where = self._sequences(batch, cols)
+            seqs, where = self.sequences(batch, cols)
             out[tuple(np.array(where).T)] = self._run(head, seqs)
         return out
 
-    def _sequences(self, batch: list[Encoded], cols: list[int]) -> tuple[list[Encoded], list[tuple[int, int]]]:
-        """One sequence per (item, question of ``cols``), keyed for sharing by whichever of the two
-        groupings computes fewer tokens: the conversation (a GRPO group) or the item (its questions)."""
+    def sequences(self, batch: list[Encoded], cols: list[int]) -> tuple[list[Encoded], list[tuple[int, int]]]:
+        """One sequence per (item, question of ``cols``), with its (item, column), keyed for sharing by
+        whichever of the two groupings computes fewer tokens: the conversation (a GRPO group) or the
+        item (its questions). ``forward`` runs these; the judge bench counts their tokens."""
         by_prompt: list[Encoded] = []
         where: list[tuple[int, int]] = []
         item_keys: list[int] = []
